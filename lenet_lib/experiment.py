@@ -1,0 +1,30 @@
+"""What notebooks call: train a list of specs on one dataset, get tidy rows, save them for the runner."""
+from __future__ import annotations
+
+import pandas as pd
+
+from .data import DataSplits
+from .ensemble import train_many
+from .results import save_results
+from .specs import TrainSpec
+
+
+def run_specs(specs: list[TrainSpec], data: DataSplits, *, device="auto", precision: str = "fp32",
+              progress: bool = True) -> tuple[pd.DataFrame, dict]:
+    """Train all specs; return (tidy history of all models, {model_id: trained model})."""
+    ids = [s.model_id for s in specs]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"model_id values must be unique within a run; repeated: "
+                         f"{sorted({i for i in ids if ids.count(i) > 1})}")
+    results = train_many(specs, data, device=device, precision=precision, progress=progress)
+    history = pd.concat([r.history for r in results], ignore_index=True)
+    return history, {s.model_id: r.model for s, r in zip(specs, results)}
+
+
+def final_epoch(history: pd.DataFrame) -> pd.DataFrame:
+    """The last recorded epoch of every model (a diverged model's last row)."""
+    keys = [c for c in ("run_id", "model_id") if c in history.columns]
+    return history.sort_values("epoch").groupby(keys, as_index=False).tail(1).reset_index(drop=True)
+
+
+__all__ = ["run_specs", "final_epoch", "save_results"]

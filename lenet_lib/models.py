@@ -1,0 +1,217 @@
+"""The LeNet-5 family and the MLP baseline.
+
+One builder covers every seed report (../shared/SEEDS.md). Layers carry LeCun's names so that tables,
+feature maps and weight transfer (to the NumPy reference) speak one language:
+
+    c1 conv -> s2 pool -> c3 conv -> s4 pool -> c5 (120) -> f6 (84) -> out (10)
+
+c5 is a Linear on the flattened s4 output: for a 5x5 map that is exactly LeCun's 5x5 convolution (same
+parameter count) and it also serves R2's 28x28 "valid" variant whose s4 output is 4x4.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import pandas as pd
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from .validate import check_choice, check_range
+
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
+POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
+BN_POSITIONS = ("before_act", "after_act", "after_pool")
+BN_LAYERS = ("c1", "conv")          # BN after c1 only (R1, R2, R3) or after both convs (R4)
+DROPOUT_AT = ("f6", "c5_f6")        # FC dropout after f6 only (R1, R2) or after c5 and f6
+PADDINGS = ("auto", "same", "valid")
+ARCHS = ("lenet5", "mlp")
+
+# LeCun 1998, table I: which of the 6 S2 maps feed each of the 16 C3 maps.
+C3_TABLE = [
+    (0, 1, 2), (1, 2, 3), (2, 3, 4), (3, 4, 5), (0, 4, 5), (0, 1, 5),
+    (0, 1, 2, 3), (1, 2, 3, 4), (2, 3, 4, 5), (0, 3, 4, 5), (0, 1, 4, 5), (0, 1, 2, 5),
+    (0, 1, 3, 4), (1, 2, 4, 5), (0, 2, 3, 5),
+    (0, 1, 2, 3, 4, 5),
+]
+
+
+class SparseConv2d(nn.Conv2d):
+    """C3 with LeCun's connection table: weights outside the table are held at zero by a fixed mask."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int):
+        super().__init__(in_channels, out_channels, kernel_size)
+        mask = torch.zeros(out_channels, in_channels, 1, 1)
+        for out_map, in_maps in enumerate(C3_TABLE):
+            mask[out_map, list(in_maps)] = 1.0
+        self.register_buffer("mask", mask)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight * self.mask, self.bias)
+
+    def effective_parameters(self) -> int:
+        k = self.kernel_size[0] * self.kernel_size[1]
+        return int(self.mask.sum().item()) * k + self.out_channels
+
+
+def _conv_block(prefix: str, conv: nn.Module, channels: int, act: str, bn: str | None):
+    """conv and activation, with BatchNorm where `bn` says. Yields (name, module) pairs."""
+    yield prefix + "_conv", conv
+    if bn == "before_act":
+        yield prefix + "_bn", nn.BatchNorm2d(channels)
+    yield prefix + "_act", ACTIVATIONS[act]()
+    if bn == "after_act":
+        yield prefix + "_bn", nn.BatchNorm2d(channels)
+
+
+def build_lenet5(
+    in_channels: int = 1,
+    input_size: int = 28,
+    num_classes: int = 10,
+    activation: str = "relu",
+    fc_activation: str | None = None,
+    pool: str = "max",
+    bn: bool = False,
+    bn_position: str = "after_act",
+    bn_layers: str = "c1",
+    dropout: float = 0.0,
+    dropout_at: str = "f6",
+    conv_dropout: float = 0.0,
+    c3_table: bool = False,
+    padding: str = "auto",
+) -> nn.Sequential:
+    """A LeNet-5 as an nn.Sequential of named layers.
+
+    padding "auto" keeps the classic geometry: a 28x28 input gets "same" padding in c1 (as if padded to
+    32x32), a 32x32 input none. "valid" on 28x28 gives R2's NumPy model (16*4*4 inputs to c5).
+    conv_dropout is R3's dropout after c3's activation.
+    """
+    check_choice("in_channels", in_channels, (1, 3))
+    check_choice("input_size", input_size, (28, 32))
+    check_choice("activation", activation, tuple(ACTIVATIONS))
+    fc_activation = fc_activation or activation
+    check_choice("fc_activation", fc_activation, tuple(ACTIVATIONS))
+    check_choice("pool", pool, tuple(POOLS))
+    check_choice("bn_position", bn_position, BN_POSITIONS)
+    check_choice("bn_layers", bn_layers, BN_LAYERS)
+    check_choice("dropout_at", dropout_at, DROPOUT_AT)
+    check_choice("padding", padding, PADDINGS)
+    check_range("dropout", dropout, 0.0, 1.0, hi_open=True)
+    check_range("conv_dropout", conv_dropout, 0.0, 1.0, hi_open=True)
+
+    if padding == "auto":
+        padding = "same" if input_size == 28 else "valid"
+    c1_pad = 2 if padding == "same" else 0
+    side = (input_size + 2 * c1_pad - 4) // 2      # after c1 and s2
+    side = (side - 4) // 2                          # after c3 and s4
+
+    bn1 = bn_position if bn else None
+    bn3 = bn_position if bn and bn_layers == "conv" else None
+    layers: list[tuple[str, nn.Module]] = []
+    layers += _conv_block("c1", nn.Conv2d(in_channels, 6, 5, padding=c1_pad), 6, activation, bn1)
+    layers.append(("s2", POOLS[pool](2)))
+    if bn1 == "after_pool":
+        layers.append(("s2_bn", nn.BatchNorm2d(6)))
+    c3 = SparseConv2d(6, 16, 5) if c3_table else nn.Conv2d(6, 16, 5)
+    layers += _conv_block("c3", c3, 16, activation, bn3)
+    if conv_dropout > 0:
+        layers.append(("c3_drop", nn.Dropout(conv_dropout)))
+    layers.append(("s4", POOLS[pool](2)))
+    if bn3 == "after_pool":
+        layers.append(("s4_bn", nn.BatchNorm2d(16)))
+    layers.append(("flatten", nn.Flatten()))
+    layers += [("c5", nn.Linear(16 * side * side, 120)), ("c5_act", ACTIVATIONS[fc_activation]())]
+    if dropout > 0 and dropout_at == "c5_f6":
+        layers.append(("c5_drop", nn.Dropout(dropout)))
+    layers += [("f6", nn.Linear(120, 84)), ("f6_act", ACTIVATIONS[fc_activation]())]
+    if dropout > 0:
+        layers.append(("f6_drop", nn.Dropout(dropout)))
+    layers.append(("out", nn.Linear(84, num_classes)))
+    return nn.Sequential(OrderedDict(layers))
+
+
+def build_mlp(
+    in_channels: int = 1,
+    input_size: int = 28,
+    num_classes: int = 10,
+    hidden: tuple[int, ...] = (120, 60),
+    activation: str = "tanh",
+    dropout: float = 0.0,
+) -> nn.Sequential:
+    """R5's baseline: a fully connected net, 784-120-60-10 with tanh by default."""
+    check_choice("activation", activation, tuple(ACTIVATIONS))
+    check_range("dropout", dropout, 0.0, 1.0, hi_open=True)
+    layers: list[tuple[str, nn.Module]] = [("flatten", nn.Flatten())]
+    width = in_channels * input_size * input_size
+    for i, h in enumerate(hidden, start=1):
+        layers += [(f"h{i}", nn.Linear(width, h)), (f"h{i}_act", ACTIVATIONS[activation]())]
+        if dropout > 0:
+            layers.append((f"h{i}_drop", nn.Dropout(dropout)))
+        width = h
+    layers.append(("out", nn.Linear(width, num_classes)))
+    return nn.Sequential(OrderedDict(layers))
+
+
+# Which keyword arguments each architecture takes: the training spec passes only these through.
+MODEL_ARGS = {
+    "lenet5": ("activation", "fc_activation", "pool", "bn", "bn_position", "bn_layers", "dropout",
+               "dropout_at", "conv_dropout", "c3_table", "padding"),
+    "mlp": ("activation", "dropout"),
+}
+
+
+def build_model(arch: str = "lenet5", **kwargs) -> nn.Sequential:
+    """Build `arch` ('lenet5' or 'mlp'); unknown arguments are an error naming the valid ones."""
+    check_choice("arch", arch, ARCHS)
+    shape_args = {"in_channels", "input_size", "num_classes"}
+    if arch == "mlp":
+        shape_args |= {"hidden"}
+    unknown = set(kwargs) - set(MODEL_ARGS[arch]) - shape_args
+    if unknown:
+        valid = sorted(set(MODEL_ARGS[arch]) | shape_args)
+        raise ValueError(f"unknown argument(s) {sorted(unknown)} for arch {arch!r}; valid: {valid}")
+    return (build_lenet5 if arch == "lenet5" else build_mlp)(**kwargs)
+
+
+def parameter_count(module: nn.Module) -> int:
+    """Trainable parameters, counting only the connected weights of a sparse C3."""
+    if isinstance(module, SparseConv2d):
+        return module.effective_parameters()
+    own = sum(p.numel() for p in module.parameters(recurse=False) if p.requires_grad)
+    return own + sum(parameter_count(m) for m in module.children())
+
+
+def layer_table(model: nn.Sequential, input_shape: tuple[int, ...]) -> pd.DataFrame:
+    """Per layer: name, type, output shape for one input, trainable parameters, and part (conv / fc)."""
+    rows, x = [], torch.zeros(1, *input_shape)
+    was_training = model.training
+    model.eval()
+    part = "conv"
+    with torch.no_grad():
+        for name, layer in model.named_children():
+            x = layer(x)
+            if name == "flatten":
+                part = "fc"
+            rows.append({"layer": name, "type": type(layer).__name__, "output_shape": tuple(x.shape[1:]),
+                         "parameters": parameter_count(layer), "part": part})
+    model.train(was_training)
+    return pd.DataFrame(rows)
+
+
+def forward_features(model: nn.Sequential, x: torch.Tensor, layers: list[str]) -> dict[str, torch.Tensor]:
+    """Outputs of the named layers for input x (eval mode, no grad), e.g. for feature maps or t-SNE."""
+    wanted, found = set(layers), {}
+    missing = wanted - {name for name, _ in model.named_children()}
+    if missing:
+        raise ValueError(f"unknown layer(s) {sorted(missing)}; valid: {[n for n, _ in model.named_children()]}")
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for name, layer in model.named_children():
+            x = layer(x)
+            if name in wanted:
+                found[name] = x
+            if len(found) == len(wanted):
+                break
+    model.train(was_training)
+    return found

@@ -1,0 +1,94 @@
+"""TrainSpec: everything that shapes one model and its training, flat, validated on construction."""
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass, fields, replace
+
+from .models import MODEL_ARGS, build_model
+from .optim import resolve_hyperparameters
+from .validate import check_positive_int
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """One model to train. Model fields follow models.build_lenet5; optimizer fields optim.make_optimizer."""
+    arch: str = "lenet5"
+    activation: str = "relu"
+    fc_activation: str | None = None
+    pool: str = "max"
+    bn: bool = False
+    bn_position: str = "after_act"
+    bn_layers: str = "c1"
+    dropout: float = 0.0
+    dropout_at: str = "f6"
+    conv_dropout: float = 0.0
+    c3_table: bool = False
+    padding: str = "auto"
+    optimizer: str = "sgd"
+    lr: float | None = None
+    momentum: float | None = None
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    epochs: int = 5
+    seed: int = 0
+    model_id: str = ""
+
+    def __post_init__(self):
+        # Fail here, before any data is loaded or any model trained.
+        check_positive_int("batch_size", self.batch_size)
+        check_positive_int("epochs", self.epochs)
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ValueError(f"seed={self.seed!r} is not valid; expected an integer >= 0")
+        resolve_hyperparameters(self.optimizer, self.lr, self.momentum, self.weight_decay)
+        build_model(self.arch, **self.model_kwargs())
+        if not self.model_id:
+            object.__setattr__(self, "model_id", f"{self.arch}-s{self.seed}")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainSpec":
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(set(values) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown training parameter(s) {unknown}; valid: {valid}")
+        return cls(**values)
+
+    def model_kwargs(self) -> dict:
+        return {name: getattr(self, name) for name in MODEL_ARGS[self.arch]}
+
+    def hyperparameters(self) -> dict:
+        """Optimizer hyperparameters with defaults filled in (lr, weight_decay, momentum where it applies)."""
+        return resolve_hyperparameters(self.optimizer, self.lr, self.momentum, self.weight_decay)
+
+    def columns(self) -> dict:
+        """Flat configuration columns for tidy rows: every field, learning rate and momentum resolved."""
+        row = asdict(self)
+        hp = self.hyperparameters()
+        row["lr"] = hp["lr"]
+        row["momentum"] = hp.get("momentum", float("nan"))
+        row["fc_activation"] = self.fc_activation or self.activation
+        return row
+
+
+def expand_grid(grid: dict | None = None, **fixed) -> list[TrainSpec]:
+    """One TrainSpec per combination of the lists in `grid`, each with the `fixed` values.
+
+    model_id names the varying values, e.g. "bn=True,dropout=0.5,seed=2", so it is unique in the run.
+    """
+    grid = dict(grid or {})
+    for name, values in grid.items():
+        if not isinstance(values, (list, tuple)) or not values:
+            raise ValueError(f"grid[{name!r}]={values!r} is not valid; expected a non-empty list")
+    overlap = sorted(set(grid) & set(fixed))
+    if overlap:
+        raise ValueError(f"parameter(s) {overlap} given both as grid and fixed values")
+    specs = []
+    for combo in itertools.product(*grid.values()):
+        varying = dict(zip(grid, combo))
+        model_id = ",".join(f"{k}={v}" for k, v in varying.items()) or "model"
+        specs.append(TrainSpec.from_dict({**fixed, **varying, "model_id": model_id}))
+    return specs
+
+
+def with_values(spec: TrainSpec, **changes) -> TrainSpec:
+    """A copy of spec with some fields changed (validated again)."""
+    return replace(spec, **changes)
