@@ -77,8 +77,8 @@ def load_raw(dataset: str, train: bool, root: str | None = None, download: bool 
 
 
 def _missing_message(dataset: str, root: Path, why: str) -> str:
-    first_line = why.splitlines()[0] if why else ""
-    return (f"{dataset} not found in data folder {root.resolve()} ({first_line}). Expected torchvision's "
+    why = " ".join(line.strip() for line in why.splitlines() if line.strip())[:300]
+    return (f"{dataset} not found in data folder {root.resolve()} ({why}). Expected torchvision's "
             f"layout there: {DATASETS[dataset].layout}. Set LENET_DATA to the folder that holds it, or "
             f"run once with network access to download it.")
 

@@ -60,10 +60,10 @@ def check_tidy(df: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in (*IDENTITY, *MEASURES, "status") if c not in df.columns]
     if missing:
         raise ValueError(f"tidy results lack column(s) {missing}")
-    if df.duplicated(["run_id", "model_id", "epoch"]).any():
-        raise ValueError("tidy results repeat a (run_id, model_id, epoch) row")
     if (df["epoch"] < 1).any():
         raise ValueError("epochs are 1-based")
+    if df.duplicated(["run_id", "model_id", "epoch"]).any():
+        raise ValueError("tidy results repeat a (run_id, model_id, epoch) row")
     for col in ACCURACIES:
         bad = df[col].dropna()
         if ((bad < 0) | (bad > 1)).any():

@@ -4,6 +4,8 @@ from __future__ import annotations
 import itertools
 from dataclasses import asdict, dataclass, fields, replace
 
+import torch
+
 from .models import MODEL_ARGS, build_model
 from .optim import resolve_hyperparameters
 from .validate import check_positive_int
@@ -40,7 +42,8 @@ class TrainSpec:
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ValueError(f"seed={self.seed!r} is not valid; expected an integer >= 0")
         resolve_hyperparameters(self.optimizer, self.lr, self.momentum, self.weight_decay)
-        build_model(self.arch, **self.model_kwargs())
+        with torch.device("meta"):    # checks the arguments without drawing from the RNG
+            build_model(self.arch, **self.model_kwargs())
         if not self.model_id:
             object.__setattr__(self, "model_id", f"{self.arch}-s{self.seed}")
 

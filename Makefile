@@ -1,0 +1,47 @@
+# Two commands for a fresh machine: `make report` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-dev
+PROFILE ?= default
+# The data folder, absolute so that notebooks executed from notebooks/ find it too.
+LENET_DATA ?= $(CURDIR)/data
+export LENET_DATA
+
+REPORT_ARGS := --profile $(PROFILE) $(if $(PRESET),--preset $(PRESET)) $(if $(ONLY),--only $(ONLY)) \
+	$(if $(JOBS),--jobs $(JOBS)) $(if $(FORCE),--force) $(if $(EXECUTOR),--executor $(EXECUTOR)) \
+	$(if $(SCHEDULER),--scheduler $(SCHEDULER))
+
+.PHONY: report test lab bench notebooks list venv clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (lenet)" >/dev/null
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+report: $(STAMP)  ## run every notebook over its params/ matrix, then outputs/report.html
+	$(PY) -m lenet_lib report $(REPORT_ARGS)
+
+test: $(STAMP)  ## unit tests, runner tests, and nbval on the notebooks' stored outputs
+	$(PY) -m pytest tests notebooks --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
+		--ignore=notebooks/summary.ipynb -p no:cacheprovider
+
+lab: $(STAMP)  ## JupyterLab on notebooks/ with this venv's kernel
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+
+bench: $(STAMP)  ## training speed: library path vs torchvision DataLoader (same run), ensembles
+	$(PY) -m lenet_lib.bench $(if $(QUICK),--quick)
+
+notebooks: $(STAMP)  ## regenerate the stored outputs that nbval compares (quick defaults)
+	$(PY) -m lenet_lib notebooks $(if $(ONLY),--only $(ONLY))
+
+list: $(STAMP)  ## notebooks, profiles, presets and run counts
+	$(PY) -m lenet_lib list
+
+clean:  ## remove generated outputs (keeps .venv and data)
+	rm -rf outputs .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

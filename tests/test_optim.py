@@ -1,0 +1,49 @@
+import pytest
+import torch
+
+from lenet_lib.models import build_model
+from lenet_lib.optim import OPTIMIZERS, make_optimizer, resolve_hyperparameters
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_each_optimizer_steps_and_lowers_the_loss(name):
+    torch.manual_seed(0)
+    model = build_model()
+    x, y = torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,))
+    lr = {"gd": 0.05, "sgd": 0.05, "adadelta": 1.0, "adagrad": 2e-3, "rmsprop": 2e-4}.get(name)
+    opt = make_optimizer(name, model.parameters(), lr=lr, weight_decay=1e-4)
+    before = [p.detach().clone() for p in model.parameters()]
+    losses = []
+    for _ in range(5):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert losses[-1] < losses[0]
+
+
+def test_defaults_and_meaning():
+    assert resolve_hyperparameters("momentum")["momentum"] == 0.9
+    assert resolve_hyperparameters("sgd")["momentum"] == 0.0
+    assert resolve_hyperparameters("adam") == {"lr": 1e-3, "weight_decay": 0.0}
+    opt = make_optimizer("nesterov", build_model().parameters(), lr=0.1, momentum=0.8)
+    assert opt.defaults["nesterov"] and opt.defaults["momentum"] == 0.8 and opt.defaults["lr"] == 0.1
+    opt = make_optimizer("adam", build_model().parameters(), betas=(0.8, 0.9))
+    assert opt.defaults["betas"] == (0.8, 0.9)
+
+
+@pytest.mark.parametrize("args, message", [
+    (dict(name="adamm"), "optimizer='adamm'.*'adam'"),
+    (dict(name="sgd", lr=0), r"lr=0 .*\(0.0"),
+    (dict(name="sgd", lr=float("nan")), "lr=nan"),
+    (dict(name="momentum", momentum=1.0), "momentum=1.0"),
+    (dict(name="adam", momentum=0.9), "only .* take momentum"),
+    (dict(name="sgd", weight_decay=-1), "weight_decay=-1"),
+    (dict(name="adam", beta=0.9), "unknown argument.*beta.*betas"),
+    (dict(name="nesterov", momentum=0), "nesterov"),
+])
+def test_bad_values_are_clear_errors(args, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_hyperparameters(**args)
