@@ -27,4 +27,18 @@ def final_epoch(history: pd.DataFrame) -> pd.DataFrame:
     return history.sort_values("epoch").groupby(keys, as_index=False).tail(1).reset_index(drop=True)
 
 
-__all__ = ["run_specs", "final_epoch", "save_results"]
+
+
+
+def variant_name(bn: bool, dropout: float) -> str:
+    """The four BN x dropout variants of R1 and R4: plain, BN, dropout, BN+dropout."""
+    return {(False, False): "plain", (True, False): "BN", (False, True): "dropout",
+            (True, True): "BN+dropout"}[(bool(bn), dropout > 0)]
+
+
+def add_variant(history: pd.DataFrame) -> pd.DataFrame:
+    """A 'variant' column from the bn and dropout columns."""
+    return history.assign(variant=[variant_name(b, p) for b, p in zip(history["bn"], history["dropout"])])
+
+
+VARIANT_ORDER = ["plain", "BN", "dropout", "BN+dropout"]

@@ -1,0 +1,98 @@
+"""`make bench`: training images/s of the library's path against what the reports did, in the same run.
+
+Baseline ("reports"): torchvision MNIST through a DataLoader with ToTensor + Normalize per image,
+batch 128 shuffled, test evaluated through a DataLoader at batch 100. Library: lenet_lib.train on the
+whole split held as one tensor. Same model (standard LeNet-5), same optimizer (SGD momentum 0.9, lr 0.05),
+same batch 128; each side timed over whole epochs including its test-set evaluation.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+import torchvision
+from torchvision import transforms
+
+from .data import DATASETS, data_root, prepare_data
+from .models import build_model
+from .specs import TrainSpec
+from .train import resolve_device, train
+
+
+def baseline_epoch_seconds(epochs: int, train_size: int | None, device: torch.device) -> list[float]:
+    """The reports' way: per-image transforms in a DataLoader."""
+    info = DATASETS["mnist"]
+    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize(info.mean, info.std)])
+    train_set = torchvision.datasets.MNIST(str(data_root()), train=True, transform=tf)
+    test_set = torchvision.datasets.MNIST(str(data_root()), train=False, transform=tf)
+    if train_size:
+        train_set = torch.utils.data.Subset(train_set, range(train_size))
+    train_loader = torch.utils.data.DataLoader(train_set, batch_size=128, shuffle=True)
+    test_loader = torch.utils.data.DataLoader(test_set, batch_size=100, shuffle=False)
+    torch.manual_seed(0)
+    model = build_model().to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    seconds = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        model.train()
+        for x, y in train_loader:
+            x, y = x.to(device), y.to(device)
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+        model.eval()
+        correct = 0
+        with torch.no_grad():
+            for x, y in test_loader:
+                correct += (model(x.to(device)).argmax(1) == y.to(device)).sum().item()
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def library_epoch_seconds(epochs: int, train_size: int | None, device: torch.device,
+                          precision: str = "fp32") -> list[float]:
+    data = prepare_data("mnist", val_size=0, train_size=train_size, device=device)
+    spec = TrainSpec(optimizer="momentum", lr=0.05, momentum=0.9, batch_size=128, epochs=epochs)
+    history = train(spec, data, device=device, precision=precision, progress=False).history
+    return history["epoch_seconds"].tolist()
+
+
+def single_model(epochs: int, train_size: int | None, device: torch.device) -> pd.DataFrame:
+    """images/s per path; the best epoch of each (the first pays one-off warm-up costs)."""
+    n = train_size or 60000
+    rows = []
+    for path, seconds in [
+        ("reports: DataLoader + ToTensor/Normalize", baseline_epoch_seconds(epochs, train_size, device)),
+        ("lenet_lib: tensor + index batches (fp32)", library_epoch_seconds(epochs, train_size, device)),
+        ("lenet_lib: tensor + index batches (bf16 autocast)",
+         library_epoch_seconds(epochs, train_size, device, "bf16")),
+    ]:
+        rows.append({"path": path, "images_per_s": n / min(seconds), "epochs_timed": len(seconds)})
+    table = pd.DataFrame(rows)
+    table["ratio_vs_reports"] = table["images_per_s"] / table["images_per_s"].iloc[0]
+    return table
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a 10k-image subset, 2 epochs (CI-sized)")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    device = resolve_device(args.device)
+    epochs, train_size = (2, 10000) if args.quick else (3, None)
+    print(f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}")
+    print(f"\n== One model: MNIST, LeNet-5, SGD momentum, batch 128, {epochs} epochs, "
+          f"{train_size or 60000} training images, test set evaluated each epoch ==")
+    print(single_model(epochs, train_size, device).to_string(index=False, float_format="%.2f"))
+    from . import bench_ensemble
+    print("\n== Many models: batched ensemble vs one at a time ==")
+    print(bench_ensemble.run(quick=args.quick).to_string(index=False, float_format="%.2f"))
+
+
+if __name__ == "__main__":
+    main()

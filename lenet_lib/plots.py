@@ -1,0 +1,107 @@
+"""Figures from tidy frames (one row per model x epoch). Bands and bars are 95 % t-intervals over seeds."""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from .stats import t_interval
+
+sns.set_theme(style="whitegrid", context="notebook")
+LABELS = {"train_loss": "train loss", "val_loss": "validation loss", "test_loss": "test loss",
+          "train_acc": "train accuracy", "val_acc": "validation accuracy", "test_acc": "test accuracy",
+          "epoch_seconds": "seconds per epoch", "train_seconds": "training seconds per epoch"}
+
+
+def _ci(values):
+    """seaborn errorbar callable: the same t-interval the tables report (a point alone: no bar)."""
+    lo, hi = t_interval(values)
+    mean = float(np.mean(values))
+    return (mean, mean) if np.isnan(lo) else (lo, hi)
+
+
+def curves(df: pd.DataFrame, metrics=("train_loss", "val_loss"), hue: str = "variant", title: str = ""):
+    """Per-epoch curves of each metric, one line per hue value, with a 95 % CI band over seeds."""
+    metrics = list(metrics)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 3.8), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        sns.lineplot(data=df, x="epoch", y=metric, hue=hue, errorbar=_ci, marker="o", ax=ax)
+        ax.set_ylabel(LABELS.get(metric, metric))
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        if ax is not axes[0][-1] and ax.get_legend():
+            ax.get_legend().remove()
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def bars(df: pd.DataFrame, x: str, y: str, hue: str | None = None, title: str = "", ax=None):
+    """Mean of y per x (and hue) with 95 % CI bars, e.g. final test accuracy per variant."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.5, 3.8))
+    sns.pointplot(data=df, x=x, y=y, hue=hue, errorbar=_ci, capsize=0.15, linestyle="none",
+                  dodge=0.3 if hue else False, ax=ax)
+    ax.set_ylabel(LABELS.get(y, y))
+    ax.set_title(title)
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def versus(df: pd.DataFrame, x: str, y: str, hue: str | None = None, logx: bool = False, title: str = "",
+           ax=None):
+    """y against a numeric x (learning rate, dropout p, batch size), one line per hue, 95 % CI band."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.5, 3.8))
+    sns.lineplot(data=df, x=x, y=y, hue=hue, errorbar=_ci, marker="o", ax=ax)
+    if logx:
+        ax.set_xscale("log")
+    ax.set_ylabel(LABELS.get(y, y))
+    ax.set_title(title)
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def image_grid(images, titles=None, rows: int | None = None, cmap: str = "gray", title: str = "",
+               scale: float = 1.3):
+    """A grid of images (N x H x W, or N x C x H x W for RGB), one optional title each."""
+    images = np.asarray(images)
+    n = len(images)
+    rows = rows or int(np.ceil(n / 10))
+    cols = int(np.ceil(n / rows))
+    fig, axes = plt.subplots(rows, cols, figsize=(scale * cols, scale * rows + 0.4), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            img = images[i]
+            ax.imshow(img.transpose(1, 2, 0) if img.ndim == 3 and img.shape[0] == 3 else img.squeeze(),
+                      cmap=cmap)
+            if titles is not None:
+                ax.set_title(str(titles[i]), fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def heatmap(matrix, labels, title: str = "", fmt: str = "d"):
+    """A labelled square matrix, e.g. a confusion matrix (rows: true class, columns: predicted)."""
+    fig, ax = plt.subplots(figsize=(5.5, 4.6))
+    sns.heatmap(matrix, annot=True, fmt=fmt, cmap="Blues", xticklabels=labels, yticklabels=labels, ax=ax,
+                cbar=False, annot_kws={"fontsize": 7})
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def scatter(points, labels, title: str = ""):
+    """2-D points coloured by class, e.g. a t-SNE embedding."""
+    fig, ax = plt.subplots(figsize=(5.5, 4.8))
+    sns.scatterplot(x=points[:, 0], y=points[:, 1], hue=labels, palette="tab10", s=10, linewidth=0, ax=ax)
+    ax.legend(title="class", bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=8)
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.tight_layout()
+    return fig
