@@ -42,3 +42,19 @@ def add_variant(history: pd.DataFrame) -> pd.DataFrame:
 
 
 VARIANT_ORDER = ["plain", "BN", "dropout", "BN+dropout"]
+
+
+def lr_grid(optimizer: str, factors) -> list[float]:
+    """A log grid around the optimizer's default learning rate: default x each factor."""
+    from .optim import resolve_hyperparameters
+    base = resolve_hyperparameters(optimizer)["lr"]
+    return [float(f"{base * f:.3g}") for f in factors]
+
+
+def best_by_validation(history: pd.DataFrame, group: str, choice: str, metric: str = "val_acc") -> pd.Series:
+    """For each value of `group`, the `choice` (e.g. lr) whose final-epoch `metric`, averaged over seeds,
+    is highest. Only the validation split decides; diverged models count as failures (metric NaN -> -inf)."""
+    final = final_epoch(history)
+    score = final.assign(_score=final[metric].where(final["status"] == "ok").fillna(-float("inf")))
+    means = score.groupby([group, choice])["_score"].mean().reset_index()
+    return means.loc[means.groupby(group)["_score"].idxmax()].set_index(group)[choice]

@@ -105,3 +105,21 @@ def scatter(points, labels, title: str = ""):
     ax.set_yticks([])
     fig.tight_layout()
     return fig
+
+
+def overview(rows: pd.DataFrame, hue: str = "config", title: str = ""):
+    """Validation accuracy per epoch (CI bands) beside seconds per epoch (CI bars), one colour per hue."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 3.9), gridspec_kw={"width_ratios": [3, 2]})
+    sns.lineplot(data=rows, x="epoch", y="val_acc", hue=hue, errorbar=_ci, marker="o", ax=axes[0])
+    axes[0].set_ylabel(LABELS["val_acc"])
+    axes[0].xaxis.get_major_locator().set_params(integer=True)
+    axes[0].legend(fontsize=7, title=None)
+    per_model = rows.groupby(["run_id", "model_id", hue], as_index=False)["epoch_seconds"].mean()
+    sns.pointplot(data=per_model, y=hue, x="epoch_seconds", errorbar=_ci, capsize=0.2, linestyle="none",
+                  ax=axes[1])
+    axes[1].set_xlabel(LABELS["epoch_seconds"])
+    axes[1].set_ylabel("")
+    axes[1].tick_params(axis="y", labelsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

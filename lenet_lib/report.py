@@ -1,0 +1,86 @@
+"""What the summary notebook computes: every run of one report read back, grouped and tabled.
+
+It reads files only (outputs/index.json, each run's results and manifest); it never trains.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from .experiment import final_epoch
+from .results import IDENTITY, MEASURES, read_manifest, read_runs
+from .stats import summarize
+
+# Columns that never name a configuration: identity, measures, timing, bookkeeping.
+NOT_CONFIG = set(IDENTITY) | set(MEASURES) | {"status", "train_seconds", "model_id", "fc_activation",
+                                              "device", "run_dir", "in_channels", "num_classes"}
+
+
+def load_index(index_path: str | Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    """(the index, tidy results of its finished runs, one row per planned run with status and error)."""
+    index = json.loads(Path(index_path).read_text())
+    planned = index.get("runs", [])
+    results, runs = read_runs([entry["run_dir"] for entry in planned])
+    by_dir = {entry["run_dir"]: entry for entry in planned}
+    # The index knows about runs lost before they wrote a manifest (e.g. a killed worker): keep its word.
+    runs["status"] = [row.status if row.status != "missing" else by_dir[row.run_dir].get("status", "missing")
+                      for row in runs.itertuples()]
+    runs["error"] = [row.error or by_dir[row.run_dir].get("error") for row in runs.itertuples()]
+    return index, results, runs
+
+
+def provenance(runs: pd.DataFrame) -> dict:
+    """Provenance of the first finished run (all runs of a report come from one machine and commit)."""
+    for run_dir in runs.loc[runs["status"].isin(["ok", "diverged"]), "run_dir"]:
+        manifest = read_manifest(run_dir)
+        if manifest:
+            return manifest.get("provenance", {})
+    return {}
+
+
+def varying_columns(df: pd.DataFrame) -> list[str]:
+    """Configuration columns whose value differs between models of df (in column order)."""
+    return [c for c in df.columns
+            if c not in NOT_CONFIG and not c.startswith("_") and df[c].astype(str).nunique() > 1]
+
+
+def with_config(df: pd.DataFrame, exclude=("dataset",)) -> tuple[pd.DataFrame, list[str]]:
+    """df with a 'config' label column built from its varying configuration columns."""
+    columns = [c for c in varying_columns(df) if c not in exclude]
+    if not columns:
+        return df.assign(config="all models"), columns
+    label = df[columns].astype(str).apply(lambda r: ", ".join(f"{c}={v}" for c, v in r.items()), axis=1)
+    return df.assign(config=label), columns
+
+
+def notebook_sections(results: pd.DataFrame):
+    """(notebook, dataset, rows with a config column) for each notebook x dataset with results.
+
+    Notebooks that record a 'stage' column (e.g. optimizers: tune, compare) are shown at their last
+    stage, the one their conclusions come from."""
+    for (notebook, dataset), rows in results.groupby(["notebook", "dataset"], sort=True, dropna=False):
+        rows = rows.dropna(axis=1, how="all")
+        if "stage" in rows:
+            rows = rows[rows["stage"] == rows["stage"].dropna().iloc[-1]]
+        labelled, _ = with_config(rows)
+        yield notebook, dataset, labelled
+
+
+def overview(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per config: models, final test and validation accuracy (mean ± 95 % CI), seconds per epoch."""
+    final = final_epoch(rows)
+    seconds = rows.groupby(["run_id", "model_id", "config"], as_index=False)["epoch_seconds"].mean()
+    diverged = final.groupby("config")["status"].apply(lambda s: int((s == "diverged").sum()))
+    table = (summarize(final, "config", "test_acc")[["config", "n", "mean", "test_acc"]]
+             .merge(summarize(final, "config", "val_acc")[["config", "val_acc"]], on="config")
+             .merge(summarize(seconds, "config", "epoch_seconds")[["config", "epoch_seconds"]], on="config"))
+    table["diverged"] = table["config"].map(diverged).fillna(0).astype(int)
+    return table.sort_values("mean", ascending=False).drop(columns="mean").reset_index(drop=True)
+
+
+def problems(runs: pd.DataFrame) -> pd.DataFrame:
+    """Runs that did not finish cleanly: failed, missing or diverged, with their error."""
+    bad = runs[runs["status"] != "ok"]
+    return bad[["notebook", "run_id", "status", "error"]].reset_index(drop=True)
