@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm   # plain text bars: no ipywidgets needed in kernels or logs
 
 from .data import DataSplits, epoch_order, index_batches
 from .models import build_model
