@@ -23,6 +23,8 @@ def run_specs(specs: list[TrainSpec], data: DataSplits, *, device="auto", precis
 
 def final_epoch(history: pd.DataFrame) -> pd.DataFrame:
     """The last recorded epoch of every model (a diverged model's last row)."""
+    if history.empty:
+        return history
     keys = [c for c in ("run_id", "model_id") if c in history.columns]
     return history.sort_values("epoch").groupby(keys, as_index=False).tail(1).reset_index(drop=True)
 
@@ -38,6 +40,8 @@ def variant_name(bn: bool, dropout: float) -> str:
 
 def add_variant(history: pd.DataFrame) -> pd.DataFrame:
     """A 'variant' column from the bn and dropout columns."""
+    if history.empty:
+        return history.assign(variant=pd.Series(dtype=str))
     return history.assign(variant=[variant_name(b, p) for b, p in zip(history["bn"], history["dropout"])])
 
 

@@ -27,7 +27,8 @@ def load_index(index_path: str | Path) -> tuple[dict, pd.DataFrame, pd.DataFrame
     # The index knows about runs lost before they wrote a manifest (e.g. a killed worker): keep its word.
     runs["status"] = [row.status if row.status != "missing" else by_dir[row.run_dir].get("status", "missing")
                       for row in runs.itertuples()]
-    runs["error"] = [row.error or by_dir[row.run_dir].get("error") for row in runs.itertuples()]
+    runs["error"] = [row.error if isinstance(row.error, str) else by_dir[row.run_dir].get("error")
+                     for row in runs.itertuples()]
     return index, results, runs
 
 

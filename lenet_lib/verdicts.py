@@ -26,7 +26,8 @@ class Verdict:
 def _rows(results: pd.DataFrame, notebook: str, dataset: str | None = "mnist", **equal) -> pd.DataFrame:
     """Rows of one notebook (and dataset), status ok, with columns equal to the given values."""
     if results.empty or "notebook" not in results:
-        return results.iloc[0:0]
+        return pd.DataFrame(columns=["notebook", "run_id", "model_id", "epoch", "bn", "dropout",
+                                     "conv_dropout", "status", "test_acc", "train_seconds"])
     keep = (results["notebook"] == notebook) & (results["status"] == "ok")
     if dataset is not None and "dataset" in results:
         keep &= results["dataset"] == dataset
