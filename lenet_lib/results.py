@@ -147,7 +147,7 @@ def read_runs(run_dirs) -> tuple[pd.DataFrame, pd.DataFrame]:
         if manifest is not None:
             row.update({k: manifest.get(k) for k in ("status", "error", "seconds", "profile", "preset")})
             results = run_dir / RESULTS_FILE
-            if results.exists():
+            if manifest.get("status") in ("ok", "diverged") and results.exists():   # a failed run's rows stay out
                 frames.append(read_table(results))
         runs.append(row)
     results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*IDENTITY, *MEASURES])

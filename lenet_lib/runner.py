@@ -1,0 +1,259 @@
+"""The runner: a checked matrix of papermill runs (params.py) -> cached run folders -> index -> report.
+
+A run is done once its manifest exists (executors.execute_run writes it last); done runs are skipped,
+the rest (never run, killed, failed) run. User errors raise ConfigError before the first kernel starts.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import nbformat
+
+from . import results
+from .executors import DaskExecutor, LocalExecutor, RunTask, cpu_count, describe_error, execute_run, \
+    refresh_notebook, run_papermill, set_kernel_environment
+from .params import PROFILES, ConfigError, did_you_mean, expand, listing, load_params, select
+
+LIBRARY_DIR = Path(__file__).resolve().parent
+REPO_ROOT = LIBRARY_DIR.parent
+SUMMARY = "summary"
+DONE = ("ok", "diverged")
+
+
+# ---------------------------------------------------------------- planning: run ids and folders
+def library_hash() -> str:
+    """Every .py file of lenet_lib (path and bytes): a library change re-runs everything."""
+    h = hashlib.sha256()
+    for path in sorted(LIBRARY_DIR.rglob("*.py")):
+        h.update(str(path.relative_to(LIBRARY_DIR)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def notebook_source_hash(path: Path) -> str:
+    """Cell sources only: stored outputs are regenerated and must not change a run's id."""
+    nb = nbformat.read(str(path), as_version=4)
+    text = json.dumps([[cell.cell_type, cell.source] for cell in nb.cells])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def make_run_id(notebook: str, parameters: dict, nb_hash: str, lib_hash: str) -> str:
+    key = json.dumps({"notebook": notebook, "parameters": parameters, "notebook_sources": nb_hash,
+                      "library": lib_hash}, sort_keys=True, default=repr)
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def plan(selected, outputs: Path, profile, preset) -> list[RunTask]:
+    """One RunTask per matrix cell. Merge order: notebook defaults < file < profile/preset < matrix."""
+    lib_hash, tasks = library_hash(), []
+    # Kernels run elsewhere (another cwd, another machine): pin the data folder as an absolute path.
+    env = {"LENET_DATA": str(Path(os.environ.get("LENET_DATA", REPO_ROOT / "data")).expanduser().resolve())}
+    for nb, label in selected:
+        block, nb_hash = nb.blocks[label], notebook_source_hash(nb.path)
+        for combination in expand(block["matrix"]):
+            parameters = {**nb.parameters, **block["parameters"], **combination}
+            run_id = make_run_id(nb.name, parameters, nb_hash, lib_hash)
+            run_dir = (outputs / "runs" / nb.name / run_id).resolve()
+            injected = {**parameters, "output_dir": str(run_dir), "run_id": run_id}
+            tasks.append(RunTask(nb.name, str(nb.path.resolve()), run_id, str(run_dir), injected,
+                                 profile, preset, env))
+    return tasks
+
+
+def is_done(task: RunTask) -> bool:
+    try:
+        manifest = results.read_manifest(task.run_dir)
+    except (OSError, ValueError):
+        return False
+    return manifest is not None and manifest.get("status") in DONE
+
+
+# ---------------------------------------------------------------- the report command
+def default_jobs() -> int:
+    import torch
+    return 1 if torch.cuda.is_available() else min(2, cpu_count())
+
+
+def make_executor(executor: str, jobs: int | None, scheduler: str | None):
+    if executor == "dask":
+        return DaskExecutor(scheduler, jobs or 2)
+    return LocalExecutor(jobs or default_jobs())
+
+
+def execute(tasks: list[RunTask], executor, done: int, total: int, out) -> dict:
+    """Run tasks through the executor with a progress bar; {label: exception} for runs that were lost."""
+    from tqdm import tqdm
+    lost = {}
+    print(f"report: {len(tasks)} run(s) to execute on the {executor.describe()}", file=out)
+    with tqdm(total=total, initial=done, unit="run", desc="report", file=out) as bar:
+        for task, outcome in executor.imap(execute_run, tasks):
+            if isinstance(outcome, BaseException):
+                lost[task.label] = outcome
+            bar.set_postfix_str(f"{task.label} {getattr(outcome, 'status', 'lost')}")
+            bar.update()
+    return lost
+
+
+def index_entries(tasks: list[RunTask], lost: dict) -> list[dict]:
+    entries = []
+    for task in tasks:
+        manifest = results.read_manifest(task.run_dir) or {}
+        error = manifest.get("error") or (describe_error(lost[task.label]) if task.label in lost else None)
+        entries.append({"notebook": task.notebook, "run_id": task.run_id, "run_dir": task.run_dir,
+                        "parameters": task.parameters, "status": manifest.get("status", "missing"),
+                        "error": error, "seconds": manifest.get("seconds")})
+    return entries
+
+
+def write_index(path: Path, index: dict) -> None:
+    """Atomically; left as it is when only its time stamp would change (keeps the report cache valid)."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        old = None
+    if old is None or {**old, "created": None} != json.loads(json.dumps({**index, "created": None}, default=str)):
+        results.write_json(index, path)
+
+
+def build_report(summary_nb: Path, outputs: Path, profile, preset, force: bool) -> bool:
+    """summary.ipynb -> outputs/summary.ipynb -> outputs/report.html; False when the cache was valid."""
+    index_path, html_path, stamp_path = outputs / "index.json", outputs / "report.html", outputs / ".report.stamp"
+    stamp = hashlib.sha256((index_path.read_text() + notebook_source_hash(summary_nb) + library_hash()
+                            + repr((profile, preset))).encode()).hexdigest()
+    if not force and html_path.exists() and stamp_path.exists() and stamp_path.read_text() == stamp:
+        return False
+    stamp_path.unlink(missing_ok=True)
+    html_path.unlink(missing_ok=True)        # a report.html that exists is a current one
+    running, executed = outputs / ".summary.running.ipynb", outputs / "summary.ipynb"
+    set_kernel_environment(cpu_count())
+    try:
+        run_papermill(summary_nb, running, {"index_path": str(index_path.resolve()), "profile": profile,
+                                            "preset": preset},
+                      cwd=summary_nb.parent, log_path=outputs / "summary.log")
+    except Exception as exc:
+        raise RuntimeError(f"the summary notebook failed: {describe_error(exc)} (see {executed})") from None
+    finally:
+        if running.exists():
+            os.replace(running, executed)
+    from nbconvert import HTMLExporter
+    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    html, _ = exporter.from_notebook_node(nbformat.read(str(executed), as_version=4),
+                                          resources={"metadata": {"name": "LeNet-5 experiment report"}})
+    results.atomic_write(html_path, lambda tmp: Path(tmp).write_text(html, encoding="utf-8"))
+    stamp_path.write_text(stamp)
+    return True
+
+
+def summary_line(entries: list[dict], cached: set) -> str:
+    counts = {s: [e for e in entries if e["status"] == s] for s in ("ok", "diverged", "failed", "missing")}
+    n_cached = sum(1 for e in counts["ok"] if e["run_id"] in cached)
+    parts = [f"{len(counts['ok'])} ok ({n_cached} cached)"]
+    if counts["diverged"]:
+        parts.append(f"{len(counts['diverged'])} diverged")
+    for status, word in (("failed", "failed"), ("missing", "not finished")):
+        if counts[status]:
+            listed = ", ".join(f"{e['notebook']}/{e['run_id']} ({_short(e['error'])})" for e in counts[status])
+            parts.append(f"{len(counts[status])} {word}: {listed}")
+    return f"report: {len(entries)} run{'' if len(entries) == 1 else 's'}: " + ", ".join(parts)
+
+
+def _short(error, limit=160) -> str:
+    lines = (error or "").strip().splitlines()
+    first = lines[0] if lines else "no manifest"
+    return first if len(first) <= limit else first[:limit - 3] + "..."
+
+
+def report(profile: str | None = None, preset: str | None = None, only=None, jobs: int | None = None,
+           force: bool = False, outputs=None, executor: str = "local", scheduler: str | None = None,
+           make_report: bool = True, params_dir=None, notebooks_dir=None, out=None) -> int:
+    """The `report` command; returns the exit code (0 all done, 1 a run or the summary failed).
+
+    Raises ConfigError (exit 2) before anything runs when the input is wrong.
+    """
+    out = out or sys.stderr
+    params_dir = Path(params_dir or REPO_ROOT / "params")
+    notebooks_dir = Path(notebooks_dir or REPO_ROOT / "notebooks")
+    outputs = Path(outputs or REPO_ROOT / "outputs").resolve()
+    if preset is None:
+        profile = profile or "default"
+    if profile is not None and profile not in PROFILES:
+        raise ConfigError(f"profile {profile!r} is not valid; choose one of {listing(PROFILES)}")
+    if executor not in ("local", "dask"):
+        raise ConfigError(f"executor {executor!r} is not valid; choose local or dask")
+    if scheduler and executor != "dask":
+        raise ConfigError("--scheduler needs --executor dask")
+    if jobs is not None and (not isinstance(jobs, int) or jobs < 1):
+        raise ConfigError(f"--jobs {jobs!r} is not valid; expected a positive integer")
+    summary_nb = notebooks_dir / f"{SUMMARY}.ipynb"
+    if make_report and not summary_nb.exists():
+        raise ConfigError(f"{summary_nb} does not exist; the report needs it (or pass --no-report)")
+    selected = select(load_params(params_dir, notebooks_dir), only, profile, preset)
+    tasks = plan(selected, outputs, profile, preset)
+
+    cached = {t.run_id for t in tasks if not force and is_done(t)}
+    todo = [t for t in tasks if t.run_id not in cached]
+    lost = {}
+    if todo:
+        with make_executor(executor, jobs, scheduler) as ex:
+            lost = execute(todo, ex, len(tasks) - len(todo), len(tasks), out)
+    entries = index_entries(tasks, lost)
+    titles = {nb.name: nb.title for nb, _ in selected}
+    index = {"profile": profile, "preset": preset, "created": results.now(), "outputs": str(outputs),
+             "notebooks": titles, "runs": entries}
+    write_index(outputs / "index.json", index)
+    line = summary_line(entries, cached)
+    code = 0 if all(e["status"] in DONE for e in entries) else 1
+    if make_report:
+        try:
+            built = build_report(summary_nb, outputs, profile, preset, force)
+            line += f"; {'wrote' if built else 'unchanged'} {outputs / 'report.html'}"
+        except RuntimeError as exc:
+            line, code = f"{line}; {exc}", 1
+    print(line)
+    return code
+
+
+# ---------------------------------------------------------------- the notebooks and list commands
+def refresh_notebooks(only=None, jobs: int | None = None, notebooks_dir=None, out=None) -> int:
+    """Execute every notebook (but the summary) in place with its defaults; 1 if any failed."""
+    from tqdm import tqdm
+    out = out or sys.stderr
+    notebooks_dir = Path(notebooks_dir or REPO_ROOT / "notebooks")
+    if jobs is not None and (not isinstance(jobs, int) or jobs < 1):
+        raise ConfigError(f"--jobs {jobs!r} is not valid; expected a positive integer")
+    paths = {p.stem: p for p in sorted(notebooks_dir.glob("*.ipynb")) if p.stem != SUMMARY}
+    for name in only or []:
+        if name not in paths:
+            raise ConfigError(f"unknown notebook {name!r} in --only{did_you_mean(name, paths)}; "
+                              f"valid: {listing(paths)}")
+    chosen = [str(p.resolve()) for n, p in paths.items() if not only or n in only]
+    failed = []
+    with LocalExecutor(jobs or default_jobs()) as ex, \
+            tqdm(total=len(chosen), unit="notebook", desc="notebooks", file=out) as bar:
+        for path, outcome in ex.imap(refresh_notebook, chosen):
+            if isinstance(outcome, BaseException) or outcome.status != "ok":
+                error = describe_error(outcome) if isinstance(outcome, BaseException) else outcome.error
+                failed.append(f"{Path(path).stem} ({_short(error)})")
+            bar.update()
+    print(f"notebooks: {len(chosen)} executed, {len(failed)} failed" + (": " + ", ".join(failed) if failed else ""))
+    return 1 if failed else 0
+
+
+def list_notebooks(params_dir=None, notebooks_dir=None) -> int:
+    params = load_params(Path(params_dir or REPO_ROOT / "params"), Path(notebooks_dir or REPO_ROOT / "notebooks"))
+    header = ["notebook", *PROFILES, "presets", "title"]
+    rows = []
+    for nb in params.values():
+        counts = {label: len(expand(block["matrix"])) for label, block in nb.blocks.items()}
+        presets = " ".join(f"{label.split(' ', 1)[1]}:{n}" for label, n in counts.items()
+                           if label.startswith("preset "))
+        rows.append([nb.name, *(str(counts[f"profile {p}"]) for p in PROFILES), presets or "-", nb.title])
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+    print("runs per profile/preset; run one with: python -m lenet_lib report --profile quick|default|full "
+          "or --preset NAME")
+    return 0

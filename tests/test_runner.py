@@ -1,0 +1,221 @@
+"""The runner (issue 4): params/ validation, run ids, cache, resume, failure, index and report.
+
+Kernel tests run real papermill kernels on tiny fixture notebooks (tests/fixtures/runner_project.py).
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from fixtures.runner_project import TINY_YAML, add_broken, args, make_project, run_dirs, write_notebook
+
+from lenet_lib import results, runner
+from lenet_lib.__main__ import main
+from lenet_lib.params import ConfigError, load_params, select
+from lenet_lib.runner import is_done, plan, report
+
+
+@pytest.fixture(autouse=True)
+def pinned_library_hash(monkeypatch):
+    """Run ids include every lenet_lib source; an edit elsewhere in the library while a test runs
+    must not change them half-way (run_id's dependence on sources is tested below)."""
+    value = runner.library_hash()
+    monkeypatch.setattr(runner, "library_hash", lambda: value)
+
+
+def _plan(dirs, profile="quick", preset=None):
+    params = load_params(dirs["params"], dirs["notebooks"])
+    return plan(select(params, None, profile, preset), dirs["outputs"], profile, preset)
+
+
+def _out(capsys) -> str:
+    return capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_report_end_to_end_cache_force_resume_and_failure(tmp_path, capsys):
+    dirs = make_project(tmp_path)
+    out = dirs["outputs"]
+    quick = args(dirs, "--profile", "quick", "--jobs", "2")
+
+    # 1. A 2-run matrix with real kernels: run folders, manifests, index, summary, report.
+    assert main(quick) == 0                                    # a diverged run is a finished run
+    assert "report: 2 runs: 1 ok (0 cached), 1 diverged; wrote" in _out(capsys)
+    runs = sorted(run_dirs(out, "tiny"), key=lambda r: results.read_manifest(r)["parameters"]["x"])
+    assert len(runs) == 2
+    for run, status in zip(runs, ("ok", "diverged")):
+        assert {"executed.ipynb", "results.parquet", "run.log", "manifest.json"} <= {p.name for p in run.iterdir()}
+        manifest = results.read_manifest(run)
+        assert (manifest["status"], manifest["profile"], manifest["preset"]) == (status, "quick", None)
+        assert manifest["parameters"]["output_dir"] == str(run) and manifest["parameters"]["run_id"] == run.name
+        assert manifest["parameters"]["label"] == "b"          # the file's fixed parameters
+        assert "tiny done" in (run / "run.log").read_text()    # the kernel's stdout
+        assert len(results.read_table(run / "results.parquet")) == 2
+    assert sorted(results.read_manifest(r)["parameters"]["x"] for r in runs) == [1, 2]
+    index = json.loads((out / "index.json").read_text())
+    assert index["profile"] == "quick" and [r["status"] for r in index["runs"]] == ["ok", "diverged"]
+    html = (out / "report.html").read_text()
+    assert "SUMMARY: 2 runs, 4 rows, profile quick" in html
+    assert "read_runs" not in html                             # code cells are hidden in the report
+
+    # 2. Unchanged: everything cached, nothing rewritten, fast.
+    files = [*(r / "manifest.json" for r in runs), out / "report.html", out / "index.json"]
+    mtimes = {f: f.stat().st_mtime_ns for f in files}
+    clock = time.perf_counter()
+    assert main(quick) == 0
+    assert time.perf_counter() - clock < 15
+    assert "report: 2 runs: 1 ok (1 cached), 1 diverged; unchanged" in _out(capsys)
+    assert {f: f.stat().st_mtime_ns for f in files} == mtimes
+
+    # 3. --force re-runs every run.
+    assert main([*quick, "--force", "--no-report"]) == 0
+    assert "1 ok (0 cached), 1 diverged" in _out(capsys)
+    assert all((r / "manifest.json").stat().st_mtime_ns != mtimes[r / "manifest.json"] for r in runs)
+
+    # 4. A run killed after its notebook saved results but before its manifest: not done, not counted.
+    finished, killed = runs
+    (killed / "manifest.json").unlink()
+    (killed / ".results.parquet.cut.tmp").write_text("half a file")
+    tidy, table = results.read_runs(runs)
+    assert set(tidy["run_id"]) == {finished.name}
+    assert table.set_index("run_id").loc[killed.name, "status"] == "missing"
+
+    # ... the next invocation re-runs it from a clean folder, while a new notebook fails.
+    add_broken(dirs, tmp_path / "no-data")
+    assert main(quick) == 1
+    line = _out(capsys)
+    assert re.search(r"^report: 3 runs: 1 ok \(1 cached\), 1 diverged, 1 failed: broken/[0-9a-f]{12} "
+                     r"\(DataMissingError: mnist not found in data folder", line, re.M), line
+    assert results.read_manifest(killed)["status"] == "diverged"
+    assert not (killed / ".results.parquet.cut.tmp").exists()
+    [broken] = run_dirs(out, "broken")
+    manifest = results.read_manifest(broken)
+    assert manifest["status"] == "failed" and manifest["error"].startswith("DataMissingError: mnist not found")
+    assert str(tmp_path / "no-data") in manifest["error"]
+    assert (broken / "executed.ipynb").exists()                # kept for reading the traceback
+    index = json.loads((out / "index.json").read_text())
+    assert [(r["notebook"], r["status"]) for r in index["runs"]] == [
+        ("broken", "failed"), ("tiny", "ok"), ("tiny", "diverged")]
+    assert "SUMMARY: 3 runs" in (out / "report.html").read_text()   # the report still shows the failure
+
+    # 5. A failing summary notebook is an error too, and leaves no stale report.html.
+    write_notebook(dirs["notebooks"] / "summary.ipynb", "index_path = None\nprofile = None\npreset = None\n",
+                   "raise ValueError('no figure today')")
+    assert main([*quick, "--only", "tiny"]) == 1
+    assert "the summary notebook failed: ValueError: no figure today" in _out(capsys)
+    assert not (out / "report.html").exists() and (out / "summary.ipynb").exists()
+
+
+@pytest.mark.slow
+def test_notebooks_command_refreshes_stored_outputs_in_place(tmp_path, capsys):
+    dirs = make_project(tmp_path)
+    summary_before = (dirs["notebooks"] / "summary.ipynb").read_text()
+    assert main(["notebooks", "--notebooks", str(dirs["notebooks"]), "--jobs", "1"]) == 0
+    assert "notebooks: 1 executed, 0 failed" in _out(capsys)
+    nb = nbformat.read(str(dirs["notebooks"] / "tiny.ipynb"), as_version=4)
+    assert "tiny done 1" in "".join(o.get("text", "") for o in nb.cells[2].outputs)
+    assert "papermill" not in nb.metadata and not any("execution" in c.metadata for c in nb.cells)
+    assert (dirs["notebooks"] / "summary.ipynb").read_text() == summary_before   # it needs an index
+    assert not dirs["outputs"].exists()                        # defaults: output_dir None, nothing written
+
+
+def test_failed_or_unfinished_runs_are_not_done(tmp_path):
+    dirs = make_project(tmp_path)
+    task = _plan(dirs)[0]
+    assert not is_done(task)
+    Path(task.run_dir).mkdir(parents=True)
+    assert not is_done(task)                                   # a folder without manifest: killed mid-run
+    for status, done in (("failed", False), ("ok", True), ("diverged", True)):
+        results.write_json({"status": status}, Path(task.run_dir) / results.MANIFEST_FILE)
+        assert is_done(task) is done
+
+
+def test_run_ids_follow_parameters_and_sources_not_outputs(tmp_path):
+    dirs = make_project(tmp_path)
+    quick = _plan(dirs)
+    assert [t.run_id for t in quick] == [t.run_id for t in _plan(dirs)]       # stable
+    assert len({t.run_id for t in quick}) == 2 and all(re.fullmatch(r"[0-9a-f]{12}", t.run_id) for t in quick)
+    assert quick[0].parameters == {"label": "b", "x": 1, "output_dir": quick[0].run_dir, "run_id": quick[0].run_id}
+    assert [t.parameters["lr"] for t in _plan(dirs, "default")] == [0.1] * 3  # profile over file over defaults
+    preset = _plan(dirs, None, "P1")
+    assert len(preset) == 1 and preset[0].parameters["scale"] == 2 and preset[0].preset == "P1"
+
+    path = dirs["notebooks"] / "tiny.ipynb"
+    nb = nbformat.read(str(path), as_version=4)
+    nb.cells[2].outputs = [nbformat.v4.new_output("stream", name="stdout", text="stored output\n")]
+    nbformat.write(nb, str(path))
+    assert [t.run_id for t in _plan(dirs)] == [t.run_id for t in quick]       # outputs don't count
+    nb.cells[2].source += "\n# changed"
+    nbformat.write(nb, str(path))
+    assert not {t.run_id for t in _plan(dirs)} & {t.run_id for t in quick}    # sources do
+
+
+def _set_yaml(text):
+    return lambda dirs: (dirs["params"] / "tiny.yaml").write_text(text)
+
+
+def _replace(old, new):
+    assert old in TINY_YAML
+    return _set_yaml(TINY_YAML.replace(old, new))
+
+
+QUICK = "quick: {matrix: {x: [1, 2]}}"
+BAD_CONFIGS = {
+    "bad yaml": (_replace(QUICK, "quick: {matrix: {x: [1, 2]}"), {},
+                 r"tiny\.yaml:\d+:\d+: invalid YAML"),
+    "unknown top-level key": (_set_yaml(TINY_YAML + "matrx: {}\n"), {},
+                              "unknown key(s) matrx; valid keys: notebook, title, parameters, profiles, presets"),
+    "unknown block key": (_replace(QUICK, "quick: {matrix: {x: [1]}, params: {}}"), {},
+                          "profile quick: unknown key(s) params; valid keys: matrix, parameters"),
+    "missing profile": (_replace("  full:\n    matrix: {x: [1, 2, 3, 4]}\n", ""), {},
+                        "missing profile(s) full; every file defines exactly quick, default, full"),
+    "unknown profile": (_replace(QUICK, QUICK + "\n  fast: {}"), {}, "unknown profile(s) fast"),
+    "wrong notebook name": (_replace("notebook: tiny", "notebook: tiny2"), {}, "must name the notebook"),
+    "unknown --only": (None, {"only": ["tinny"]},
+                       "unknown notebook 'tinny' in --only (did you mean 'tiny'?); valid: tiny"),
+    "unknown preset": (None, {"preset": "R9"}, "preset 'R9' is not defined; presets defined: P1 (tiny)"),
+    "unknown parameter": (_replace(QUICK, "quick: {parameters: {epoch: 1}}"), {},
+                          "profile quick: parameter 'epoch' is not in the parameters cell"),
+    "wrong type": (_replace("[1, 2]", "[1, two]"), {},
+                   "x='two' has type str, but the notebook's default 1 has type int"),
+    "bool for int": (_replace("[1, 2]", "[1, true]"), {}, "x=True has type bool"),
+    "number read as string": (_replace("lr: 0.1", "lr: 1e-3"), {}, "write 1.0e-3"),
+    "list for str": (_replace("label: b", "label: [b]"), {}, "parameters: label=['b'] has type list"),
+    "bad value": (_replace("lr: 0.1", "lr: -0.5"), {}, "profile default: lr=-0.5 is not valid"),
+    "injected name": (_replace("label: b", "run_id: x"), {}, "run_id is set by the runner"),
+    "no summary notebook": (lambda dirs: (dirs["notebooks"] / "summary.ipynb").unlink(), {},
+                            "summary.ipynb does not exist"),
+    "bad profile": (None, {"profile": "huge"}, "profile 'huge' is not valid; choose one of quick, default, full"),
+    "scheduler without dask": (None, {"scheduler": "tcp://x:8786"}, "--scheduler needs --executor dask"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CONFIGS)
+def test_validation_errors_come_before_any_run(tmp_path, case):
+    edit, options, message = BAD_CONFIGS[case]
+    dirs = make_project(tmp_path)
+    if edit:
+        edit(dirs)
+    with pytest.raises(ConfigError) as error:
+        report(**{"profile": "quick", **options}, params_dir=dirs["params"], notebooks_dir=dirs["notebooks"],
+               outputs=dirs["outputs"])
+    assert message in str(error.value) or re.search(message, str(error.value)), str(error.value)
+    assert not dirs["outputs"].exists()                        # no run folder, no kernel
+
+
+def test_cli_user_error_is_one_line_exit_2(tmp_path, capsys):
+    dirs = make_project(tmp_path)
+    assert main(args(dirs, "--preset", "R9")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("report: error: preset 'R9' is not defined") and "Traceback" not in err
+    assert not dirs["outputs"].exists()
+
+
+def test_list_shows_profiles_presets_and_run_counts(tmp_path, capsys):
+    dirs = make_project(tmp_path)
+    assert main(["list", "--params", str(dirs["params"]), "--notebooks", str(dirs["notebooks"])]) == 0
+    assert re.search(r"^tiny\s+2\s+3\s+4\s+P1:1\s+Tiny fixture$", _out(capsys), re.M)
