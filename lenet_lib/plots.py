@@ -14,6 +14,18 @@ LABELS = {"train_loss": "train loss", "val_loss": "validation loss", "test_loss"
           "epoch_seconds": "seconds per epoch", "train_seconds": "training seconds per epoch"}
 
 
+def _finish_axis(ax, metric: str) -> None:
+    """Accuracy axes stay within [0, 1] even where a few-seed interval reaches past them."""
+    if metric.endswith("_acc"):
+        low, high = ax.get_ylim()
+        ax.set_ylim(max(low, 0.0), min(high, 1.0))
+
+
+def _legend_outside(ax, fontsize: int = 8) -> None:
+    if ax.get_legend() is not None:
+        ax.legend(fontsize=fontsize, bbox_to_anchor=(1.01, 1), loc="upper left", borderaxespad=0)
+
+
 def _ci(values):
     """seaborn errorbar callable: the same t-interval the tables report (a point alone: no bar)."""
     lo, hi = t_interval(values)
@@ -29,8 +41,10 @@ def curves(df: pd.DataFrame, metrics=("train_loss", "val_loss"), hue: str = "var
         sns.lineplot(data=df, x="epoch", y=metric, hue=hue, errorbar=_ci, marker="o", ax=ax)
         ax.set_ylabel(LABELS.get(metric, metric))
         ax.xaxis.get_major_locator().set_params(integer=True)
+        _finish_axis(ax, metric)
         if ax is not axes[0][-1] and ax.get_legend():
             ax.get_legend().remove()
+    _legend_outside(axes[0][-1])
     fig.suptitle(title)
     fig.tight_layout()
     return fig
@@ -43,6 +57,7 @@ def bars(df: pd.DataFrame, x: str, y: str, hue: str | None = None, title: str = 
     sns.pointplot(data=df, x=x, y=y, hue=hue, errorbar=_ci, capsize=0.15, linestyle="none",
                   dodge=0.3 if hue else False, ax=ax)
     ax.set_ylabel(LABELS.get(y, y))
+    _finish_axis(ax, y)
     ax.set_title(title)
     ax.figure.tight_layout()
     return ax.figure
@@ -57,6 +72,7 @@ def versus(df: pd.DataFrame, x: str, y: str, hue: str | None = None, logx: bool 
     if logx:
         ax.set_xscale("log")
     ax.set_ylabel(LABELS.get(y, y))
+    _finish_axis(ax, y)
     ax.set_title(title)
     ax.figure.tight_layout()
     return ax.figure
@@ -113,10 +129,12 @@ def overview(rows: pd.DataFrame, hue: str = "config", title: str = ""):
     sns.lineplot(data=rows, x="epoch", y="val_acc", hue=hue, errorbar=_ci, marker="o", ax=axes[0])
     axes[0].set_ylabel(LABELS["val_acc"])
     axes[0].xaxis.get_major_locator().set_params(integer=True)
-    axes[0].legend(fontsize=7, title=None)
+    _finish_axis(axes[0], "val_acc")
+    axes[0].get_legend().remove()       # the seconds panel names each colour's configuration
     per_model = rows.groupby(["run_id", "model_id", hue], as_index=False)["epoch_seconds"].mean()
-    sns.pointplot(data=per_model, y=hue, x="epoch_seconds", errorbar=_ci, capsize=0.2, linestyle="none",
-                  ax=axes[1])
+    order = list(dict.fromkeys(rows[hue]))       # the line plot's colour order
+    sns.pointplot(data=per_model, y=hue, x="epoch_seconds", hue=hue, order=order, hue_order=order,
+                  errorbar=_ci, capsize=0.2, linestyle="none", legend=False, ax=axes[1])
     axes[1].set_xlabel(LABELS["epoch_seconds"])
     axes[1].set_ylabel("")
     axes[1].tick_params(axis="y", labelsize=7)

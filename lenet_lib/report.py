@@ -47,9 +47,32 @@ def varying_columns(df: pd.DataFrame) -> list[str]:
             if c not in NOT_CONFIG and not c.startswith("_") and df[c].astype(str).nunique() > 1]
 
 
+# Columns that name an experiment's factors, tried first when a label is built.
+PRIMARY = ("framework", "arch", "optimizer", "batch_size", "bn", "dropout", "conv_dropout", "protocol",
+           "activation", "pool", "lr")
+
+
+def label_columns(df: pd.DataFrame, exclude=("dataset",)) -> list[str]:
+    """The fewest varying columns that tell df's configurations apart, primary factors first.
+
+    A column is kept only when it splits configurations the kept ones do not (e.g. optimizers's lr is
+    dropped: each optimizer has one chosen rate)."""
+    candidates = [c for c in varying_columns(df) if c not in exclude]
+    candidates.sort(key=lambda c: (PRIMARY.index(c) if c in PRIMARY else len(PRIMARY), -df[c].nunique()))
+    full = len(df[candidates].astype(str).drop_duplicates()) if candidates else 1
+    kept: list[str] = []
+    for column in candidates:
+        before = len(df[kept].astype(str).drop_duplicates()) if kept else 1
+        if len(df[kept + [column]].astype(str).drop_duplicates()) > before:
+            kept.append(column)
+        if before == full:
+            break
+    return kept
+
+
 def with_config(df: pd.DataFrame, exclude=("dataset",)) -> tuple[pd.DataFrame, list[str]]:
-    """df with a 'config' label column built from its varying configuration columns."""
-    columns = [c for c in varying_columns(df) if c not in exclude]
+    """df with a 'config' label column, e.g. "bn=True, dropout=0.5", from label_columns."""
+    columns = label_columns(df, exclude)
     if not columns:
         return df.assign(config="all models"), columns
     label = df[columns].astype(str).apply(lambda r: ", ".join(f"{c}={v}" for c, v in r.items()), axis=1)
