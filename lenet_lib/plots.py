@@ -26,6 +26,14 @@ def _legend_outside(ax, fontsize: int = 8) -> None:
         ax.legend(fontsize=fontsize, bbox_to_anchor=(1.01, 1), loc="upper left", borderaxespad=0)
 
 
+def _as_categories(df: pd.DataFrame, hue: str | None) -> pd.DataFrame:
+    """A numeric hue (batch size, p) as ordered labels: distinct colours instead of a pale gradient."""
+    if hue is None or hue not in df or not pd.api.types.is_numeric_dtype(df[hue]) or df[hue].dtype == bool:
+        return df
+    order = [f"{v:g}" for v in sorted(df[hue].dropna().unique())]
+    return df.assign(**{hue: pd.Categorical(df[hue].map(lambda v: f"{v:g}"), categories=order, ordered=True)})
+
+
 def _ci(values):
     """seaborn errorbar callable: the same t-interval the tables report (a point alone: no bar)."""
     lo, hi = t_interval(values)
@@ -36,6 +44,7 @@ def _ci(values):
 def curves(df: pd.DataFrame, metrics=("train_loss", "val_loss"), hue: str = "variant", title: str = ""):
     """Per-epoch curves of each metric, one line per hue value, with a 95 % CI band over seeds."""
     metrics = list(metrics)
+    df = _as_categories(df, hue)
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 3.8), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         sns.lineplot(data=df, x="epoch", y=metric, hue=hue, errorbar=_ci, marker="o", ax=ax)
@@ -54,6 +63,7 @@ def bars(df: pd.DataFrame, x: str, y: str, hue: str | None = None, title: str = 
     """Mean of y per x (and hue) with 95 % CI bars, e.g. final test accuracy per variant."""
     if ax is None:
         _, ax = plt.subplots(figsize=(6.5, 3.8))
+    df = _as_categories(df, hue)
     sns.pointplot(data=df, x=x, y=y, hue=hue, errorbar=_ci, capsize=0.15, linestyle="none",
                   dodge=0.3 if hue else False, ax=ax)
     ax.set_ylabel(LABELS.get(y, y))
@@ -68,6 +78,7 @@ def versus(df: pd.DataFrame, x: str, y: str, hue: str | None = None, logx: bool 
     """y against a numeric x (learning rate, dropout p, batch size), one line per hue, 95 % CI band."""
     if ax is None:
         _, ax = plt.subplots(figsize=(6.5, 3.8))
+    df = _as_categories(df, hue)
     sns.lineplot(data=df, x=x, y=y, hue=hue, errorbar=_ci, marker="o", ax=ax)
     if logx:
         ax.set_xscale("log")

@@ -25,10 +25,18 @@ DONE = ("ok", "diverged")
 
 
 # ---------------------------------------------------------------- planning: run ids and folders
-def library_hash() -> str:
-    """Every .py file of lenet_lib (path and bytes): a library change re-runs everything."""
+# Modules that plan, execute or summarize runs but cannot change what a notebook computes: editing them
+# does not re-train anything (the summary's own cache still hashes them).
+NOT_IN_RUNS = {"runner.py", "executors.py", "params.py", "__main__.py", "bench.py", "bench_ensemble.py",
+               "report.py"}
+
+
+def library_hash(for_runs: bool = False) -> str:
+    """The .py files of lenet_lib (path and bytes); for_runs leaves out NOT_IN_RUNS."""
     h = hashlib.sha256()
     for path in sorted(LIBRARY_DIR.rglob("*.py")):
+        if for_runs and path.parent == LIBRARY_DIR and path.name in NOT_IN_RUNS:
+            continue
         h.update(str(path.relative_to(LIBRARY_DIR)).encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
 
@@ -48,7 +56,7 @@ def make_run_id(notebook: str, parameters: dict, nb_hash: str, lib_hash: str) ->
 
 def plan(selected, outputs: Path, profile, preset) -> list[RunTask]:
     """One RunTask per matrix cell. Merge order: notebook defaults < file < profile/preset < matrix."""
-    lib_hash, tasks = library_hash(), []
+    lib_hash, tasks = library_hash(for_runs=True), []
     # Kernels run elsewhere (another cwd, another machine): pin the data folder as an absolute path.
     env = {"LENET_DATA": str(Path(os.environ.get("LENET_DATA", REPO_ROOT / "data")).expanduser().resolve())}
     for nb, label in selected:

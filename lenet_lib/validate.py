@@ -78,6 +78,9 @@ def _parameter_checks() -> dict:
         "seeds": _each(nonneg_int), "seed": nonneg_int, "split_seed": nonneg_int,
         "train_size": _optional(check_positive_int), "test_size": _optional(check_positive_int),
         "val_size": nonneg_int,
+        "fc_activation": _optional(choice(ACTIVATIONS)), "mlp_activation": choice(ACTIVATIONS),
+        "mlp_optimizer": choice(OPTIMIZERS), "mlp_lr": _optional(lr),
+        "claimed_best": check_positive_int, "tsne_points": check_positive_int,
     }
 
 

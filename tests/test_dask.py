@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 def pinned_library_hash(monkeypatch):
     """An edit elsewhere in lenet_lib while a test runs must not change its run ids half-way."""
     value = runner.library_hash()
-    monkeypatch.setattr(runner, "library_hash", lambda: value)
+    monkeypatch.setattr(runner, "library_hash", lambda for_runs=False: value)
 
 
 def _finished(outputs) -> set:

@@ -1,0 +1,65 @@
+"""Small helpers for one-factor sweeps (batch size, learning rate, ...): tables over seeds and the
+answer to "is the report's choice the best one?"."""
+from __future__ import annotations
+
+import pandas as pd
+
+from .stats import compare_to_best, summarize
+
+
+def seconds_per_epoch(history: pd.DataFrame, by: str, value: str = "train_seconds") -> pd.DataFrame:
+    """Mean seconds per epoch of each model (one value per model, so seeds are the sample for a CI)."""
+    keys = [c for c in ("run_id", "model_id") if c in history.columns] + [by]
+    return history.groupby(keys, as_index=False)[value].mean()
+
+
+def summary_table(frames: dict[str, pd.DataFrame], by: str) -> pd.DataFrame:
+    """One row per value of `by`; one 'mean ± 95 % CI half-width' column per {column: frame} given.
+
+    Example: summary_table({"test_acc": final, "val_acc": final, "train_seconds": per_model}, "batch_size").
+    """
+    table = None
+    for value, frame in frames.items():
+        summary = summarize(frame, by, value)
+        if table is None:       # n (seeds per group) once, from the first frame
+            table = summary[[by, "n", value]]
+        else:
+            table = table.merge(summary[[by, value]], on=by, how="outer")
+    return table.set_index(by)
+
+
+def best_and_tied(final: pd.DataFrame, group: str, value: str, claimed) -> dict:
+    """Which value of `group` has the best mean `value`, which are statistically tied with it
+    (stats.compare_to_best: Welch, Holm-corrected), and where a claimed best stands.
+
+    Returns best, best_mean, tied (list), claimed_is_best, claimed_is_tied, table (the comparison).
+    """
+    table = compare_to_best(final, group, value)
+    best = table[group].iloc[0]
+    tied = sorted(table.loc[table["tied_with_best"], group].tolist())
+    return {"best": best, "best_mean": float(table["mean"].iloc[0]), "tied": tied,
+            "claimed_is_best": best == claimed, "claimed_is_tied": claimed in tied,
+            "tested": bool(table["p_holm"].notna().any()), "table": table}
+
+
+def as_categories(df: pd.DataFrame, column: str) -> pd.DataFrame:
+    """A copy with `column` as ordered categories: seaborn then gives each value its own distinct colour
+    and lists them in order (a numeric hue gets a light-to-dark ramp where small values are hard to see)."""
+    categories = pd.Categorical(df[column], categories=sorted(df[column].unique()), ordered=True)
+    return df.assign(**{column: categories})
+
+
+def claim_verdict(result: dict, claimed, label: str = "") -> str:
+    """A sentence ending for "the claim that <claimed> is best ...", from best_and_tied's result;
+    label prefixes values (e.g. "batch " gives "batch 64")."""
+    best, claimed_name = f"{label}{result['best']}", f"{label}{claimed}"
+    if not result["tested"]:
+        return "cannot be tested: it needs at least two seeds per value"
+    if result["claimed_is_best"]:
+        return "holds on this run"
+    if result["claimed_is_tied"]:
+        return (f"does not hold strictly ({best} has the higher mean), but {claimed_name} is statistically "
+                f"tied with it")
+    if claimed not in set(result["table"].iloc[:, 0]):
+        return f"is not tested: {claimed_name} was not run"
+    return f"does not hold: {claimed_name} is significantly worse than {best}"
