@@ -56,13 +56,6 @@ def precision_context(precision: str, device: torch.device):
     return contextlib.nullcontext()
 
 
-def memory_format(device: torch.device) -> torch.memory_format:
-    """Speed: on CPU, channels_last (NHWC) convolutions measured 5.5 vs 7.1 ms per training step of
-    LeNet-5 at batch 128 (+28 % images/s; oneDNN's NHWC kernels). Same arithmetic, other layout: only
-    rounding differs. On CUDA unmeasured, so the default layout stays."""
-    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
-
-
 def set_determinism(seed: int) -> None:
     """Same seed, same parameters, same machine: same numbers."""
     torch.manual_seed(seed)
@@ -120,7 +113,7 @@ def train(spec: TrainSpec, data: DataSplits, *, device: str | torch.device = "au
     if data.device != device:
         data = data.to(device)
     set_determinism(spec.seed)
-    model = build_for(spec, data).to(device, memory_format=memory_format(device))
+    model = build_for(spec, data).to(device)
     optimizer = make_optimizer(spec.optimizer, model.parameters(), **spec.hyperparameters())
     full_batch = spec.optimizer == "gd"
     base = base_columns(spec, data, device, precision)

@@ -26,13 +26,6 @@ ACCURACIES = ["train_acc", "val_acc", "test_acc"]
 TIMES = ["train_seconds", "epoch_seconds"]
 
 
-@pytest.fixture(autouse=True)
-def same_layout_as_stack(monkeypatch):
-    """train() uses channels_last on CPU for speed; the stacked network is NCHW. Compare the stacking
-    arithmetic in one layout (test_train checks that the layout itself changes only rounding)."""
-    monkeypatch.setattr("lenet_lib.train.memory_format", lambda device: torch.contiguous_format)
-
-
 @pytest.fixture(scope="module")
 def data():
     """512 training images (4 batches of 128), 250 validation, 250 test."""
