@@ -17,24 +17,12 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from .choices import BN_LAYERS, BN_POSITIONS, C3_TABLE, DROPOUT_AT, PADDINGS, lenet5_geometry  # noqa: F401
 from .validate import check_choice, check_range
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
-BN_POSITIONS = ("before_act", "after_act", "after_pool")
-BN_LAYERS = ("c1", "conv")          # BN after c1 only (R1, R2, R3) or after both convs (R4)
-DROPOUT_AT = ("f6", "c5_f6")        # FC dropout after f6 only (R1, R2) or after c5 and f6
-PADDINGS = ("auto", "same", "valid")
 ARCHS = ("lenet5", "mlp")
-
-# LeCun 1998, table I: which of the 6 S2 maps feed each of the 16 C3 maps.
-C3_TABLE = [
-    (0, 1, 2), (1, 2, 3), (2, 3, 4), (3, 4, 5), (0, 4, 5), (0, 1, 5),
-    (0, 1, 2, 3), (1, 2, 3, 4), (2, 3, 4, 5), (0, 3, 4, 5), (0, 1, 4, 5), (0, 1, 2, 5),
-    (0, 1, 3, 4), (1, 2, 4, 5), (0, 2, 3, 5),
-    (0, 1, 2, 3, 4, 5),
-]
-
 
 class SparseConv2d(nn.Conv2d):
     """C3 with LeCun's connection table: weights outside the table are held at zero by a fixed mask."""
@@ -82,28 +70,11 @@ def build_lenet5(
 ) -> nn.Sequential:
     """A LeNet-5 as an nn.Sequential of named layers.
 
-    padding "auto" keeps the classic geometry: a 28x28 input gets "same" padding in c1 (as if padded to
-    32x32), a 32x32 input none. "valid" on 28x28 gives R2's NumPy model (16*4*4 inputs to c5).
-    conv_dropout is R3's dropout after c3's activation.
+    padding: see choices.lenet5_geometry. conv_dropout is R3's dropout after c3's activation.
     """
-    check_choice("in_channels", in_channels, (1, 3))
-    check_choice("input_size", input_size, (28, 32))
-    check_choice("activation", activation, tuple(ACTIVATIONS))
-    fc_activation = fc_activation or activation
-    check_choice("fc_activation", fc_activation, tuple(ACTIVATIONS))
-    check_choice("pool", pool, tuple(POOLS))
-    check_choice("bn_position", bn_position, BN_POSITIONS)
-    check_choice("bn_layers", bn_layers, BN_LAYERS)
-    check_choice("dropout_at", dropout_at, DROPOUT_AT)
-    check_choice("padding", padding, PADDINGS)
-    check_range("dropout", dropout, 0.0, 1.0, hi_open=True)
-    check_range("conv_dropout", conv_dropout, 0.0, 1.0, hi_open=True)
-
-    if padding == "auto":
-        padding = "same" if input_size == 28 else "valid"
-    c1_pad = 2 if padding == "same" else 0
-    side = (input_size + 2 * c1_pad - 4) // 2      # after c1 and s2
-    side = (side - 4) // 2                          # after c3 and s4
+    fc_activation, c1_pad, side = lenet5_geometry(in_channels, input_size, activation, fc_activation, pool,
+                                                  bn_position, bn_layers, dropout, dropout_at, conv_dropout,
+                                                  padding)
 
     bn1 = bn_position if bn else None
     bn3 = bn_position if bn and bn_layers == "conv" else None

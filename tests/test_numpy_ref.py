@@ -297,8 +297,8 @@ def test_optimizer_defaults_agree_with_lenet_lib_and_torch():
     for name, (cls, lr, _) in topt.OPTIMIZERS.items():
         assert nopt.DEFAULT_LR[name] == lr
         extras = nopt.EXTRA_DEFAULTS.get(name, {})
-        assert tuple(extras) == topt.EXTRA_ARGS.get(name, ())
         defaults = cls([torch.zeros(1)]).defaults
+        assert set(extras) <= set(defaults), name          # torch takes every extra argument we allow
         assert all(tuple(np.atleast_1d(defaults[k])) == tuple(np.atleast_1d(v)) for k, v in extras.items()), name
     assert nopt.DEFAULT_MOMENTUM == topt.DEFAULT_MOMENTUM
     cases = [("adam", {}), ("sgd", {"lr": 0.3}), ("momentum", {"momentum": 0.5}), ("rmsprop", {}),

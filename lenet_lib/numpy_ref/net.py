@@ -8,22 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..choices import BN_LAYERS, BN_POSITIONS, C3_TABLE, DROPOUT_AT, PADDINGS, lenet5_geometry  # noqa: F401
 from ..validate import check_choice, check_range
 from .layers import (ACTIVATIONS, AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, Layer, Linear, MaxPool2d)
 
-# The same choices as lenet_lib.models (tests/test_numpy_ref.py checks they agree).
+# The same choices as lenet_lib.models: both take them from lenet_lib.choices.
 POOLS = {"max": MaxPool2d, "avg": AvgPool2d}
-BN_POSITIONS = ("before_act", "after_act", "after_pool")
-BN_LAYERS = ("c1", "conv")
-DROPOUT_AT = ("f6", "c5_f6")
-PADDINGS = ("auto", "same", "valid")
 ARCHS = ("lenet5", "mlp")
-C3_TABLE = [
-    (0, 1, 2), (1, 2, 3), (2, 3, 4), (3, 4, 5), (0, 4, 5), (0, 1, 5),
-    (0, 1, 2, 3), (1, 2, 3, 4), (2, 3, 4, 5), (0, 3, 4, 5), (0, 1, 4, 5), (0, 1, 2, 5),
-    (0, 1, 3, 4), (1, 2, 4, 5), (0, 2, 3, 5),
-    (0, 1, 2, 3, 4, 5),
-]
 
 
 class Sequential:
@@ -139,24 +130,10 @@ def build_lenet5(in_channels: int = 1, input_size: int = 28, num_classes: int = 
     `seed` drives the initial weights (torch's default init distribution) and the dropout masks, each
     from its own numpy Generator.
     """
-    check_choice("in_channels", in_channels, (1, 3))
-    check_choice("input_size", input_size, (28, 32))
-    check_choice("activation", activation, tuple(ACTIVATIONS))
-    fc_activation = fc_activation or activation
-    check_choice("fc_activation", fc_activation, tuple(ACTIVATIONS))
-    check_choice("pool", pool, tuple(POOLS))
-    check_choice("bn_position", bn_position, BN_POSITIONS)
-    check_choice("bn_layers", bn_layers, BN_LAYERS)
-    check_choice("dropout_at", dropout_at, DROPOUT_AT)
-    check_choice("padding", padding, PADDINGS)
-    check_range("dropout", dropout, 0.0, 1.0, hi_open=True)
-    check_range("conv_dropout", conv_dropout, 0.0, 1.0, hi_open=True)
-
+    fc_activation, c1_pad, side = lenet5_geometry(in_channels, input_size, activation, fc_activation, pool,
+                                                  bn_position, bn_layers, dropout, dropout_at, conv_dropout,
+                                                  padding)
     init_rng, drop_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
-    if padding == "auto":
-        padding = "same" if input_size == 28 else "valid"
-    c1_pad = 2 if padding == "same" else 0
-    side = ((input_size + 2 * c1_pad - 4) // 2 - 4) // 2        # after c1, s2, c3, s4
 
     bn1 = bn_position if bn else None
     bn3 = bn_position if bn and bn_layers == "conv" else None

@@ -9,46 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..validate import check_choice, check_range
+from ..choices import (DEFAULT_LR, DEFAULT_MOMENTUM, EXTRA_DEFAULTS, OPTIMIZER_NAMES,  # noqa: F401
+                       resolve_hyperparameters)
 
-# Defaults as lenet_lib.optim (which imports torch); tests/test_numpy_ref.py checks they agree.
-DEFAULT_LR = {"gd": 0.1, "sgd": 0.05, "momentum": 0.05, "nesterov": 0.05, "adagrad": 0.01, "adadelta": 1.0,
-              "rmsprop": 1e-3, "adam": 1e-3, "adamw": 1e-3}
-DEFAULT_MOMENTUM = {"gd": 0.0, "sgd": 0.0, "momentum": 0.9, "nesterov": 0.9}
-# torch.optim's own defaults for the extra arguments (AdamW's weight decay is torch's 0.01 only when
-# weight_decay is not given; lenet_lib always passes it, default 0).
-EXTRA_DEFAULTS = {"adam": {"betas": (0.9, 0.999), "eps": 1e-8}, "adamw": {"betas": (0.9, 0.999), "eps": 1e-8},
-                  "rmsprop": {"alpha": 0.99, "eps": 1e-8}, "adagrad": {"eps": 1e-10},
-                  "adadelta": {"rho": 0.9, "eps": 1e-6}}
-OPTIMIZERS = tuple(DEFAULT_LR)
-
-
-def resolve_hyperparameters(name: str, lr: float | None = None, momentum: float | None = None,
-                            weight_decay: float = 0.0, **extra) -> dict:
-    """Complete, validated hyperparameters; the same answers and errors as lenet_lib.optim's function."""
-    check_choice("optimizer", name, OPTIMIZERS)
-    lr = DEFAULT_LR[name] if lr is None else lr
-    check_range("lr", lr, 0.0, lo_open=True)
-    check_range("weight_decay", weight_decay, 0.0)
-    if name in DEFAULT_MOMENTUM:
-        momentum = DEFAULT_MOMENTUM[name] if momentum is None else momentum
-        check_range("momentum", momentum, 0.0, 1.0, hi_open=True)
-        if name == "nesterov" and momentum == 0:
-            raise ValueError("momentum=0 is not valid for nesterov; expected a number in (0, 1)")
-    elif momentum not in (None, 0, 0.0):
-        raise ValueError(f"momentum={momentum!r} is not valid for optimizer {name!r}; "
-                         f"only {sorted(DEFAULT_MOMENTUM)} take momentum")
-    else:
-        momentum = 0.0 if name == "rmsprop" else None
-    allowed = tuple(EXTRA_DEFAULTS.get(name, {}))
-    unknown = set(extra) - set(allowed)
-    if unknown:
-        raise ValueError(f"unknown argument(s) {sorted(unknown)} for optimizer {name!r}; valid: "
-                         f"{['lr', 'momentum', 'weight_decay', *allowed]}")
-    hp = {"lr": float(lr), "weight_decay": float(weight_decay), **extra}
-    if momentum is not None:
-        hp["momentum"] = float(momentum)
-    return hp
+OPTIMIZERS = OPTIMIZER_NAMES
 
 
 class Optimizer:
