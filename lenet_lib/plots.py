@@ -15,10 +15,13 @@ LABELS = {"train_loss": "train loss", "val_loss": "validation loss", "test_loss"
 
 
 def _finish_axis(ax, metric: str) -> None:
-    """Accuracy axes stay within [0, 1] even where a few-seed interval reaches past them."""
+    """Accuracy axes stay within [0, 1], loss and time axes above 0, even where a few-seed interval
+    reaches past them."""
+    low, high = ax.get_ylim()
     if metric.endswith("_acc"):
-        low, high = ax.get_ylim()
         ax.set_ylim(max(low, 0.0), min(high, 1.0))
+    elif metric.endswith(("_loss", "_seconds")):
+        ax.set_ylim(max(low, 0.0), high)
 
 
 def _legend_outside(ax, fontsize: int = 8) -> None:
@@ -135,20 +138,22 @@ def scatter(points, labels, title: str = ""):
 
 
 def overview(rows: pd.DataFrame, hue: str = "config", title: str = ""):
-    """Validation accuracy per epoch (CI bands) beside seconds per epoch (CI bars), one colour per hue."""
-    fig, axes = plt.subplots(1, 2, figsize=(13, 3.9), gridspec_kw={"width_ratios": [3, 2]})
-    sns.lineplot(data=rows, x="epoch", y="val_acc", hue=hue, errorbar=_ci, marker="o", ax=axes[0])
-    axes[0].set_ylabel(LABELS["val_acc"])
-    axes[0].xaxis.get_major_locator().set_params(integer=True)
-    _finish_axis(axes[0], "val_acc")
-    axes[0].get_legend().remove()       # the seconds panel names each colour's configuration
+    """Validation loss and accuracy per epoch (CI bands) beside seconds per epoch (CI bars), one colour
+    per hue value; the seconds panel names the colours."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.9), gridspec_kw={"width_ratios": [2, 2, 2]})
+    for ax, metric in zip(axes[:2], ("val_loss", "val_acc")):
+        sns.lineplot(data=rows, x="epoch", y=metric, hue=hue, errorbar=_ci, marker="o", ax=ax, legend=False)
+        ax.set_ylabel(LABELS[metric])
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        _finish_axis(ax, metric)
     per_model = rows.groupby(["run_id", "model_id", hue], as_index=False)["epoch_seconds"].mean()
-    order = list(dict.fromkeys(rows[hue]))       # the line plot's colour order
+    order = list(dict.fromkeys(rows[hue]))       # the line plots' colour order
     sns.pointplot(data=per_model, y=hue, x="epoch_seconds", hue=hue, order=order, hue_order=order,
-                  errorbar=_ci, capsize=0.2, linestyle="none", legend=False, ax=axes[1])
-    axes[1].set_xlabel(LABELS["epoch_seconds"])
-    axes[1].set_ylabel("")
-    axes[1].tick_params(axis="y", labelsize=7)
+                  errorbar=_ci, capsize=0.2, linestyle="none", legend=False, ax=axes[2])
+    axes[2].set_xlim(max(axes[2].get_xlim()[0], 0.0), axes[2].get_xlim()[1])
+    axes[2].set_xlabel(LABELS["epoch_seconds"])
+    axes[2].set_ylabel("")
+    axes[2].tick_params(axis="y", labelsize=7)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
