@@ -32,6 +32,14 @@ def final_epoch(history: pd.DataFrame) -> pd.DataFrame:
 
 
 
+def seconds_per_epoch(history: pd.DataFrame, by, value: str = "train_seconds") -> pd.DataFrame:
+    """Mean of `value` over each model's epochs, with the `by` column(s): one value per model, so seeds
+    are the sample for a confidence interval."""
+    by = [by] if isinstance(by, str) else list(by)
+    keys = [c for c in ("run_id", "model_id") if c in history.columns] + by
+    return history.groupby(keys, as_index=False)[value].mean()
+
+
 def variant_name(bn: bool, dropout: float) -> str:
     """The four BN x dropout variants of R1 and R4: plain, BN, dropout, BN+dropout."""
     return {(False, False): "plain", (True, False): "BN", (False, True): "dropout",

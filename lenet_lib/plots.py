@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from .experiment import seconds_per_epoch
 from .stats import t_interval
 
 sns.set_theme(style="whitegrid", context="notebook")
@@ -146,7 +147,7 @@ def overview(rows: pd.DataFrame, hue: str = "config", title: str = ""):
         ax.set_ylabel(LABELS[metric])
         ax.xaxis.get_major_locator().set_params(integer=True)
         _finish_axis(ax, metric)
-    per_model = rows.groupby(["run_id", "model_id", hue], as_index=False)["epoch_seconds"].mean()
+    per_model = seconds_per_epoch(rows, hue, "epoch_seconds")
     order = list(dict.fromkeys(rows[hue]))       # the line plots' colour order
     sns.pointplot(data=per_model, y=hue, x="epoch_seconds", hue=hue, order=order, hue_order=order,
                   errorbar=_ci, capsize=0.2, linestyle="none", legend=False, ax=axes[2])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .experiment import final_epoch
+from .experiment import final_epoch, seconds_per_epoch
 from .results import IDENTITY, MEASURES, read_manifest, read_runs
 from .stats import summarize
 
@@ -95,7 +95,7 @@ def notebook_sections(results: pd.DataFrame):
 def overview(rows: pd.DataFrame) -> pd.DataFrame:
     """Per config: models, final test and validation accuracy (mean ± 95 % CI), seconds per epoch."""
     final = final_epoch(rows)
-    seconds = rows.groupby(["run_id", "model_id", "config"], as_index=False)["epoch_seconds"].mean()
+    seconds = seconds_per_epoch(rows, "config", "epoch_seconds")
     diverged = final.groupby("config")["status"].apply(lambda s: int((s == "diverged").sum()))
     table = (summarize(final, "config", "test_acc")[["config", "n", "mean", "test_acc"]]
              .merge(summarize(final, "config", "val_acc")[["config", "val_acc"]], on="config")

@@ -7,12 +7,6 @@ import pandas as pd
 from .stats import compare_to_best, summarize
 
 
-def seconds_per_epoch(history: pd.DataFrame, by: str, value: str = "train_seconds") -> pd.DataFrame:
-    """Mean seconds per epoch of each model (one value per model, so seeds are the sample for a CI)."""
-    keys = [c for c in ("run_id", "model_id") if c in history.columns] + [by]
-    return history.groupby(keys, as_index=False)[value].mean()
-
-
 def summary_table(frames: dict[str, pd.DataFrame], by: str) -> pd.DataFrame:
     """One row per value of `by`; one 'mean ± 95 % CI half-width' column per {column: frame} given.
 
@@ -40,13 +34,6 @@ def best_and_tied(final: pd.DataFrame, group: str, value: str, claimed) -> dict:
     return {"best": best, "best_mean": float(table["mean"].iloc[0]), "tied": tied,
             "claimed_is_best": best == claimed, "claimed_is_tied": claimed in tied,
             "tested": bool(table["p_holm"].notna().any()), "table": table}
-
-
-def as_categories(df: pd.DataFrame, column: str) -> pd.DataFrame:
-    """A copy with `column` as ordered categories: seaborn then gives each value its own distinct colour
-    and lists them in order (a numeric hue gets a light-to-dark ramp where small values are hard to see)."""
-    categories = pd.Categorical(df[column], categories=sorted(df[column].unique()), ordered=True)
-    return df.assign(**{column: categories})
 
 
 def claim_verdict(result: dict, claimed, label: str = "") -> str:

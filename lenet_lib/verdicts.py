@@ -9,8 +9,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .experiment import add_variant, final_epoch
+from .experiment import add_variant, final_epoch, seconds_per_epoch
 from .stats import ALPHA, anova, compare_to_best, spearman, welch
+from .sweeps import best_and_tied
 
 HOLDS, FAILS, UNTESTED = "holds", "does not hold", "not tested"
 
@@ -38,11 +39,6 @@ def _rows(results: pd.DataFrame, notebook: str, dataset: str | None = "mnist", *
 
 def _pct(x: float) -> str:
     return f"{100 * x:.2f} %"
-
-
-def _model_seconds(rows: pd.DataFrame, by: str) -> pd.DataFrame:
-    """Mean training seconds per epoch of each model (one value per model, for tests across seeds)."""
-    return rows.groupby(["run_id", "model_id", by], as_index=False)["train_seconds"].mean()
 
 
 # R1 -----------------------------------------------------------------------------------------------------
@@ -76,7 +72,7 @@ def r1_plain_fastest(results):
     rows = add_variant(_rows(results, "bn_dropout_grid", conv_dropout=0.0))
     if rows["variant"].nunique() < 4:
         return UNTESTED, "needs the four BN x dropout variants on MNIST (bn_dropout_grid)"
-    seconds = _model_seconds(rows, "variant")
+    seconds = seconds_per_epoch(rows, "variant")
     table = compare_to_best(seconds, "variant", "train_seconds", higher_is_better=False)
     fastest = table["variant"].iloc[0]
     plain = table.set_index("variant").loc["plain"]
@@ -144,7 +140,7 @@ def r4_bn_marginal_but_slower(results):
     base, bn = final[final["variant"] == "plain"], final[final["variant"] == "BN"]
     if base.empty or bn.empty:
         return UNTESTED, "needs baseline and BN runs of dropout_sweep"
-    seconds = _model_seconds(rows, "variant")
+    seconds = seconds_per_epoch(rows, "variant")
     ratio = (seconds.loc[seconds["variant"] == "BN", "train_seconds"].mean()
              / seconds.loc[seconds["variant"] == "plain", "train_seconds"].mean())
     diff = bn["test_acc"].mean() - base["test_acc"].mean()
@@ -156,7 +152,7 @@ def r4_bn_marginal_but_slower(results):
 
 def r4_dropout_cuts_time(results):
     rows = _r4_rows(results)
-    seconds = _model_seconds(rows, "variant")
+    seconds = seconds_per_epoch(rows, "variant")
     base = seconds.loc[seconds["variant"] == "plain", "train_seconds"]
     dropped = seconds.loc[seconds["variant"] == "dropout", "train_seconds"]
     if base.empty or dropped.empty:
@@ -172,10 +168,9 @@ def r4_higher_p_faster_small_cost(results):
     rows = rows[rows["dropout"] > 0]
     if rows["dropout"].nunique() < 3:
         return UNTESTED, "needs at least three dropout rates in dropout_sweep"
-    seconds = rows.groupby(["run_id", "model_id"], as_index=False).agg(p=("dropout", "first"),
-                                                                      seconds=("train_seconds", "mean"))
+    seconds = seconds_per_epoch(rows, "dropout")
     final = final_epoch(rows)
-    rho_t, p_t = spearman(seconds["p"], seconds["seconds"])
+    rho_t, p_t = spearman(seconds["dropout"], seconds["train_seconds"])
     rho_a, p_a = spearman(final["dropout"], final["test_acc"])
     by_p = final.groupby("dropout")["test_acc"].mean()
     cost = by_p.iloc[0] - by_p.iloc[-1]
@@ -206,13 +201,13 @@ def r5_batch_64_best(results):
     final = final_epoch(_rows(results, "batch_size"))
     if final.empty or final["batch_size"].nunique() < 2:
         return UNTESTED, "needs several batch sizes (batch_size)"
-    table = compare_to_best(final, "batch_size", "test_acc")
-    best = int(table["batch_size"].iloc[0])
-    tied = sorted(int(b) for b in table.loc[table["tied_with_best"], "batch_size"])
-    evidence = f"best: batch {best} ({_pct(table['mean'].iloc[0])}); statistically tied with it: {tied}"
+    result = best_and_tied(final, "batch_size", "test_acc", claimed=64)
+    tied = [int(b) for b in result["tied"]]
+    evidence = (f"best: batch {int(result['best'])} ({_pct(result['best_mean'])}); "
+                f"statistically tied with it: {tied}")
     if 64 not in set(final["batch_size"]):
         return UNTESTED, evidence + "; batch 64 not run"
-    return (HOLDS if best == 64 else FAILS), evidence
+    return (HOLDS if result["claimed_is_best"] else FAILS), evidence
 
 
 CLAIMS = [

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from lenet_lib import inside, sweeps
+from lenet_lib import experiment, inside, sweeps
 from lenet_lib.models import build_model, forward_features, layer_table
 
 
@@ -129,6 +129,6 @@ def test_sweep_best_and_tied():
     assert sweeps.claim_verdict(result, 128, label="batch ").startswith("does not hold: batch 128")
     table = sweeps.summary_table({"test_acc": final}, "batch_size")
     assert list(table.index) == [16, 64, 128] and (table["n"] == 3).all()
-    seconds = sweeps.seconds_per_epoch(pd.DataFrame({"model_id": ["a", "a", "b"], "batch_size": [16, 16, 64],
+    seconds = experiment.seconds_per_epoch(pd.DataFrame({"model_id": ["a", "a", "b"], "batch_size": [16, 16, 64],
                                                      "train_seconds": [1.0, 3.0, 5.0]}), "batch_size")
     assert seconds.set_index("model_id")["train_seconds"].to_dict() == {"a": 2.0, "b": 5.0}
