@@ -1,0 +1,88 @@
+"""The CPU speed tricks in fast_layers give torch's numbers: pooling bit for bit, convolution gradients
+to float32 rounding (checked against float64)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lenet_lib.fast_layers import Conv2d, MaxPool2d, conv2d, max_pool_2x2, with_torch_layers
+from lenet_lib.models import build_model
+from lenet_lib.train import set_determinism
+
+
+@pytest.mark.parametrize("shape", [(8, 6, 28, 28), (3, 2, 7, 9), (4, 16, 10, 10)])
+def test_max_pool_matches_torch_bit_for_bit_with_ties(shape):
+    torch.manual_seed(0)
+    # small integers: many windows hold two or more equal maxima, where the gradient's target is a choice
+    x = torch.randint(-3, 4, shape).float().requires_grad_()
+    grad = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2)
+    ours, theirs = max_pool_2x2(x), F.max_pool2d(x, 2)
+    assert torch.equal(ours, theirs)
+    assert torch.equal(torch.autograd.grad(ours, x, grad)[0], torch.autograd.grad(theirs, x, grad)[0])
+    with torch.no_grad():
+        assert torch.equal(max_pool_2x2(x), theirs)
+
+
+def test_max_pool_propagates_nan_like_torch():
+    x = torch.zeros(1, 1, 4, 4)
+    x[0, 0, 1, 1] = float("nan")
+    assert torch.equal(max_pool_2x2(x).isnan(), F.max_pool2d(x, 2).isnan())
+
+
+def test_max_pool_layer_falls_back_for_other_geometries():
+    x = torch.randn(2, 3, 9, 9)
+    assert torch.equal(MaxPool2d(3, stride=2)(x), F.max_pool2d(x, 3, stride=2))
+    assert torch.equal(MaxPool2d(2, ceil_mode=True)(x), F.max_pool2d(x, 2, ceil_mode=True))
+
+
+@pytest.mark.parametrize("padding", [0, 2])
+def test_conv_gradients_as_close_to_float64_as_torchs(padding):
+    torch.manual_seed(1)
+    x64 = torch.randn(32, 6, 14, 14, dtype=torch.float64)
+    w64, b64 = torch.randn(16, 6, 5, 5, dtype=torch.float64), torch.randn(16, dtype=torch.float64)
+    grad64 = torch.randn(32, 16, 10 + 2 * padding, 10 + 2 * padding, dtype=torch.float64)
+
+    def grads(fn, *tensors):
+        leaves = [t.clone().requires_grad_() for t in tensors]
+        out = fn(*leaves)
+        return [out.detach()] + list(torch.autograd.grad(out, leaves, grad64.to(out.dtype)))
+
+    exact = grads(lambda x, w, b: F.conv2d(x, w, b, padding=padding), x64, w64, b64)
+    f32 = [t.float() for t in (x64, w64, b64)]
+    ours = grads(lambda x, w, b: conv2d(x, w, b, padding), *f32)
+    theirs = grads(lambda x, w, b: F.conv2d(x, w, b, padding=padding), *f32)
+    assert torch.equal(ours[0], theirs[0])                       # forward is torch's own
+    for e, o, t in zip(exact[1:], ours[1:], theirs[1:]):
+        ours_error, torch_error = (o.double() - e).abs().max(), (t.double() - e).abs().max()
+        assert ours_error <= 2 * torch_error + 1e-6 * e.abs().max()
+    assert torch.autograd.gradcheck(lambda x, w, b: conv2d(x, w, b, padding),
+                                    (x64[:1, :, :8, :8].clone().requires_grad_(), w64[:4].clone().requires_grad_(),
+                                     b64[:4].clone().requires_grad_()))
+
+
+def test_conv_layer_without_bias_and_input_gradient_only():
+    torch.manual_seed(2)
+    layer = Conv2d(6, 16, 5, bias=False)
+    x = torch.randn(4, 6, 14, 14, requires_grad=True)
+    layer.weight.requires_grad_(False)
+    (grad,) = torch.autograd.grad(layer(x).sum(), x)
+    (expected,) = torch.autograd.grad(F.conv2d(x, layer.weight).sum(), x)
+    torch.testing.assert_close(grad, expected)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"c3_table": True}, {"bn": True, "bn_layers": "conv"},
+                                    {"in_channels": 3, "input_size": 32}])
+def test_lenet5_trains_like_one_built_from_torchs_layers(kwargs):
+    """One SGD step of the library's LeNet-5 and of the same net made of torch's layers: same numbers."""
+    set_determinism(0)
+    ours = build_model(**kwargs)
+    theirs = with_torch_layers(build_model(**kwargs))
+    theirs.load_state_dict(ours.state_dict())
+    assert not any(type(m) in (Conv2d, MaxPool2d) for m in theirs.modules())
+    x = torch.randn(16, kwargs.get("in_channels", 1), kwargs.get("input_size", 28), kwargs.get("input_size", 28))
+    y = torch.randint(0, 10, (16,))
+    for model in (ours, theirs):
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+    for (name, p), q in zip(ours.named_parameters(), theirs.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
+    torch.testing.assert_close(ours(x), theirs(x))
