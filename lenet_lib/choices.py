@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from .validate import check_choice, check_range
 
+DATASET_NAMES = ("mnist", "fashion_mnist", "cifar10")        # data.DATASETS describes each
+NORMALIZATIONS = ("standard", "center", "unit")   # (x-mean)/std; x-mean (R2's NumPy); x in [0, 1]
+PRECISIONS = ("fp32", "bf16", "tf32")
 ACTIVATION_NAMES = ("relu", "tanh", "sigmoid")
 POOL_NAMES = ("max", "avg")
 BN_POSITIONS = ("before_act", "after_act", "after_pool")

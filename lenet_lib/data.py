@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
+from .choices import DATASET_NAMES, NORMALIZATIONS  # noqa: F401  (one list of names, torch-free)
 from .validate import check_choice, check_positive_int
 
 
@@ -37,7 +38,6 @@ DATASETS = {
     "cifar10": DatasetInfo("CIFAR10", 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
                            "cifar-10-batches-py/data_batch_1..5, test_batch and batches.meta"),
 }
-NORMALIZATIONS = ("standard", "center", "unit")   # (x-mean)/std; x-mean (R2's NumPy); x in [0, 1]
 RESIZE_MODES = ("pad", "interpolate")             # LeCun's zero padding to 32x32, or R2's Resize(32)
 
 

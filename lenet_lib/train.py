@@ -12,13 +12,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm   # plain text bars: no ipywidgets needed in kernels or logs
 
+from .choices import PRECISIONS
 from .data import DataSplits, epoch_order, index_batches
 from .models import build_model
 from .optim import make_optimizer
 from .specs import TrainSpec
 from .validate import check_choice
 
-PRECISIONS = ("fp32", "bf16", "tf32")
 EVAL_BATCH = 256    # evaluation batch: no gradients; bigger batches spill out of the L2 cache (1000: 2.8x slower)
 
 

@@ -113,3 +113,9 @@ def test_epoch_order_is_a_seeded_permutation():
     sizes = [len(b) for b in index_batches(a, 32)]
     assert sizes == [32, 32, 32, 4]
     assert [len(b) for b in index_batches(a, 32, drop_last=True)] == [32, 32, 32]
+
+
+def test_dataset_names_shared_with_the_torch_free_checks():
+    from lenet_lib.choices import DATASET_NAMES
+    from lenet_lib.data import DATASETS
+    assert tuple(DATASETS) == DATASET_NAMES
