@@ -72,7 +72,7 @@ def test_conv_layer_without_bias_and_input_gradient_only():
 @pytest.mark.parametrize("kwargs", [{}, {"c3_table": True}, {"bn": True, "bn_layers": "conv"},
                                     {"in_channels": 3, "input_size": 32}])
 def test_lenet5_trains_like_one_built_from_torchs_layers(kwargs):
-    """One SGD step of the library's LeNet-5 and of the same net made of torch's layers: same numbers."""
+    """The library's LeNet-5 and the same net made of torch's layers: same outputs and gradients."""
     set_determinism(0)
     ours = build_model(**kwargs)
     theirs = with_torch_layers(build_model(**kwargs))
