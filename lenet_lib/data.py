@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from .choices import DATASET_NAMES, NORMALIZATIONS  # noqa: F401  (one list of names, torch-free)
+from .choices import NORMALIZATIONS
 from .validate import check_choice, check_positive_int
 
 
