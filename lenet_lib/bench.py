@@ -5,6 +5,8 @@ batch 128 shuffled, test evaluated through a DataLoader at batch 100, torch's ow
 lenet_lib.train on the whole split held as one tensor. Same model (standard LeNet-5), same optimizer
 (SGD momentum 0.9, lr 0.05), same batch 128; each side timed over whole epochs including its test-set
 evaluation. The paths take turns epoch by epoch, so a busy moment of a shared CPU hits them alike.
+The reports' DataLoaders are also timed alone, without a model: the part of their epoch that holding the
+data as one tensor removes, and so the ceiling of that trick by itself.
 """
 from __future__ import annotations
 
@@ -61,6 +63,16 @@ def baseline_epoch_seconds(train_size: int | None, device: torch.device) -> floa
     return time.perf_counter() - start
 
 
+def dataloader_epoch_seconds(train_size: int | None, device: torch.device) -> float:
+    """The reports' DataLoaders alone: every batch read and moved to the device, no model."""
+    train_loader, test_loader = _baseline_loaders(train_size)
+    start = time.perf_counter()
+    for loader in (train_loader, test_loader):
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+    return time.perf_counter() - start
+
+
 @functools.lru_cache(maxsize=1)
 def _library_data(train_size: int | None, device: torch.device):
     return prepare_data("mnist", val_size=0, train_size=train_size, device=device)
@@ -73,10 +85,13 @@ def library_epoch_seconds(train_size: int | None, device: torch.device, precisio
     return float(result.history["epoch_seconds"].iloc[0])
 
 
+REPORTS, LIBRARY, DATA_ONLY = ("reports: DataLoader + ToTensor/Normalize", "lenet_lib: tensor + index batches (fp32)",
+                               "reports' DataLoaders alone (no model)")
 PATHS = {
-    "reports: DataLoader + ToTensor/Normalize": baseline_epoch_seconds,
-    "lenet_lib: tensor + index batches (fp32)": library_epoch_seconds,
+    REPORTS: baseline_epoch_seconds,
+    LIBRARY: library_epoch_seconds,
     "lenet_lib: tensor + index batches (bf16 autocast)": functools.partial(library_epoch_seconds, precision="bf16"),
+    DATA_ONLY: dataloader_epoch_seconds,
 }
 
 
@@ -94,6 +109,17 @@ def single_model(epochs: int, train_size: int | None, device: torch.device) -> p
     return table
 
 
+def time_split(table: pd.DataFrame, n: int) -> str:
+    """Where the reports' epoch goes (median epochs), and what the library's epoch is measured against."""
+    seconds = n / table.set_index("path")["images_per_s_median"]
+    reports, data_only, library = seconds[REPORTS], seconds[DATA_ONLY], seconds[LIBRARY]
+    model = reports - data_only
+    return (f"reports' epoch {reports:.2f} s = DataLoaders {data_only:.2f} s + model {model:.2f} s "
+            f"(torch's layers, test set included); lenet_lib's epoch {library:.2f} s, "
+            f"{model / library:.2f}x the reports' model part alone. Data at no cost and torch's layers would "
+            f"give {reports / model:.2f}x; 3x needs lenet_lib's epoch <= {reports / 3:.2f} s.")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a 10k-image subset, 2 epochs (CI-sized)")
@@ -104,7 +130,9 @@ def main(argv=None) -> None:
     print(f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}")
     print(f"\n== One model: MNIST, LeNet-5, SGD momentum, batch 128, {epochs} epochs, "
           f"{train_size or 60000} training images, test set evaluated each epoch ==")
-    print(single_model(epochs, train_size, device).to_string(index=False, float_format="%.2f"))
+    table = single_model(epochs, train_size, device)
+    print(table.to_string(index=False, float_format="%.2f"))
+    print(time_split(table, train_size or 60000))
     from . import bench_ensemble
     print("\n== Many models: batched ensemble vs one at a time ==")
     print(bench_ensemble.run(quick=args.quick).to_string(index=False, float_format="%.2f"))
