@@ -21,6 +21,7 @@ import torch.nn.functional as F
 import torchvision
 from torchvision import transforms
 
+from . import c_kernels
 from .data import DATASETS, data_root, prepare_data
 from .fast_layers import with_torch_layers
 from .models import build_model
@@ -127,7 +128,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     epochs, train_size = (2, 10000) if args.quick else (5, None)
-    print(f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}")
+    print(f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}; {c_kernels.describe()}")
     print(f"\n== One model: MNIST, LeNet-5, SGD momentum, batch 128, {epochs} epochs, "
           f"{train_size or 60000} training images, test set evaluated each epoch ==")
     table = single_model(epochs, train_size, device)

@@ -14,6 +14,7 @@ from tqdm import tqdm   # plain text bars: no ipywidgets needed in kernels or lo
 
 from .choices import PRECISIONS
 from .data import DataSplits, epoch_order, index_batches
+from .fast_layers import fuse_relu_max_pool
 from .models import build_model
 from .optim import make_optimizer
 from .specs import TrainSpec
@@ -114,6 +115,8 @@ def train(spec: TrainSpec, data: DataSplits, *, device: str | torch.device = "au
         data = data.to(device)
     set_determinism(spec.seed)
     model = build_for(spec, data).to(device)
+    # On CPU each ReLU + max-pool pair runs fused (fast_layers): same numbers; `net` shares model's layers.
+    net = fuse_relu_max_pool(model) if device.type == "cpu" else model
     optimizer = make_optimizer(spec.optimizer, model.parameters(), **spec.hyperparameters())
     full_batch = spec.optimizer == "gd"
     base = base_columns(spec, data, device, precision)
@@ -122,7 +125,7 @@ def train(spec: TrainSpec, data: DataSplits, *, device: str | torch.device = "au
     bar = tqdm(range(1, spec.epochs + 1), desc=spec.model_id, disable=not progress, leave=False)
     for epoch in bar:
         start = time.perf_counter()
-        model.train()
+        net.train()
         # Running sums stay on the device: no host sync per batch, one .item() per epoch.
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.int64)
@@ -132,7 +135,7 @@ def train(spec: TrainSpec, data: DataSplits, *, device: str | torch.device = "au
         for idx in index_batches(order, spec.batch_size):
             xb, yb = data.x_train[idx], data.y_train[idx]
             with autocast:
-                logits = model(xb)
+                logits = net(xb)
                 loss = F.cross_entropy(logits.float(), yb)
             if full_batch:
                 (loss * (len(idx) / n)).backward()
@@ -148,8 +151,8 @@ def train(spec: TrainSpec, data: DataSplits, *, device: str | torch.device = "au
         train_seconds = time.perf_counter() - start
         if not math.isfinite(train_loss):
             status = "diverged"
-        val = evaluate(model, data.x_val, data.y_val, autocast)
-        test = evaluate(model, data.x_test, data.y_test, autocast)
+        val = evaluate(net, data.x_val, data.y_val, autocast)
+        test = evaluate(net, data.x_test, data.y_test, autocast)
         rows.append(epoch_row(base, epoch, train_loss, train_acc, val, test, train_seconds,
                               time.perf_counter() - start, status))
         bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{val[1]:.3f}")

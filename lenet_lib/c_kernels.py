@@ -1,0 +1,89 @@
+"""The C kernels in lenet_lib/csrc: compiled with the system's C compiler on first use, cached, loaded by ctypes.
+
+Optional by design: without an x86-64 CPU or a C compiler (or with LENET_C_KERNELS=0) `load()` returns
+None and the layers use their PyTorch form, which gives the same numbers more slowly. `describe()` says
+which it is and why (`make bench` prints it); no warning, so notebooks' outputs do not depend on it.
+The compiled library is cached under $XDG_CACHE_HOME/lenet_lib (default ~/.cache/lenet_lib), named by a
+hash of the source and the compile command, and written atomically, so runs side by side share one build.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+SOURCE = Path(__file__).with_name("csrc") / "relu_maxpool.c"
+# every kernel takes three pointers and (planes, height, width)
+KERNELS = ("relu_maxpool2x2_forward", "relu_maxpool2x2_backward")
+_ARGTYPES = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "lenet_lib"
+
+
+def _compile_command(compiler: str, source: Path, target: Path) -> list[str]:
+    # OpenMP only on Linux, where torch's wheels bring libgomp and the kernels then share its thread pool.
+    openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
+    return [compiler, "-O3", "-shared", "-fPIC", *openmp, str(source), "-o", str(target)]
+
+
+def _build() -> Path:
+    """Path of the compiled library, compiling it if this source and command have not been built yet."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        raise RuntimeError(f"the kernels use SSE2, which this {platform.machine()} CPU lacks")
+    compiler = shutil.which(os.environ.get("CC", "cc"))
+    if compiler is None:
+        raise RuntimeError(f"no C compiler found (looked for {os.environ.get('CC', 'cc')!r}; set CC)")
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(_compile_command(compiler, SOURCE, Path("x"))).encode())
+    target = cache_dir() / f"relu_maxpool-{key.hexdigest()[:16]}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        done = subprocess.run(_compile_command(compiler, SOURCE, Path(tmp)), capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{compiler} failed: {done.stderr.strip()[:500]}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+_why_not: list[str] = []   # why load() returned None, for describe()
+
+
+@functools.cache
+def load():
+    """The kernels as a ctypes library, or None when they cannot be had (describe() says why)."""
+    _why_not.clear()
+    if os.environ.get("LENET_C_KERNELS", "1") == "0":
+        _why_not.append("switched off by LENET_C_KERNELS=0")
+        return None
+    try:
+        import torch  # noqa: F401  (loaded first, so the kernels bind to torch's libgomp)
+        lib = ctypes.CDLL(str(_build()))
+        for name in KERNELS:
+            getattr(lib, name).argtypes, getattr(lib, name).restype = _ARGTYPES, None
+        return lib
+    except (OSError, RuntimeError) as exc:
+        _why_not.append(str(exc))
+        return None
+
+
+def describe() -> str:
+    """One line: where the C kernels were loaded from, or why the PyTorch fallback is in use."""
+    lib = load()
+    if lib is not None:
+        return f"C kernels: {lib._name}"
+    return f"C kernels unavailable ({_why_not[0]}): PyTorch fallback, same numbers, slower"
