@@ -16,8 +16,9 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
+
+from .results import atomic_write
 
 SOURCE = Path(__file__).with_name("csrc") / "relu_maxpool.c"
 # every kernel takes three pointers and (planes, height, width)
@@ -48,17 +49,13 @@ def _build() -> Path:
     target = cache_dir() / f"relu_maxpool-{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(fd)
-    try:
+
+    def compile_to(tmp: str) -> None:
         done = subprocess.run(_compile_command(compiler, SOURCE, Path(tmp)), capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"{compiler} failed: {done.stderr.strip()[:500]}")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    atomic_write(target, compile_to)
     return target
 
 
