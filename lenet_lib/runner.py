@@ -32,9 +32,9 @@ NOT_IN_RUNS = {"runner.py", "executors.py", "params.py", "__main__.py", "bench.p
 
 
 def library_hash(for_runs: bool = False) -> str:
-    """The .py files of lenet_lib (path and bytes); for_runs leaves out NOT_IN_RUNS."""
+    """The .py files and C kernels (csrc) of lenet_lib, path and bytes; for_runs leaves out NOT_IN_RUNS."""
     h = hashlib.sha256()
-    for path in sorted(LIBRARY_DIR.rglob("*.py")):
+    for path in sorted([*LIBRARY_DIR.rglob("*.py"), *LIBRARY_DIR.glob("csrc/*.c")]):
         if for_runs and path.parent == LIBRARY_DIR and path.name in NOT_IN_RUNS:
             continue
         h.update(str(path.relative_to(LIBRARY_DIR)).encode() + b"\0" + path.read_bytes() + b"\0")

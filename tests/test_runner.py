@@ -154,6 +154,20 @@ def test_run_ids_follow_parameters_and_sources_not_outputs(tmp_path):
     assert not {t.run_id for t in _plan(dirs)} & {t.run_id for t in quick}    # sources do
 
 
+
+def test_library_hash_covers_the_c_kernels_and_skips_planning_modules(tmp_path, monkeypatch):
+    monkeypatch.undo()                      # the real library_hash, over a copy of a library
+    (tmp_path / "csrc").mkdir()
+    (tmp_path / "train.py").write_text("x = 1\n")
+    (tmp_path / "runner.py").write_text("y = 1\n")
+    (tmp_path / "csrc" / "kernel.c").write_text("int f(void) { return 1; }\n")
+    monkeypatch.setattr(runner, "LIBRARY_DIR", tmp_path)
+    before = runner.library_hash(for_runs=True)
+    (tmp_path / "runner.py").write_text("y = 2\n")
+    assert runner.library_hash(for_runs=True) == before              # planning code: no re-training
+    (tmp_path / "csrc" / "kernel.c").write_text("int f(void) { return 2; }\n")
+    assert runner.library_hash(for_runs=True) != before              # a kernel change re-runs
+
 def _set_yaml(text):
     return lambda dirs: (dirs["params"] / "tiny.yaml").write_text(text)
 
