@@ -16,6 +16,7 @@ from sklearn.manifold import TSNE
 from sklearn.metrics import silhouette_score
 
 from . import plots
+from .models import eval_mode
 from .specs import TrainSpec
 
 CLASS_NAMES = {
@@ -73,10 +74,8 @@ def layer_times(model: nn.Sequential, input_shape, batch_sizes=(1, 64), repeats:
     so shapes and sizes are those of a forward pass. Summaries take the median over repeats.
     """
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     rows = []
-    with torch.inference_mode():
+    with eval_mode(model), torch.inference_mode():
         for batch_size in batch_sizes:
             x = torch.randn(batch_size, *input_shape, device=device)
             inputs = []                     # the input each layer sees in a forward pass
@@ -96,7 +95,6 @@ def layer_times(model: nn.Sequential, input_shape, batch_sizes=(1, 64), repeats:
                     rows.append({"batch_size": batch_size, "layer": name, "type": type(layer).__name__,
                                  "repeat": repeat, "seconds": seconds,
                                  "us_per_image": 1e6 * seconds / batch_size})
-    model.train(was_training)
     return pd.DataFrame(rows)
 
 
@@ -125,9 +123,7 @@ def multiply_adds(model: nn.Sequential, input_shape) -> pd.DataFrame:
     """Multiply-adds per layer for one image: a conv's weights are applied at every output position,
     a linear layer's once. Activations, pooling and BatchNorm count 0 (little arithmetic next to those)."""
     rows, x = [], torch.zeros(1, *input_shape, device=next(model.parameters()).device)
-    was_training = model.training
-    model.eval()
-    with torch.inference_mode():
+    with eval_mode(model), torch.inference_mode():
         for name, layer in model.named_children():
             x = layer(x)
             if isinstance(layer, nn.Conv2d):
@@ -137,7 +133,6 @@ def multiply_adds(model: nn.Sequential, input_shape) -> pd.DataFrame:
             else:
                 count = 0
             rows.append({"layer": name, "multiply_adds": int(count)})
-    model.train(was_training)
     return pd.DataFrame(rows)
 
 
@@ -216,13 +211,10 @@ def predict(model: nn.Module, x: torch.Tensor,
             batch_size: int = PREDICT_BATCH) -> tuple[torch.Tensor, torch.Tensor]:
     """(predicted class, softmax probabilities) for every row of x, in eval mode, returned on the CPU."""
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     probs = []
-    with torch.inference_mode():
+    with eval_mode(model), torch.inference_mode():
         for start in range(0, len(x), batch_size):
             probs.append(torch.softmax(model(x[start:start + batch_size].to(device)).float(), dim=1).cpu())
-    model.train(was_training)
     probs = torch.cat(probs) if probs else torch.zeros(0, 0)
     return probs.argmax(1), probs
 

@@ -11,6 +11,7 @@ parameter count) and it also serves R2's 28x28 "valid" variant whose s4 output i
 from __future__ import annotations
 
 from collections import OrderedDict
+from contextlib import contextmanager
 
 import pandas as pd
 import torch
@@ -152,20 +153,28 @@ def parameter_count(module: nn.Module) -> int:
     return own + sum(parameter_count(m) for m in module.children())
 
 
+@contextmanager
+def eval_mode(model: nn.Module):
+    """model in eval mode (BatchNorm's running statistics, no dropout) inside the block; its mode after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 def layer_table(model: nn.Sequential, input_shape: tuple[int, ...]) -> pd.DataFrame:
     """Per layer: name, type, output shape for one input, trainable parameters, and part (conv / fc)."""
     rows, x = [], torch.zeros(1, *input_shape)
-    was_training = model.training
-    model.eval()
     part = "conv"
-    with torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         for name, layer in model.named_children():
             x = layer(x)
             if name == "flatten":
                 part = "fc"
             rows.append({"layer": name, "type": type(layer).__name__, "output_shape": tuple(x.shape[1:]),
                          "parameters": parameter_count(layer), "part": part})
-    model.train(was_training)
     return pd.DataFrame(rows)
 
 
@@ -175,14 +184,11 @@ def forward_features(model: nn.Sequential, x: torch.Tensor, layers: list[str]) -
     missing = wanted - {name for name, _ in model.named_children()}
     if missing:
         raise ValueError(f"unknown layer(s) {sorted(missing)}; valid: {[n for n, _ in model.named_children()]}")
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         for name, layer in model.named_children():
             x = layer(x)
             if name in wanted:
                 found[name] = x
             if len(found) == len(wanted):
                 break
-    model.train(was_training)
     return found

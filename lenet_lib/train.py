@@ -15,7 +15,7 @@ from tqdm import tqdm   # plain text bars: no ipywidgets needed in kernels or lo
 from .choices import PRECISIONS
 from .data import DataSplits, epoch_order, index_batches
 from .fast_layers import fuse_relu_max_pool
-from .models import build_model
+from .models import build_model, eval_mode
 from .optim import make_optimizer
 from .specs import TrainSpec
 from .validate import check_choice
@@ -69,17 +69,14 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision_ctx=N
     """Mean cross-entropy and accuracy of model on (x, y); NaN for an empty set."""
     if len(y) == 0:
         return math.nan, math.nan
-    was_training = model.training
-    model.eval()
     loss_sum = torch.zeros((), device=x.device)
     correct = torch.zeros((), device=x.device, dtype=torch.int64)
-    with torch.inference_mode(), (precision_ctx or contextlib.nullcontext()):
+    with eval_mode(model), torch.inference_mode(), (precision_ctx or contextlib.nullcontext()):
         for start in range(0, len(y), batch_size):
             logits = model(x[start:start + batch_size]).float()
             target = y[start:start + batch_size]
             loss_sum += F.cross_entropy(logits, target, reduction="sum")
             correct += (logits.argmax(1) == target).sum()
-    model.train(was_training)
     return loss_sum.item() / len(y), correct.item() / len(y)
 
 

@@ -87,3 +87,14 @@ def test_bad_model_arguments_name_value_and_choices(bad, message):
         build_model("lenet5", **bad)
     with pytest.raises(ValueError, match="arch='resnet'"):
         build_model("resnet")
+
+
+def test_eval_mode_restores_the_mode_it_found_even_after_an_error():
+    from lenet_lib.models import eval_mode
+    model = build_model(bn=True, dropout=0.5)
+    for start_training in (True, False):
+        model.train(start_training)
+        with pytest.raises(RuntimeError), eval_mode(model):
+            assert not model.training and not model.c1_bn.training
+            raise RuntimeError("inside the block")
+        assert model.training is start_training and model.c1_bn.training is start_training
