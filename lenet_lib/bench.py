@@ -22,7 +22,8 @@ import torchvision
 from torchvision import transforms
 
 from . import c_kernels
-from .data import DATASETS, data_root, prepare_data
+from .data import DATASETS, prepare_data
+from .datafiles import data_root
 from .fast_layers import with_torch_layers
 from .models import build_model
 from .specs import TrainSpec

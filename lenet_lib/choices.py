@@ -14,7 +14,7 @@ ACTIVATION_NAMES = ("relu", "tanh", "sigmoid")
 POOL_NAMES = ("max", "avg")
 BN_POSITIONS = ("before_act", "after_act", "after_pool")
 BN_LAYERS = ("c1", "conv")          # BN after c1 only (R1, R2, R3) or after both convs (R4)
-DROPOUT_AT = ("f6", "c5_f6")        # FC dropout after f6 only (R1, R2) or after c5 and f6
+DROPOUT_AT = ("f6", "c5", "c5_f6")  # FC dropout after f6 only (R1, R2), after c5 only, or after both
 PADDINGS = ("auto", "same", "valid")
 
 # LeCun 1998, table I: which of the 6 S2 maps feed each of the 16 C3 maps.

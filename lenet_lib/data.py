@@ -6,7 +6,6 @@ batching by index removes that per-image Python work (~2x more training images/s
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import torch.nn.functional as F
 import torchvision
 
 from .choices import NORMALIZATIONS
+from .datafiles import data_root
 from .validate import check_choice, check_positive_int
 
 
@@ -43,11 +43,6 @@ RESIZE_MODES = ("pad", "interpolate")             # LeCun's zero padding to 32x3
 
 class DataMissingError(FileNotFoundError):
     """The dataset is not in the data folder and could not be downloaded."""
-
-
-def data_root() -> Path:
-    """The data folder: $LENET_DATA, else ./data."""
-    return Path(os.environ.get("LENET_DATA", "data")).expanduser()
 
 
 @functools.lru_cache(maxsize=8)

@@ -93,10 +93,10 @@ def build_lenet5(
         layers.append(("s4_bn", nn.BatchNorm2d(16)))
     layers.append(("flatten", nn.Flatten()))
     layers += [("c5", nn.Linear(16 * side * side, 120)), ("c5_act", ACTIVATIONS[fc_activation]())]
-    if dropout > 0 and dropout_at == "c5_f6":
+    if dropout > 0 and dropout_at in ("c5", "c5_f6"):
         layers.append(("c5_drop", nn.Dropout(dropout)))
     layers += [("f6", nn.Linear(120, 84)), ("f6_act", ACTIVATIONS[fc_activation]())]
-    if dropout > 0:
+    if dropout > 0 and dropout_at in ("f6", "c5_f6"):
         layers.append(("f6_drop", nn.Dropout(dropout)))
     layers.append(("out", nn.Linear(84, num_classes)))
     return nn.Sequential(OrderedDict(layers))

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .experiment import seconds_per_epoch
+from .tidy import seconds_per_epoch
 from .stats import t_interval
 
 sns.set_theme(style="whitegrid", context="notebook")
@@ -93,6 +93,64 @@ def versus(df: pd.DataFrame, x: str, y: str, hue: str | None = None, logx: bool 
     return ax.figure
 
 
+def ratio_bars(ratios: pd.DataFrame, x: str, title: str = "", hue: str = "implementation", ax=None):
+    """Ratios with their precomputed 95 % CI (columns ratio, ci_low, ci_high), one marker per hue value,
+    a line at 1: e.g. each variant's training-step time relative to the plain network's."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.5, 3.8))
+    order = list(dict.fromkeys(ratios[x]))
+    groups = list(dict.fromkeys(ratios[hue])) if hue in ratios else [None]
+    width = 0.3 if len(groups) > 1 else 0.0
+    for i, (group, color) in enumerate(zip(groups, sns.color_palette(n_colors=len(groups)))):
+        part = ratios if group is None else ratios[ratios[hue] == group]
+        where = np.array([order.index(v) for v in part[x]]) + (i - (len(groups) - 1) / 2) * width
+        low = (part["ratio"] - part["ci_low"]).fillna(0).clip(lower=0)
+        high = (part["ci_high"] - part["ratio"]).fillna(0).clip(lower=0)
+        ax.errorbar(where, part["ratio"], yerr=[low, high], fmt="o", capsize=4, color=color, label=group)
+    ax.axhline(1.0, color="gray", linestyle=":", linewidth=1)
+    ax.set_xticks(range(len(order)), order, rotation=30 if len(order) > 5 else 0, ha="right" if len(order) > 5 else "center")
+    ax.set_ylabel("ratio")
+    if groups != [None]:
+        ax.legend(fontsize=8)
+    ax.set_title(title)
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def scorecard(card: pd.DataFrame, title: str = "Published figures, in our standard deviations"):
+    """Each scored figure as its distance from our mean in our standard deviations (time ratios on the log
+    scale), against the band our 95 % prediction interval spans: inside the band, reproduced. Exact
+    figures (parameter counts) are left to the table."""
+    rows = card[card["low"].notna() & (card["high"] > card["low"])].copy()
+    if rows.empty:
+        return None
+    half = rows["half_width_sd"]
+    sd = (rows["high"] - rows["mean"]) / half
+    nearest = np.where(rows["value_low"] > rows["high"], rows["value_low"],
+                       np.where(rows["value_high"] < rows["low"], rows["value_high"], rows["value"]))
+    distance = (nearest - rows["mean"]) / sd
+    y = np.arange(len(rows))[::-1]
+    fig, ax = plt.subplots(figsize=(9, 0.26 * len(rows) + 1.4))
+    ax.hlines(y, -half, half, color="tab:blue", linewidth=5, alpha=0.35, label="our 95 % prediction interval")
+    inside = (rows["result"] == "reproduced").to_numpy()
+    ax.plot(distance[inside], y[inside], "D", color="tab:green", label="published: reproduced")
+    ax.plot(distance[~inside], y[~inside], "D", mfc="none", color="tab:red", label="published: not reproduced")
+    ax.axvline(0, color="gray", linewidth=1)
+    ax.set_yticks(y, rows["report"] + ": " + rows["figure"], fontsize=7)
+    limit = max(6.0, float(np.nanmax(np.abs(distance))) + 1) if len(rows) else 6.0
+    ax.set_xlim(-min(limit, 30), min(limit, 30))
+    ax.set_xlabel("published - our mean, in our standard deviations (clipped at 30)")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def held_out(rows: pd.DataFrame) -> str:
+    """"val" when the rows have validation measures, else "test" (a protocol without a validation split)."""
+    return "val" if "val_acc" in rows and rows["val_acc"].notna().any() else "test"
+
+
 def image_grid(images, titles=None, rows: int | None = None, cmap: str = "gray", title: str = "",
                scale: float = 1.3):
     """A grid of images (N x H x W, or N x C x H x W for RGB), one optional title each."""
@@ -139,10 +197,11 @@ def scatter(points, labels, title: str = ""):
 
 
 def overview(rows: pd.DataFrame, hue: str = "config", title: str = ""):
-    """Validation loss and accuracy per epoch (CI bands) beside seconds per epoch (CI bars), one colour
-    per hue value; the seconds panel names the colours."""
+    """Validation (or, without a validation split, test) loss and accuracy per epoch (CI bands) beside
+    seconds per epoch (CI bars), one colour per hue value; the seconds panel names the colours."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.9), gridspec_kw={"width_ratios": [2, 2, 2]})
-    for ax, metric in zip(axes[:2], ("val_loss", "val_acc")):
+    split = held_out(rows)
+    for ax, metric in zip(axes[:2], (f"{split}_loss", f"{split}_acc")):
         sns.lineplot(data=rows, x="epoch", y=metric, hue=hue, errorbar=_ci, marker="o", ax=ax, legend=False)
         ax.set_ylabel(LABELS[metric])
         ax.xaxis.get_major_locator().set_params(integer=True)

@@ -9,13 +9,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from .experiment import final_epoch, seconds_per_epoch
-from .results import IDENTITY, MEASURES, read_manifest, read_runs
+from .tidy import final_epoch, seconds_per_epoch
+from .results import IDENTITY, MEASURES, read_manifest, read_runs, read_tables
 from .stats import summarize
+from .tidy import TABLES, Tables
 
 # Columns that never name a configuration: identity, measures, timing, bookkeeping.
 NOT_CONFIG = set(IDENTITY) | set(MEASURES) | {"status", "train_seconds", "model_id", "fc_activation",
-                                              "device", "run_dir", "in_channels", "num_classes"}
+                                              "device", "run_dir", "in_channels", "num_classes", "protocol",
+                                              "profile"}
 
 
 def load_index(index_path: str | Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
@@ -30,6 +32,21 @@ def load_index(index_path: str | Path) -> tuple[dict, pd.DataFrame, pd.DataFrame
     runs["error"] = [row.error if isinstance(row.error, str) else by_dir[row.run_dir].get("error")
                      for row in runs.itertuples()]
     return index, results, runs
+
+
+def load_tables(results: pd.DataFrame, runs: pd.DataFrame) -> Tables:
+    """The tidy results and every finished run's tables beside them (timing, forward_times, layers)."""
+    run_dirs = list(runs["run_dir"]) if len(runs) else []
+    return Tables(results, *(read_tables(run_dirs, name) for name in TABLES))
+
+
+def skipped_presets(index: dict) -> dict[str, str]:
+    """{preset: why} for presets with a run that could not run here (e.g. its dataset is missing)."""
+    found = {}
+    for entry in index.get("runs", []):
+        if entry.get("status") == "skipped" and entry.get("preset"):
+            found.setdefault(entry["preset"], entry.get("error") or "skipped")
+    return found
 
 
 def provenance(runs: pd.DataFrame) -> dict:
@@ -80,16 +97,22 @@ def with_config(df: pd.DataFrame, exclude=("dataset",)) -> tuple[pd.DataFrame, l
 
 
 def notebook_sections(results: pd.DataFrame):
-    """(notebook, dataset, rows with a config column) for each notebook x dataset with results.
+    """(notebook, protocol, dataset, rows with a config column) for each notebook x preset x dataset with
+    results; protocol is the preset's name, or "" for a notebook's own (exploratory) runs.
 
     Notebooks that record a 'stage' column (e.g. optimizers: tune, compare) are shown at their last
     stage, the one their conclusions come from."""
-    for (notebook, dataset), rows in results.groupby(["notebook", "dataset"], sort=True, dropna=False):
+    if results.empty or "notebook" not in results:
+        return
+    results = results.assign(protocol=results["protocol"].fillna("") if "protocol" in results else "",
+                             dataset=results["dataset"] if "dataset" in results else "")
+    for (notebook, protocol, dataset), rows in results.groupby(["notebook", "protocol", "dataset"], sort=True,
+                                                                dropna=False):
         rows = rows.dropna(axis=1, how="all")
         if "stage" in rows:
             rows = rows[rows["stage"] == rows["stage"].dropna().iloc[-1]]
         labelled, _ = with_config(rows)
-        yield notebook, dataset, labelled
+        yield notebook, protocol, dataset, labelled
 
 
 def overview(rows: pd.DataFrame) -> pd.DataFrame:

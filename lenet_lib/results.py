@@ -92,6 +92,17 @@ def save_results(df: pd.DataFrame, output_dir: str | Path | None, notebook: str,
     return df
 
 
+def save_table(df: pd.DataFrame, output_dir: str | Path | None, name: str, notebook: str, run_id: str) -> pd.DataFrame:
+    """A table beside the tidy results (e.g. "timing": one row per variant x timing round), tagged with
+    notebook and run_id and written atomically as <name>.parquet when output_dir is given."""
+    if not (isinstance(name, str) and name.isidentifier() and name != RESULTS_FILE.split(".")[0]):
+        raise ValueError(f"table name {name!r} is not valid; expected an identifier other than 'results'")
+    df = tag(df, notebook, run_id)
+    if output_dir is not None:
+        write_table(df, Path(output_dir) / f"{name}.parquet")
+    return df
+
+
 def git_commit(cwd: str | Path | None = None) -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd or Path(__file__).parent,
@@ -137,10 +148,16 @@ def read_manifest(run_dir: str | Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def _run_columns(manifest: dict) -> dict:
+    """Columns every row of a run gets when read back: the protocol (the preset it ran under) and profile."""
+    return {"protocol": manifest.get("preset"), "profile": manifest.get("profile")}
+
+
 def read_runs(run_dirs) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(tidy results of all finished runs, one row per run with its manifest's status and timing).
 
-    Runs without a manifest are listed with status "missing"; failed runs keep their error.
+    Runs without a manifest are listed with status "missing"; failed runs keep their error. Result rows
+    get the run's protocol (its preset, None outside one) and profile from its manifest.
     """
     frames, runs = [], []
     for run_dir in map(Path, run_dirs):
@@ -151,7 +168,18 @@ def read_runs(run_dirs) -> tuple[pd.DataFrame, pd.DataFrame]:
             row.update({k: manifest.get(k) for k in ("status", "error", "seconds", "profile", "preset")})
             results = run_dir / RESULTS_FILE
             if manifest.get("status") in ("ok", "diverged") and results.exists():   # a failed run's rows stay out
-                frames.append(read_table(results))
+                frames.append(read_table(results).assign(**_run_columns(manifest)))
         runs.append(row)
     results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*IDENTITY, *MEASURES])
     return results, pd.DataFrame(runs)
+
+
+def read_tables(run_dirs, name: str) -> pd.DataFrame:
+    """Every finished run's <name>.parquet (save_table), with the run's protocol and profile; empty if none."""
+    frames = []
+    for run_dir in map(Path, run_dirs):
+        manifest = read_manifest(run_dir)
+        path = run_dir / f"{name}.parquet"
+        if manifest is not None and manifest.get("status") in ("ok", "diverged") and path.exists():
+            frames.append(read_table(path).assign(**_run_columns(manifest)))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import nbformat
 
-from . import results
+from . import datafiles, results
 from .executors import DaskExecutor, LocalExecutor, RunTask, cpu_count, describe_error, execute_run, \
     refresh_notebook, run_papermill, set_kernel_environment
-from .params import PROFILES, ConfigError, did_you_mean, expand, listing, load_params, select
+from .params import PROFILES, ConfigError, did_you_mean, expand, listing, load_params, load_profiles, \
+    run_parameters, select
 
 LIBRARY_DIR = Path(__file__).resolve().parent
 REPO_ROOT = LIBRARY_DIR.parent
@@ -28,7 +29,7 @@ DONE = ("ok", "diverged")
 # Modules that plan, execute or summarize runs but cannot change what a notebook computes: editing them
 # does not re-train anything (the summary's own cache still hashes them).
 NOT_IN_RUNS = {"runner.py", "executors.py", "params.py", "__main__.py", "bench.py", "bench_ensemble.py",
-               "report.py"}
+               "report.py", "scorecard.py"}
 
 
 def library_hash(for_runs: bool = False) -> str:
@@ -54,16 +55,20 @@ def make_run_id(notebook: str, parameters: dict, nb_hash: str, lib_hash: str) ->
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
-def plan(selected, outputs: Path, profile, preset) -> list[RunTask]:
-    """One RunTask per matrix cell. Merge order: notebook defaults < file < profile/preset < matrix."""
-    lib_hash, tasks = library_hash(for_runs=True), []
+def plan(selected, outputs: Path, profile, profiles) -> list[RunTask]:
+    """One RunTask per run of every selected block (params.run_parameters), once per run id: a preset
+    run that another block also plans runs once."""
+    lib_hash, tasks, seen = library_hash(for_runs=True), [], set()
     # Kernels run elsewhere (another cwd, another machine): pin the data folder as an absolute path.
     env = {"LENET_DATA": str(Path(os.environ.get("LENET_DATA", REPO_ROOT / "data")).expanduser().resolve())}
     for nb, label in selected:
-        block, nb_hash = nb.blocks[label], notebook_source_hash(nb.path)
-        for combination in expand(block["matrix"]):
-            parameters = {**nb.parameters, **block["parameters"], **combination}
+        nb_hash = notebook_source_hash(nb.path)
+        preset = label.split(" ", 1)[1] if label.startswith("preset ") else None
+        for parameters in run_parameters(nb, label, profile, profiles):
             run_id = make_run_id(nb.name, parameters, nb_hash, lib_hash)
+            if run_id in seen:
+                continue
+            seen.add(run_id)
             run_dir = (outputs / "runs" / nb.name / run_id).resolve()
             injected = {**parameters, "output_dir": str(run_dir), "run_id": run_id}
             tasks.append(RunTask(nb.name, str(nb.path.resolve()), run_id, str(run_dir), injected,
@@ -105,13 +110,33 @@ def execute(tasks: list[RunTask], executor, done: int, total: int, out) -> dict:
     return lost
 
 
-def index_entries(tasks: list[RunTask], lost: dict) -> list[dict]:
+def data_problems(tasks: list[RunTask]) -> dict[str, str]:
+    """{run_id: why} for runs whose dataset is not in the data folder (checked once per dataset)."""
+    root = tasks[0].env.get("LENET_DATA") if tasks else None
+    verdict, problems = {}, {}
+    for task in tasks:
+        p = task.parameters
+        for dataset in [p["dataset"]] if isinstance(p.get("dataset"), str) else list(p.get("datasets") or []):
+            if dataset not in verdict:
+                verdict[dataset] = datafiles.needs(dataset, root) if dataset in datafiles.LAYOUT else None
+            if verdict[dataset]:
+                problems[task.run_id] = verdict[dataset]
+    return problems
+
+
+def index_entries(tasks: list[RunTask], lost: dict, skipped: dict | None = None) -> list[dict]:
     entries = []
     for task in tasks:
+        if task.run_id in (skipped or {}):
+            entries.append({"notebook": task.notebook, "run_id": task.run_id, "run_dir": task.run_dir,
+                            "parameters": task.parameters, "preset": task.preset, "status": "skipped",
+                            "error": skipped[task.run_id], "seconds": None})
+            continue
         manifest = results.read_manifest(task.run_dir) or {}
         error = manifest.get("error") or (describe_error(lost[task.label]) if task.label in lost else None)
         entries.append({"notebook": task.notebook, "run_id": task.run_id, "run_dir": task.run_dir,
-                        "parameters": task.parameters, "status": manifest.get("status", "missing"),
+                        "parameters": task.parameters, "preset": task.preset,
+                        "status": manifest.get("status", "missing"),
                         "error": error, "seconds": manifest.get("seconds")})
     return entries
 
@@ -155,12 +180,27 @@ def build_report(summary_nb: Path, outputs: Path, profile, preset, force: bool) 
     return True
 
 
+def protocols(selected) -> dict:
+    """{preset: {notebook: {"reading": ..., "published": [...]}}} of the selected presets, for the summary."""
+    found = {}
+    for nb, label in selected:
+        if label.startswith("preset "):
+            name = label.split(" ", 1)[1]
+            info = nb.presets[name]
+            found.setdefault(name, {})[nb.name] = {"reading": info["reading"], "published": info["published"]}
+    return found
+
+
 def summary_line(entries: list[dict], cached: set) -> str:
-    counts = {s: [e for e in entries if e["status"] == s] for s in ("ok", "diverged", "failed", "missing")}
+    counts = {s: [e for e in entries if e["status"] == s] for s in ("ok", "diverged", "failed", "missing",
+                                                                     "skipped")}
     n_cached = sum(1 for e in counts["ok"] if e["run_id"] in cached)
     parts = [f"{len(counts['ok'])} ok ({n_cached} cached)"]
     if counts["diverged"]:
         parts.append(f"{len(counts['diverged'])} diverged")
+    if counts["skipped"]:
+        reasons = sorted({e["error"] for e in counts["skipped"]})
+        parts.append(f"{len(counts['skipped'])} skipped ({'; '.join(reasons)})")
     for status, word in (("failed", "failed"), ("missing", "not finished")):
         if counts[status]:
             listed = ", ".join(f"{e['notebook']}/{e['run_id']} ({_short(e['error'])})" for e in counts[status])
@@ -185,8 +225,7 @@ def report(profile: str | None = None, preset: str | None = None, only=None, job
     params_dir = Path(params_dir or REPO_ROOT / "params")
     notebooks_dir = Path(notebooks_dir or REPO_ROOT / "notebooks")
     outputs = Path(outputs or REPO_ROOT / "outputs").resolve()
-    if preset is None:
-        profile = profile or "default"
+    profile = profile or "default"
     if profile is not None and profile not in PROFILES:
         raise ConfigError(f"profile {profile!r} is not valid; choose one of {listing(PROFILES)}")
     if executor not in ("local", "dask"):
@@ -199,21 +238,28 @@ def report(profile: str | None = None, preset: str | None = None, only=None, job
     if make_report and not summary_nb.exists():
         raise ConfigError(f"{summary_nb} does not exist; the report needs it (or pass --no-report)")
     selected = select(load_params(params_dir, notebooks_dir), only, profile, preset)
-    tasks = plan(selected, outputs, profile, preset)
+    profiles = load_profiles(params_dir)
+    tasks = plan(selected, outputs, profile, profiles)
 
-    cached = {t.run_id for t in tasks if not force and is_done(t)}
-    todo = [t for t in tasks if t.run_id not in cached]
+    skipped = data_problems(tasks)
+    if skipped and len(skipped) == len(tasks):
+        raise ConfigError("nothing can run: " + "; ".join(sorted(set(skipped.values()))))
+    runnable = [t for t in tasks if t.run_id not in skipped]
+    cached = {t.run_id for t in runnable if not force and is_done(t)}
+    todo = [t for t in runnable if t.run_id not in cached]
     lost = {}
     if todo:
         with make_executor(executor, jobs, scheduler) as ex:
             lost = execute(todo, ex, len(tasks) - len(todo), len(tasks), out)
-    entries = index_entries(tasks, lost)
+    entries = index_entries(tasks, lost, skipped)
     titles = {nb.name: nb.title for nb, _ in selected}
-    index = {"profile": profile, "preset": preset, "created": results.now(), "outputs": str(outputs),
-             "notebooks": titles, "runs": entries}
+    index = {"profile": profile, "preset": preset, "verdicts": profiles[profile].verdicts,
+             "created": results.now(), "outputs": str(outputs), "notebooks": titles,
+             "protocols": protocols(selected),
+             "runs": entries}
     write_index(outputs / "index.json", index)
     line = summary_line(entries, cached)
-    code = 0 if all(e["status"] in DONE for e in entries) else 1
+    code = 0 if all(e["status"] in DONE + ("skipped",) for e in entries) else 1
     if make_report:
         try:
             built = build_report(summary_nb, outputs, profile, preset, force)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -100,3 +101,130 @@ def spearman(x, y) -> tuple[float, float]:
     """Spearman rank correlation and its p-value."""
     result = sps.spearmanr(x, y)
     return float(result.statistic), float(result.pvalue)
+
+
+# ---------------------------------------------------------------- estimates, one-sided tests, TOST, power
+@dataclass(frozen=True)
+class Estimate:
+    """An effect with its standard error: a difference of two means over seeds (Welch) or the mean of
+    paired per-round values (e.g. log time ratios measured in turns).
+
+    sd is the spread of one unit (a seed, a round), so the standard error for another number of units
+    can be predicted (units_needed)."""
+    value: float
+    se: float
+    df: float
+    n: int                  # units per group (seeds per variant, or rounds)
+    sd: float
+    paired: bool            # one sample of paired values (rounds); else two independent groups (seeds)
+
+    def ci(self, confidence: float = CONFIDENCE) -> tuple[float, float]:
+        if self.n < 2 or math.isnan(self.se):
+            return math.nan, math.nan
+        half = _t_quantile(0.5 + confidence / 2, self.df) * self.se
+        return self.value - half, self.value + half
+
+    def p_above(self, threshold: float) -> float:
+        """One-sided p-value for "the effect is greater than threshold"."""
+        return self._p((self.value - threshold))
+
+    def p_below(self, threshold: float) -> float:
+        """One-sided p-value for "the effect is less than threshold"."""
+        return self._p((threshold - self.value))
+
+    def _p(self, margin: float) -> float:
+        if self.n < 2 or math.isnan(self.se):
+            return math.nan
+        if self.se == 0:        # no spread at all: the sign of the margin decides
+            return 0.0 if margin > 0 else 1.0
+        return float(sps.t.sf(margin / self.se, self.df))
+
+    def units_needed(self, gap: float, alpha: float, power: float = 0.8, cap: int = 200) -> int | None:
+        """Units (seeds per group, or rounds) with which a one-sided test at `alpha` would reach `power`
+        for a true effect `gap` away from the threshold, at this spread; None beyond cap."""
+        if gap <= 0 or not math.isfinite(self.sd):
+            return None
+        if self.sd == 0:
+            return max(self.n, 2)
+        for n in range(2, cap + 1):
+            se = self.sd * math.sqrt((1 if self.paired else 2) / n)
+            df = n - 1 if self.paired else 2 * n - 2
+            if (sps.t.ppf(1 - alpha, df) + sps.t.ppf(power, df)) * se <= gap:
+                return n
+        return None
+
+
+def _t_quantile(q: float, df: float) -> float:
+    return float(sps.t.ppf(q, df)) if math.isfinite(df) else float(sps.norm.ppf(q))
+
+
+def _clean(values) -> np.ndarray:
+    values = np.asarray(values, dtype=float)
+    return values[~np.isnan(values)]
+
+
+def difference(a, b) -> Estimate:
+    """mean(a) - mean(b) over independent samples, Welch's standard error and Satterthwaite's df."""
+    a, b = _clean(a), _clean(b)
+    na, nb = len(a), len(b)
+    if min(na, nb) < 2:
+        mean = (a.mean() if na else math.nan) - (b.mean() if nb else math.nan)
+        return Estimate(float(mean), math.nan, math.nan, min(na, nb), math.nan, paired=False)
+    va, vb = a.var(ddof=1), b.var(ddof=1)
+    se = math.sqrt(va / na + vb / nb)
+    if se == 0:
+        df = na + nb - 2
+    else:
+        df = (va / na + vb / nb) ** 2 / ((va / na) ** 2 / (na - 1) + (vb / nb) ** 2 / (nb - 1))
+    sd = math.sqrt((va * (na - 1) + vb * (nb - 1)) / (na + nb - 2))
+    return Estimate(float(a.mean() - b.mean()), se, df, min(na, nb), sd, paired=False)
+
+
+def mean_estimate(values) -> Estimate:
+    """The mean of one sample of paired values (e.g. per-round log ratios), with its t standard error."""
+    values = _clean(values)
+    n = len(values)
+    if n < 2:
+        return Estimate(float(values.mean()) if n else math.nan, math.nan, math.nan, n, math.nan, paired=True)
+    sd = float(values.std(ddof=1))
+    return Estimate(float(values.mean()), sd / math.sqrt(n), n - 1, n, sd, paired=True)
+
+
+def tost(estimate: Estimate, margin: float) -> float:
+    """Two one-sided tests: p-value for "the effect lies within (-margin, +margin)"."""
+    return max(estimate.p_above(-margin), estimate.p_below(margin))
+
+
+def outside_margin(estimate: Estimate, margin: float) -> float:
+    """p-value for "the effect lies outside [-margin, +margin]" (the smaller one-sided p, doubled)."""
+    return min(1.0, 2 * min(estimate.p_above(margin), estimate.p_below(-margin)))
+
+
+def prediction_interval(values, confidence: float = CONFIDENCE) -> tuple[float, float, float, float]:
+    """(mean, sd, low, high): where one new value from the same distribution falls with `confidence`,
+    mean +- t(n-1) * sd * sqrt(1 + 1/n). NaN bounds with fewer than two values."""
+    values = _clean(values)
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan, math.nan, math.nan
+    mean = float(values.mean())
+    if n < 2:
+        return mean, math.nan, math.nan, math.nan
+    sd = float(values.std(ddof=1))
+    half = prediction_factor(n, confidence) * sd
+    return mean, sd, mean - half, mean + half
+
+
+def prediction_factor(n: int, confidence: float = CONFIDENCE) -> float:
+    """A prediction interval's half-width in standard deviations, t(n-1) * sqrt(1 + 1/n); NaN below n = 2."""
+    return float(sps.t.ppf(0.5 + confidence / 2, n - 1) * math.sqrt(1 + 1 / n)) if n >= 2 else math.nan
+
+
+def paired_log_ratios(table: pd.DataFrame, by: str, value: str, reference, pair_on: str = "round") -> pd.DataFrame:
+    """log(value / reference's value) for every other level of `by`, paired on `pair_on` (e.g. the timing
+    round both were measured in). Columns: by, pair_on, log_ratio."""
+    wide = table.pivot_table(index=pair_on, columns=by, values=value, aggfunc="mean")
+    if reference not in wide:
+        return pd.DataFrame(columns=[by, pair_on, "log_ratio"])
+    logs = np.log(wide.div(wide[reference], axis=0)).drop(columns=reference)
+    return logs.reset_index().melt(id_vars=pair_on, var_name=by, value_name="log_ratio").dropna()

@@ -1,5 +1,5 @@
-"""Small helpers for one-factor sweeps (batch size, learning rate, ...): tables over seeds and the
-answer to "is the report's choice the best one?"."""
+"""Small helpers for one-factor sweeps (batch size, learning rate, ...): tables over seeds and which value
+is best (a report's claim about it is judged by verdicts.py)."""
 from __future__ import annotations
 
 import pandas as pd
@@ -34,19 +34,3 @@ def best_and_tied(final: pd.DataFrame, group: str, value: str, claimed) -> dict:
     return {"best": best, "best_mean": float(table["mean"].iloc[0]), "tied": tied,
             "claimed_is_best": best == claimed, "claimed_is_tied": claimed in tied,
             "tested": bool(table["p_holm"].notna().any()), "table": table}
-
-
-def claim_verdict(result: dict, claimed, label: str = "") -> str:
-    """A sentence ending for "the claim that <claimed> is best ...", from best_and_tied's result;
-    label prefixes values (e.g. "batch " gives "batch 64")."""
-    best, claimed_name = f"{label}{result['best']}", f"{label}{claimed}"
-    if not result["tested"]:
-        return "cannot be tested: it needs at least two seeds per value"
-    if result["claimed_is_best"]:
-        return "holds on this run"
-    if result["claimed_is_tied"]:
-        return (f"does not hold strictly ({best} has the higher mean), but {claimed_name} is statistically "
-                f"tied with it")
-    if claimed not in set(result["table"].iloc[:, 0]):
-        return f"is not tested: {claimed_name} was not run"
-    return f"does not hold: {claimed_name} is significantly worse than {best}"

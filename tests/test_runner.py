@@ -15,7 +15,7 @@ from fixtures.runner_project import TINY_YAML, add_broken, args, make_project, r
 
 from lenet_lib import results, runner
 from lenet_lib.__main__ import main
-from lenet_lib.params import ConfigError, load_params, select
+from lenet_lib.params import ConfigError, load_params, load_profiles, select
 from lenet_lib.runner import is_done, plan, report
 
 
@@ -29,7 +29,8 @@ def pinned_library_hash(monkeypatch):
 
 def _plan(dirs, profile="quick", preset=None):
     params = load_params(dirs["params"], dirs["notebooks"])
-    return plan(select(params, None, profile, preset), dirs["outputs"], profile, preset)
+    profile = profile or "default"
+    return plan(select(params, None, profile, preset), dirs["outputs"], profile, load_profiles(dirs["params"]))
 
 
 def _out(capsys) -> str:
@@ -42,24 +43,26 @@ def test_report_end_to_end_cache_force_resume_and_failure(tmp_path, capsys):
     out = dirs["outputs"]
     quick = args(dirs, "--profile", "quick", "--jobs", "2")
 
-    # 1. A 2-run matrix with real kernels: run folders, manifests, index, summary, report.
+    # 1. A 2-run matrix and the preset at the quick scale, with real kernels: run folders, manifests,
+    #    index, summary, report.
     assert main(quick) == 0                                    # a diverged run is a finished run
-    assert "report: 2 runs: 1 ok (0 cached), 1 diverged; wrote" in _out(capsys)
+    assert "report: 3 runs: 2 ok (0 cached), 1 diverged; wrote" in _out(capsys)
     runs = sorted(run_dirs(out, "tiny"), key=lambda r: results.read_manifest(r)["parameters"]["x"])
-    assert len(runs) == 2
-    for run, status in zip(runs, ("ok", "diverged")):
+    assert len(runs) == 3
+    for run, status, preset in zip(runs, ("ok", "diverged", "ok"), (None, None, "P1")):
         assert {"executed.ipynb", "results.parquet", "run.log", "manifest.json"} <= {p.name for p in run.iterdir()}
         manifest = results.read_manifest(run)
-        assert (manifest["status"], manifest["profile"], manifest["preset"]) == (status, "quick", None)
+        assert (manifest["status"], manifest["profile"], manifest["preset"]) == (status, "quick", preset)
         assert manifest["parameters"]["output_dir"] == str(run) and manifest["parameters"]["run_id"] == run.name
         assert manifest["parameters"]["label"] == "b"          # the file's fixed parameters
         assert "tiny done" in (run / "run.log").read_text()    # the kernel's stdout
         assert len(results.read_table(run / "results.parquet")) == 2
-    assert sorted(results.read_manifest(r)["parameters"]["x"] for r in runs) == [1, 2]
+    assert [results.read_manifest(r)["parameters"]["x"] for r in runs] == [1, 2, 5]     # P1 at quick: x 5
     index = json.loads((out / "index.json").read_text())
-    assert index["profile"] == "quick" and [r["status"] for r in index["runs"]] == ["ok", "diverged"]
+    assert index["profile"] == "quick" and [r["status"] for r in index["runs"]] == ["ok", "diverged", "ok"]
+    assert index["verdicts"] is False and index["protocols"] == {"P1": {"tiny": {"reading": "", "published": []}}}
     html = (out / "report.html").read_text()
-    assert "SUMMARY: 2 runs, 4 rows, profile quick" in html
+    assert "SUMMARY: 3 runs, 6 rows, profile quick" in html
     assert "read_runs" not in html                             # code cells are hidden in the report
 
     # 2. Unchanged: everything cached, nothing rewritten, fast.
@@ -68,27 +71,27 @@ def test_report_end_to_end_cache_force_resume_and_failure(tmp_path, capsys):
     clock = time.perf_counter()
     assert main(quick) == 0
     assert time.perf_counter() - clock < 15
-    assert "report: 2 runs: 1 ok (1 cached), 1 diverged; unchanged" in _out(capsys)
+    assert "report: 3 runs: 2 ok (2 cached), 1 diverged; unchanged" in _out(capsys)
     assert {f: f.stat().st_mtime_ns for f in files} == mtimes
 
     # 3. --force re-runs every run.
     assert main([*quick, "--force", "--no-report"]) == 0
-    assert "1 ok (0 cached), 1 diverged" in _out(capsys)
+    assert "2 ok (0 cached), 1 diverged" in _out(capsys)
     assert all((r / "manifest.json").stat().st_mtime_ns != mtimes[r / "manifest.json"] for r in runs)
 
     # 4. A run killed after its notebook saved results but before its manifest: not done, not counted.
-    finished, killed = runs
+    finished, killed, _ = runs
     (killed / "manifest.json").unlink()
     (killed / ".results.parquet.cut.tmp").write_text("half a file")
     tidy, table = results.read_runs(runs)
-    assert set(tidy["run_id"]) == {finished.name}
+    assert set(tidy["run_id"]) == {finished.name, runs[2].name}
     assert table.set_index("run_id").loc[killed.name, "status"] == "missing"
 
     # ... the next invocation re-runs it from a clean folder, while a new notebook fails.
     add_broken(dirs, tmp_path / "no-data")
     assert main(quick) == 1
     line = _out(capsys)
-    assert re.search(r"^report: 3 runs: 1 ok \(1 cached\), 1 diverged, 1 failed: broken/[0-9a-f]{12} "
+    assert re.search(r"^report: 4 runs: 2 ok \(2 cached\), 1 diverged, 1 failed: broken/[0-9a-f]{12} "
                      r"\(DataMissingError: mnist not found in data folder", line, re.M), line
     assert results.read_manifest(killed)["status"] == "diverged"
     assert not (killed / ".results.parquet.cut.tmp").exists()
@@ -99,8 +102,8 @@ def test_report_end_to_end_cache_force_resume_and_failure(tmp_path, capsys):
     assert (broken / "executed.ipynb").exists()                # kept for reading the traceback
     index = json.loads((out / "index.json").read_text())
     assert [(r["notebook"], r["status"]) for r in index["runs"]] == [
-        ("broken", "failed"), ("tiny", "ok"), ("tiny", "diverged")]
-    assert "SUMMARY: 3 runs" in (out / "report.html").read_text()   # the report still shows the failure
+        ("broken", "failed"), ("tiny", "ok"), ("tiny", "diverged"), ("tiny", "ok")]
+    assert "SUMMARY: 4 runs" in (out / "report.html").read_text()   # the report still shows the failure
 
     # 5. A failing summary notebook is an error too, and leaves no stale report.html.
     write_notebook(dirs["notebooks"] / "summary.ipynb", "index_path = None\nprofile = None\npreset = None\n",
@@ -138,11 +141,16 @@ def test_run_ids_follow_parameters_and_sources_not_outputs(tmp_path):
     dirs = make_project(tmp_path)
     quick = _plan(dirs)
     assert [t.run_id for t in quick] == [t.run_id for t in _plan(dirs)]       # stable
-    assert len({t.run_id for t in quick}) == 2 and all(re.fullmatch(r"[0-9a-f]{12}", t.run_id) for t in quick)
+    assert len({t.run_id for t in quick}) == 3 and all(re.fullmatch(r"[0-9a-f]{12}", t.run_id) for t in quick)
+    assert [(t.parameters["x"], t.preset) for t in quick] == [(1, None), (2, None), (5, "P1")]
     assert quick[0].parameters == {"label": "b", "x": 1, "output_dir": quick[0].run_dir, "run_id": quick[0].run_id}
-    assert [t.parameters["lr"] for t in _plan(dirs, "default")] == [0.1] * 3  # profile over file over defaults
+    default = [t for t in _plan(dirs, "default") if t.preset is None]
+    assert [t.parameters["lr"] for t in default] == [0.1] * 3               # profile over file over defaults
     preset = _plan(dirs, None, "P1")
     assert len(preset) == 1 and preset[0].parameters["scale"] == 2 and preset[0].preset == "P1"
+    assert "x" not in preset[0].parameters and preset[0].profile == "default"   # default scale: x untouched
+    at_quick = _plan(dirs, "quick", "P1")
+    assert at_quick[0].parameters["x"] == 5 and at_quick[0].run_id == quick[2].run_id   # one run, one id
 
     path = dirs["notebooks"] / "tiny.ipynb"
     nb = nbformat.read(str(path), as_version=4)

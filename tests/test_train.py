@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from lenet_lib.train import build_for
-from lenet_lib.experiment import final_epoch, run_specs
+from lenet_lib.experiment import run_specs
+from lenet_lib.tidy import final_epoch
 from lenet_lib.specs import TrainSpec, expand_grid
 from lenet_lib.train import train
 

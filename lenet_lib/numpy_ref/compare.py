@@ -105,27 +105,51 @@ def time_it(fn, repeats: int = 5, device: torch.device | None = None) -> float:
     return min(times)
 
 
-def layer_times(net, model: torch.nn.Module, x: np.ndarray, repeats: int = 5, device: str = "cpu") -> pd.DataFrame:
-    """Forward time of each layer alone (eval mode, no gradients) on input x, NumPy and torch.
+def layer_times(net, model: torch.nn.Module, x: np.ndarray, repeats: int = 5, device: str = "cpu",
+                calls: int = 10) -> pd.DataFrame:
+    """Forward time of each layer alone (eval mode, no gradients) on input x, NumPy and torch in turns.
 
-    Each layer gets its own input, the previous layer's output, so a row times that layer only.
+    Each layer gets its own input, the previous layer's output, so a row times that layer only. One row
+    per repeat and layer: numpy_s and torch_s, each the mean of `calls` calls, the two timed one after
+    the other (after one warm-up call each), so a busy moment hits both; `fastest` takes the minimum.
     """
     device = torch.device(device)
     model = model.to(device).eval()
     net.eval()
     xn, xt = np.asarray(x, dtype=net.dtype), torch.as_tensor(x, dtype=torch.float32, device=device)
-    rows = []
+    layers = []
     with torch.inference_mode():
-        for name, layer in model.named_children():
-            np_layer = net[name]
-            numpy_s = time_it(lambda: np_layer.forward(xn), repeats)
-            torch_s = time_it(lambda: layer(xt), repeats, device)
-            rows.append({"layer": name, "type": type(np_layer).__name__, "parameters": np_layer.parameter_count(),
-                         "numpy_s": numpy_s, "torch_s": torch_s})
-            xn, xt = np_layer.forward(xn), layer(xt)
+        for name, layer in model.named_children():      # each layer with its own input
+            layers.append((name, net[name], layer, xn, xt))
+            xn, xt = net[name].forward(xn), layer(xt)
+        rows = []
+        for repeat in range(repeats + 1):               # repeat 0 warms every layer up
+            for name, np_layer, layer, xn, xt in layers:
+                numpy_s = _mean_seconds(lambda: np_layer.forward(xn), calls, torch.device("cpu"))
+                torch_s = _mean_seconds(lambda: layer(xt), calls, device)
+                if repeat:
+                    rows.append({"layer": name, "type": type(np_layer).__name__,
+                                 "parameters": np_layer.parameter_count(), "repeat": repeat,
+                                 "numpy_s": numpy_s, "torch_s": torch_s})
     net.train()
     model.train()
     return pd.DataFrame(rows)
+
+
+def _mean_seconds(fn, calls: int, device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - start) / calls
+
+
+def fastest(times: pd.DataFrame) -> pd.DataFrame:
+    """layer_times' fastest repeat of each layer and framework (other work only ever adds time)."""
+    return times.groupby("layer", sort=False).agg(type=("type", "first"), parameters=("parameters", "first"),
+                                                  numpy_s=("numpy_s", "min"), torch_s=("torch_s", "min")
+                                                  ).reset_index()
 
 
 def forward_backward_times(net, model: torch.nn.Module, x: np.ndarray, y: np.ndarray, repeats: int = 5,

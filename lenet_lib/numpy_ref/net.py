@@ -157,10 +157,10 @@ def build_lenet5(in_channels: int = 1, input_size: int = 28, num_classes: int = 
         layers.append(("s4_bn", BatchNorm2d(16, dtype=dtype)))
     layers.append(("flatten", Flatten()))
     layers += [("c5", Linear(16 * side * side, 120, init_rng, dtype)), ("c5_act", _act(fc_activation))]
-    if dropout > 0 and dropout_at == "c5_f6":
+    if dropout > 0 and dropout_at in ("c5", "c5_f6"):
         layers.append(("c5_drop", Dropout(dropout, drop_rng)))
     layers += [("f6", Linear(120, 84, init_rng, dtype)), ("f6_act", _act(fc_activation))]
-    if dropout > 0:
+    if dropout > 0 and dropout_at in ("f6", "c5_f6"):
         layers.append(("f6_drop", Dropout(dropout, drop_rng)))
     layers.append(("out", Linear(84, num_classes, init_rng, dtype)))
     return Sequential(layers, dtype)

@@ -1,0 +1,60 @@
+"""The fair timing measurement: variants in turns, ratios within rounds, confidence intervals that cover."""
+import math
+
+import numpy as np
+import pytest
+
+from lenet_lib import stats, timing
+from lenet_lib.specs import TrainSpec
+
+MATRIX = np.random.default_rng(0).normal(size=(120, 120))
+
+
+def work():
+    for _ in range(6):
+        MATRIX @ MATRIX
+
+
+def twice_the_work():
+    work()
+    work()
+
+
+def test_a_known_cost_ratio_lands_within_its_confidence_interval():
+    table = timing.time_in_turns({"once": work, "twice": twice_the_work}, rounds=25, calls=3, warmup=2,
+                                 progress=False)
+    assert len(table) == 50 and set(table["round"]) == set(range(1, 26))
+    logs = stats.paired_log_ratios(table, "name", "seconds", "once")
+    estimate = stats.mean_estimate(logs["log_ratio"])
+    low, high = (math.exp(x) for x in estimate.ci(0.999))
+    assert low <= 2.0 <= high, (low, high)
+    assert high / low < 1.3                       # narrow enough to tell 2x from 1.5x or 2.6x
+
+
+def test_turns_are_shuffled_and_warmup_dropped():
+    calls = []
+    table = timing.time_in_turns({name: (lambda n=name: calls.append(n)) for name in "abc"}, rounds=4,
+                                 calls=1, warmup=1, seed=3, progress=False)
+    assert len(calls) == 15 and len(table) == 12                     # 5 rounds run, the first dropped
+    orders = {tuple(calls[i:i + 3]) for i in range(0, 15, 3)}
+    assert len(orders) > 1                                            # not always the same order
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(rounds=0), "rounds=0 is not valid"), (dict(warmup=-1), "warmup=-1 is not valid"),
+    (dict(functions={}), "functions is empty")])
+def test_bad_timing_arguments_are_refused(bad, message):
+    arguments = {"functions": {"a": work}, **bad}
+    with pytest.raises(ValueError, match=message):
+        timing.time_in_turns(progress=False, **arguments)
+
+
+def test_time_variants_times_every_variant_and_implementation(mnist_small):
+    variants = {"plain": TrainSpec(), "BN": TrainSpec(bn=True), "dropout": TrainSpec(dropout=0.5)}
+    table = timing.time_variants(variants, mnist_small, rounds=3, calls=2, warmup=1, progress=False)
+    assert len(table) == 3 * 2 * 3
+    assert set(table["label"]) == set(variants) and set(table["implementation"]) == {"torch", "lenet_lib"}
+    assert (table["seconds"] > 0).all() and (table["threads"] >= 1).all()
+    assert table.loc[table["label"] == "BN", "bn"].all() and (table.loc[table["label"] == "dropout", "dropout"] == 0.5).all()
+    with pytest.raises(ValueError, match="implementation='numpy' is not valid"):
+        timing.time_variants(variants, mnist_small, implementations=("numpy",), progress=False)
