@@ -9,7 +9,8 @@ LENET_DATA ?= $(CURDIR)/data
 export LENET_DATA
 
 REPORT_ARGS := --profile $(PROFILE) $(if $(PRESET),--preset $(PRESET)) $(if $(ONLY),--only $(ONLY)) \
-	$(if $(JOBS),--jobs $(JOBS)) $(if $(FORCE),--force) $(if $(EXECUTOR),--executor $(EXECUTOR)) \
+	$(if $(JOBS),--jobs $(JOBS)) $(if $(THREADS),--threads $(THREADS)) $(if $(FORCE),--force) \
+	$(if $(EXECUTOR),--executor $(EXECUTOR)) \
 	$(if $(SCHEDULER),--scheduler $(SCHEDULER))
 
 .PHONY: report test lab bench notebooks list venv clean

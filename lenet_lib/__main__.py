@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 
 from .executors import ExecutorError
 from .runner import PROFILES, ConfigError, list_notebooks, refresh_notebooks, report
@@ -21,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--preset", help="a seed report's protocol (e.g. R1): only notebooks defining it run")
     rep.add_argument("--only", metavar="NB[,NB...]", help="run these notebooks only")
     rep.add_argument("--jobs", type=int, help="runs side by side (default: 1 with CUDA, else min(2, CPUs))")
+    rep.add_argument("--threads", type=int, help="CPU threads per run (default: CPUs / jobs locally, 1 on "
+                     "Dask); part of a run's identity, since float sums depend on it")
     rep.add_argument("--force", action="store_true", help="re-run finished runs and the summary")
     rep.add_argument("--outputs", metavar="DIR", help="outputs folder (default: outputs/ in the repository)")
     rep.add_argument("--executor", choices=("local", "dask"), help="local processes (default) or Dask")
@@ -42,15 +46,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as a Ctrl-C: workers are stopped and their kernels shut down."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    on_main_thread = threading.current_thread() is threading.main_thread()    # signals go there only
+    previous = signal.signal(signal.SIGTERM, _terminate) if on_main_thread else None
     try:
         if args.command == "report":
             return report(profile=args.profile, preset=args.preset, only=_names(args.only), jobs=args.jobs,
                           force=args.force, outputs=args.outputs,
                           executor=args.executor or ("dask" if args.scheduler else "local"),
                           scheduler=args.scheduler, make_report=not args.no_report,
-                          params_dir=args.params, notebooks_dir=args.notebooks)
+                          params_dir=args.params, notebooks_dir=args.notebooks, threads=args.threads)
         if args.command == "notebooks":
             return refresh_notebooks(only=_names(args.only), jobs=args.jobs, notebooks_dir=args.notebooks)
         return list_notebooks(params_dir=args.params, notebooks_dir=args.notebooks)
@@ -58,9 +72,13 @@ def main(argv: list[str] | None = None) -> int:
         # A user error: one clear line, no traceback.
         print(f"{args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"{args.command}: interrupted; runs without a manifest run again next time", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        why, code = ("terminated", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
+        print(f"\n{args.command}: {why}; finished runs are kept, the others run again next time", file=sys.stderr)
+        return code
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ arguments, fill in the same defaults and raise the same errors.
 """
 from __future__ import annotations
 
+import math
+
 from .validate import check_choice, check_range
 
 DATASET_NAMES = ("mnist", "fashion_mnist", "cifar10")        # data.DATASETS describes each
@@ -16,6 +18,10 @@ BN_POSITIONS = ("before_act", "after_act", "after_pool")
 BN_LAYERS = ("c1", "conv")          # BN after c1 only (R1, R2, R3) or after both convs (R4)
 DROPOUT_AT = ("f6", "c5", "c5_f6")  # FC dropout after f6 only (R1, R2), after c5 only, or after both
 PADDINGS = ("auto", "same", "valid")
+INPUT_SIZES = (28, 32)              # a dataset's own size, or 28x28 digits padded / resized to 32x32
+RESIZE_MODES = ("pad", "interpolate")   # LeCun's zero padding to 32x32, or R2's Resize(32)
+DROPOUT_SITES = ("fc", "conv")      # the notebooks' dropout in the FC part (R1, R4) or after c3 (R3)
+BATCHINGS = ("shuffle", "contiguous")   # NumPy training: epoch_order's batches, or R2's contiguous ones
 
 # LeCun 1998, table I: which of the 6 S2 maps feed each of the 16 C3 maps.
 C3_TABLE = [
@@ -35,7 +41,7 @@ def lenet5_geometry(in_channels: int, input_size: int, activation: str, fc_activ
     32x32), a 32x32 input none. "valid" on 28x28 gives R2's NumPy model (16*4*4 inputs to c5).
     """
     check_choice("in_channels", in_channels, (1, 3))
-    check_choice("input_size", input_size, (28, 32))
+    check_choice("input_size", input_size, INPUT_SIZES)
     check_choice("activation", activation, ACTIVATION_NAMES)
     fc_activation = fc_activation or activation
     check_choice("fc_activation", fc_activation, ACTIVATION_NAMES)
@@ -51,6 +57,15 @@ def lenet5_geometry(in_channels: int, input_size: int, activation: str, fc_activ
     c1_pad = 2 if padding == "same" else 0
     side = ((input_size + 2 * c1_pad - 4) // 2 - 4) // 2        # after c1, s2, c3, s4
     return fc_activation, c1_pad, side
+
+
+def diverged(loss: float, num_classes: int = 10) -> bool:
+    """A training loss that is NaN, infinite, or a hundred times that of a uniform guess (ln classes):
+    a network that far from learning has blown up (lr 1e3 with full-batch GD reaches 1e21)."""
+    return not math.isfinite(loss) or loss > DIVERGED_LOSS_FACTOR * math.log(num_classes)
+
+
+DIVERGED_LOSS_FACTOR = 100
 
 
 # Optimizers: default learning rate; momentum for the SGD family (plain sgd/gd none unless asked);

@@ -6,6 +6,7 @@ batching by index removes that per-image Python work (~2x more training images/s
 from __future__ import annotations
 
 import functools
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,9 +15,10 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from .choices import NORMALIZATIONS
+from .choices import NORMALIZATIONS, RESIZE_MODES
+from . import datafiles
 from .datafiles import data_root
-from .validate import check_choice, check_positive_int
+from .validate import check_choice, check_nonneg_int, check_positive_int
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,6 @@ DATASETS = {
     "cifar10": DatasetInfo("CIFAR10", 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
                            "cifar-10-batches-py/data_batch_1..5, test_batch and batches.meta"),
 }
-RESIZE_MODES = ("pad", "interpolate")             # LeCun's zero padding to 32x32, or R2's Resize(32)
 
 
 class DataMissingError(FileNotFoundError):
@@ -49,26 +50,39 @@ class DataMissingError(FileNotFoundError):
 def load_raw(dataset: str, train: bool, root: str | None = None, download: bool = True):
     """One split as (uint8 images N x C x H x W, int64 labels), read by torchvision.
 
-    Downloads when the files are missing and the network allows; otherwise raises DataMissingError
-    naming the folder, the dataset and the files expected.
+    The files are checked first (datafiles: present, published size and checksum). Missing ones are
+    downloaded when the network allows (a failed download leaves no folders behind); otherwise, or when a
+    file is damaged, DataMissingError names the folder, the file and what was expected.
     """
     check_choice("dataset", dataset, tuple(DATASETS))
     info = DATASETS[dataset]
     root = Path(root) if root else data_root()
-    cls = getattr(torchvision.datasets, info.torchvision_class)
-    try:
-        ds = cls(str(root), train=train, download=False)
-    except RuntimeError:
+    if datafiles.missing_files(dataset, root):
         if not download:
-            raise DataMissingError(_missing_message(dataset, root, "download disabled")) from None
-        try:
-            ds = cls(str(root), train=train, download=True)
-        except Exception as exc:  # any network or integrity failure: the user needs the same advice
-            raise DataMissingError(_missing_message(dataset, root, f"download failed: {exc}")) from None
+            raise DataMissingError(_missing_message(dataset, root, "download disabled"))
+        _download(dataset, root)
+    damaged = datafiles.corrupt_files(dataset, root)
+    if damaged:
+        raise DataMissingError(f"{dataset} in data folder {root.resolve()} is damaged: {'; '.join(damaged)}")
+    ds = getattr(torchvision.datasets, info.torchvision_class)(str(root), train=train, download=False)
     images = torch.as_tensor(np.asarray(ds.data))
     images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)  # CIFAR is NHWC
     labels = torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
     return images.contiguous(), labels
+
+
+def _download(dataset: str, root: Path) -> None:
+    """torchvision's download into root; on failure, remove the folders it made (so an offline machine
+    does not end up with an empty MNIST/raw/ that looks like data)."""
+    layout = Path(datafiles.LAYOUT[dataset][0])
+    candidates = [root] + [root.joinpath(*layout.parts[:i + 1]) for i in range(len(layout.parts))]
+    made = [p for p in candidates if not p.exists()]
+    try:
+        getattr(torchvision.datasets, DATASETS[dataset].torchvision_class)(str(root), train=True, download=True)
+    except Exception as exc:    # any network or integrity failure: the user needs the same advice
+        for path in reversed(made):
+            shutil.rmtree(path, ignore_errors=True)
+        raise DataMissingError(_missing_message(dataset, root, f"download failed: {exc}")) from None
 
 
 def _missing_message(dataset: str, root: Path, why: str) -> str:
@@ -144,8 +158,8 @@ def prepare_data(
     info = DATASETS[dataset]
     input_size = input_size or info.size
     check_choice("input_size", input_size, tuple(sorted({info.size, 32})))
-    if not (isinstance(val_size, int) and val_size >= 0):
-        raise ValueError(f"val_size={val_size!r} is not valid; expected an integer >= 0")
+    check_nonneg_int("val_size", val_size)
+    check_nonneg_int("split_seed", split_seed)
     for name, value in (("train_size", train_size), ("test_size", test_size)):
         if value is not None:
             check_positive_int(name, value)

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm   # plain text bars: no ipywidgets needed in kernels or logs
 
+from .choices import diverged
 from .batched import DropoutStreams, StackedNet, StackedOptimizer, rng_state, signature
 from .data import DataSplits, epoch_order
 from .specs import TrainSpec
@@ -44,7 +45,8 @@ EVAL_MODEL_IMAGES = 16384    # models x images per evaluation pass (train() eval
 
 
 def train_many(specs: list[TrainSpec], data: DataSplits, *, device="auto", precision: str = "fp32",
-               mode: str = "auto", progress: bool = True, compile_step: bool = False) -> list[TrainResult]:
+               mode: str = "auto", progress: bool = True, compile_step: bool = False,
+               on_epoch=None) -> list[TrainResult]:
     """Train every spec; results in the order of specs (see the module docstring for the modes).
 
     In batched mode a row's train_seconds and epoch_seconds are the stacked network's wall time shared
@@ -59,7 +61,8 @@ def train_many(specs: list[TrainSpec], data: DataSplits, *, device="auto", preci
         mode = "batched" if device.type == "cuda" else "sequential"
     if mode == "sequential":
         # One bar over the models; a model's own epoch bar only when it is the only one.
-        return [train(spec, data, device=device, precision=precision, progress=progress and len(specs) == 1)
+        return [train(spec, data, device=device, precision=precision, progress=progress and len(specs) == 1,
+                      on_epoch=on_epoch)
                 for spec in tqdm(specs, desc="models", disable=not progress or len(specs) == 1)]
     results: list[TrainResult | None] = [None] * len(specs)
     groups = group_specs(specs, data, device)
@@ -67,6 +70,7 @@ def train_many(specs: list[TrainSpec], data: DataSplits, *, device="auto", preci
         desc = f"group {number}/{len(groups)} ({len(members)} models)"
         group_results = train_group([m.spec for m in members], data, device=device, precision=precision,
                                     built=[(m.model, m.rng_state) for m in members], progress=progress,
+                                    on_epoch=on_epoch,
                                     compile_step=compile_step, desc=desc)
         for member, result in zip(members, group_results):
             results[member.index] = result
@@ -118,7 +122,8 @@ def evaluate_many(net: StackedNet, x: torch.Tensor, y: torch.Tensor, autocast) -
 
 
 def train_group(specs: list[TrainSpec], data: DataSplits, *, device, precision: str = "fp32", built=None,
-                progress: bool = True, compile_step: bool = False, desc: str = "group") -> list[TrainResult]:
+                progress: bool = True, compile_step: bool = False, desc: str = "group",
+                on_epoch=None) -> list[TrainResult]:
     """Train specs that share a group key as one stacked network; one TrainResult per spec, in order.
 
     `built`: (model, rng state) per spec from _build, when group_specs already built them.
@@ -181,10 +186,13 @@ def train_group(specs: list[TrainSpec], data: DataSplits, *, device, precision: 
             for i in range(k):
                 if status[i] != "ok":
                     continue
-                if not math.isfinite(train_loss[i]):
+                if diverged(train_loss[i], data.info["num_classes"]):
                     status[i] = "diverged"
+                # seconds: the stacked network's, shared equally (stacked_models says by how many)
                 rows[i].append(epoch_row(bases[i], epoch, train_loss[i], train_acc[i], val[i], test[i],
-                                         train_seconds / share, epoch_seconds / share, status[i]))
+                                         train_seconds / share, epoch_seconds / share, status[i], share))
+                if on_epoch:
+                    on_epoch(specs[i].model_id, epoch, first.epochs)
                 if status[i] == "diverged":
                     net.copy_to(i, models[i])      # its state when it stopped, as train() returns it
                     active[i] = False

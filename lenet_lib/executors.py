@@ -1,33 +1,39 @@
 """How runs execute: one per-run function (papermill on one notebook, manifest written last) and two
-executors that call it, a local process pool and a Dask cluster, behind the same small interface:
+executors that call it, a local pool of worker processes and a Dask cluster, behind one small interface:
 
-    with LocalExecutor(jobs) as executor:            # or DaskExecutor(scheduler, jobs)
+    with LocalExecutor(jobs, log_dir) as executor:      # or DaskExecutor(scheduler, jobs)
         for task, outcome in executor.imap(execute_run, tasks):
-            ...                                      # outcome: the function's return value, or the
-                                                     # exception that lost the run (worker killed, ...)
+            ...                                         # outcome: fn(task)'s return value, or the
+                                                        # exception that lost the run (worker killed, ...)
 
 The runner decides what to run (cache, resume); this module only runs it. Dask is imported lazily.
+
+A run executes into a staging folder next to its run folder and replaces it only once its manifest is
+written, so an interrupted re-run (--force, then Ctrl-C) leaves the finished run as it was.
 """
 from __future__ import annotations
 
-import functools
+import ctypes
 import logging
 import os
+import pickle
 import shutil
+import signal
+import subprocess
 import sys
+import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 
 import nbformat
 
-from . import results
+from . import progress, results
 
 KERNEL = "python3"
 EXECUTED_FILE = "executed.ipynb"
 LOG_FILE = "run.log"
+STOP_SECONDS = 20          # how long stopped workers get to shut their kernels down before they are killed
 # jupyter_client starts sys.executable for a kernelspec whose argv[0] is one of these.
 _PYTHON_ALIASES = {"python", f"python{sys.version_info[0]}", "python{}.{}".format(*sys.version_info[:2])}
 
@@ -42,7 +48,7 @@ class NoResultsError(RuntimeError):
 
 @dataclass(frozen=True)
 class RunTask:
-    """One matrix cell: plain data, so it pickles to pool processes and Dask workers."""
+    """One matrix cell: plain data, so it pickles to worker processes and Dask workers."""
     notebook: str
     notebook_path: str              # absolute; workers on other machines need the same path
     run_id: str
@@ -51,10 +57,16 @@ class RunTask:
     profile: str | None = None
     preset: str | None = None
     env: dict = field(default_factory=dict)     # set for the kernel, e.g. LENET_DATA as an absolute path
+    threads: int = 1                # CPU threads of the kernel: part of the run's identity (see runner)
 
     @property
     def label(self) -> str:
         return f"{self.notebook}/{self.run_id}"
+
+    @property
+    def staging_dir(self) -> Path:
+        """Where the run executes before it replaces run_dir (a hidden sibling)."""
+        return Path(self.run_dir).with_name(f".{self.run_id}.partial")
 
 
 @dataclass(frozen=True)
@@ -78,7 +90,6 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-@functools.lru_cache(maxsize=None)
 def ensure_kernel() -> str:
     """Make kernel "python3" start this interpreter, so kernels import this environment's lenet_lib.
 
@@ -128,8 +139,9 @@ def run_papermill(notebook, output, parameters: dict | None, cwd, log_path) -> n
             # The kernel's working folder, set through nbclient: papermill's cwd= chdirs this whole
             # process, which races between the threads of a Dask worker.
             resources={"metadata": {"path": str(cwd)}},
-            # ipykernel warns on every start that local TCP is unencrypted; keep terminals readable.
-            extra_arguments=["--IPKernelApp.log_level=ERROR"])
+            # ipykernel warns on every start that local TCP is unencrypted, and logs the interrupt that
+            # jupyter_client sends every kernel it shuts down: keep terminals readable.
+            extra_arguments=["--IPKernelApp.log_level=CRITICAL"])
 
 
 def results_status(run_dir: Path) -> str:
@@ -141,28 +153,36 @@ def results_status(run_dir: Path) -> str:
     return "diverged" if (statuses == "diverged").any() else "ok"
 
 
-def execute_run(task: RunTask, threads: int) -> Outcome:
-    """Execute one matrix cell into its run folder. The manifest, written last and atomically, is what
-    marks the run done; a run killed before it leaves no manifest and is re-run next time."""
-    run_dir = Path(task.run_dir)
-    # The runner only hands out runs that are not done, so whatever is here is a killed or failed attempt.
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
+def execute_run(task: RunTask) -> Outcome:
+    """Execute one matrix cell into its staging folder, write its manifest there (last, atomically: what
+    marks a run done), then put it in place of the run folder. A run killed before that leaves the run
+    folder as it was (finished or absent) and runs again next time."""
+    run_dir, staging = Path(task.run_dir), task.staging_dir
+    previous = run_dir.with_name(f".{task.run_id}.previous")
+    if previous.exists() and not run_dir.exists():     # killed between the two renames below
+        previous.rename(run_dir)
+    for leftover in (staging, previous):
+        if leftover.exists():
+            shutil.rmtree(leftover)
+    staging.mkdir(parents=True)
     started, clock = results.now(), time.perf_counter()
     error = None
     try:
-        set_kernel_environment(threads, task.env)
-        run_papermill(task.notebook_path, run_dir / EXECUTED_FILE, task.parameters,
-                      cwd=Path(task.notebook_path).parent, log_path=run_dir / LOG_FILE)
-        status = results_status(run_dir)
+        set_kernel_environment(task.threads, {**task.env, progress.ENV: str(staging / progress.FILE)})
+        run_papermill(task.notebook_path, staging / EXECUTED_FILE, {**task.parameters, "output_dir": str(staging)},
+                      cwd=Path(task.notebook_path).parent, log_path=staging / LOG_FILE)
+        status = results_status(staging)
     except Exception as exc:        # the run failed; KeyboardInterrupt and friends leave it undone
         status, error = "failed", describe_error(exc)
     seconds = time.perf_counter() - clock
     manifest = results.make_manifest(task.parameters, status, started, results.now(), seconds,
                                      profile=task.profile, preset=task.preset, error=error,
-                                     notebook=task.notebook, run_id=task.run_id)
-    results.write_json(manifest, run_dir / results.MANIFEST_FILE)
+                                     notebook=task.notebook, run_id=task.run_id, threads=task.threads)
+    results.write_json(manifest, staging / results.MANIFEST_FILE)
+    if run_dir.exists():
+        run_dir.rename(previous)
+    staging.rename(run_dir)
+    shutil.rmtree(previous, ignore_errors=True)
     return Outcome(status, error, round(seconds, 3))
 
 
@@ -187,22 +207,25 @@ def refresh_notebook(path: str, threads: int) -> Outcome:
     return Outcome("ok", None, round(time.perf_counter() - clock, 3))
 
 
-def _outcome_of(future):
-    """The future's result, or the exception that lost it (a killed worker, a broken pool, ...)."""
-    try:
-        return future.result()
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except BaseException as exc:    # asyncio's CancelledError is a BaseException
-        return exc
+# ---------------------------------------------------------------- the local pool of worker processes
+class WorkerLost(RuntimeError):
+    """A worker process ended without an answer (killed, out of memory, ...)."""
 
 
 class LocalExecutor:
-    """Runs side by side in `jobs` processes on this machine; each run starts its own kernel."""
+    """Runs side by side in `jobs` worker processes on this machine; each run starts its own kernel.
+
+    Workers are plain subprocesses (`python -m lenet_lib.executors`), each in its own session: a worker
+    and its kernel hear about a Ctrl-C or a SIGTERM from this process, which stops them and waits for them
+    to shut their kernels down (so no connection files are left). No multiprocessing locks or semaphores,
+    so a SIGKILL leaves nothing in /dev/shm; on Linux a worker whose parent dies is sent SIGTERM.
+    Each worker's own output (the kernel's log lines among it) goes to log_dir, not the terminal.
+    """
     name = "local"
 
-    def __init__(self, jobs: int):
+    def __init__(self, jobs: int, log_dir: str | Path | None = None):
         self.jobs = jobs
+        self.log_dir = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="lenet-workers-"))
 
     def __enter__(self):
         return self
@@ -214,29 +237,82 @@ class LocalExecutor:
         return f"local executor, {self.jobs} job(s)"
 
     def imap(self, fn, tasks):
-        """Yield (task, outcome) as runs finish; fn(task, threads) runs in a pool process."""
-        workers = max(1, min(self.jobs, len(tasks)))
-        threads = max(1, cpu_count() // workers)
-        # spawn: a forked child would inherit this process's threads and locks (tqdm, zmq).
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+        """Yield (task, outcome) as runs finish; fn(task) runs in a worker process."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        waiting, running = list(enumerate(tasks)), {}
         try:
-            futures = {pool.submit(fn, task, threads): task for task in tasks}
-            for future in as_completed(futures):
-                yield futures[future], _outcome_of(future)
+            while waiting or running:
+                while waiting and len(running) < self.jobs:
+                    number, task = waiting.pop(0)
+                    running[number] = (task, *self._start(fn, task, number))
+                for number, (task, proc, job, answer, log) in list(running.items()):
+                    if proc.poll() is None:
+                        continue
+                    del running[number]
+                    yield task, self._outcome(proc, answer, log)
+                    for path in (job, answer):
+                        path.unlink(missing_ok=True)
+                time.sleep(0.05)
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            _stop([entry[1] for entry in running.values()])
+            for _, _, job, answer, _ in running.values():
+                job.unlink(missing_ok=True)
+                answer.unlink(missing_ok=True)
+
+    def _start(self, fn, task, number: int):
+        job = self.log_dir / f"job-{os.getpid()}-{number}.pkl"
+        answer, log = job.with_suffix(".answer"), self.log_dir / f"worker-{number}.log"
+        job.write_bytes(pickle.dumps((fn, task)))
+        with open(log, "w") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "lenet_lib.executors", str(job), str(answer),
+                                     str(os.getpid())],
+                                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        return proc, job, answer, log
+
+    @staticmethod
+    def _outcome(proc, answer: Path, log: Path):
+        if proc.returncode == 0 and answer.exists():
+            return pickle.loads(answer.read_bytes())      # fn's value, or the exception it raised
+        tail = " ".join(log.read_text(errors="replace").split()[-40:]) if log.exists() else ""
+        return WorkerLost(f"worker exited with code {proc.returncode}" + (f": ... {tail}" if tail else ""))
 
 
-def _run_on_worker(fn, task, slots_by_host: dict):
-    """On a Dask worker: split the machine's cores between the runs that may share it, then run."""
-    from distributed import get_worker
-    worker = get_worker()
-    slots = slots_by_host.get(_host(worker.address), worker.state.nthreads)
-    return fn(task, max(1, cpu_count() // max(1, slots)))
+def _stop(procs: list) -> None:
+    """SIGTERM each worker (it shuts its kernel down), then wait; SIGKILL what is left after STOP_SECONDS."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_SECONDS
+    for proc in procs:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
-def _host(address: str) -> str:
-    return address.rsplit(":", 1)[0]      # "tcp://10.0.0.5:40123" -> "tcp://10.0.0.5"
+def _worker_main(job: str, answer: str, parent: str) -> int:
+    """A worker process: run the pickled (fn, task); pickle its result, or the exception it raised."""
+    if sys.platform.startswith("linux"):      # SIGTERM when the runner dies, even by SIGKILL
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)     # PR_SET_PDEATHSIG
+        if os.getppid() != int(parent):        # it died before the line above
+            return 1
+    signal.signal(signal.SIGTERM, signal.default_int_handler)     # as a Ctrl-C: papermill cleans up
+    fn, task = pickle.loads(Path(job).read_bytes())
+    try:
+        outcome = fn(task)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:        # noqa: BLE001 - any failure is the task's outcome
+        outcome = exc
+    results.atomic_write(answer, lambda tmp: Path(tmp).write_bytes(pickle.dumps(outcome)))
+    return 0
+
+
+# ---------------------------------------------------------------- Dask
+def _run_on_worker(fn, task):
+    return fn(task)
 
 
 class DaskExecutor:
@@ -269,11 +345,6 @@ class DaskExecutor:
                                 f"{scheduler or 'a LocalCluster'}: {describe_error(exc)}") from None
         workers = self.client.scheduler_info(n_workers=-1)["workers"]
         self.gpus = sum(w.get("resources", {}).get("GPU", 0) for w in workers.values())
-        # How many runs one machine may hold at once: its GPUs when runs take one each, else its threads.
-        self.slots_by_host = {}
-        for address, w in workers.items():
-            slots = w.get("resources", {}).get("GPU", 0) if self.gpus else w["nthreads"]
-            self.slots_by_host[_host(address)] = self.slots_by_host.get(_host(address), 0) + slots
         self.address = self.client.scheduler.address
         self.n_workers = len(workers)
 
@@ -295,10 +366,10 @@ class DaskExecutor:
         return f"dask executor at {self.address}, {self.n_workers} worker(s){gpu}"
 
     def imap(self, fn, tasks):
-        """Yield (task, outcome) as runs finish; each task is fn(task, threads) on some worker."""
+        """Yield (task, outcome) as runs finish; each task is fn(task) on some worker."""
         import distributed
         resources = {"GPU": 1} if self.gpus else None
-        futures = {self.client.submit(_run_on_worker, fn, task, self.slots_by_host, resources=resources,
+        futures = {self.client.submit(_run_on_worker, fn, task, resources=resources,
                                       key=f"lenet-run-{task.notebook}-{task.run_id}"): task
                    for task in tasks}
         try:
@@ -306,3 +377,17 @@ class DaskExecutor:
                 yield futures[future], _outcome_of(future)
         finally:
             self.client.cancel(list(futures))
+
+
+def _outcome_of(future):
+    """The future's result, or the exception that lost it (a killed worker, a broken pool, ...)."""
+    try:
+        return future.result()
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:    # asyncio's CancelledError is a BaseException
+        return exc
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main(*sys.argv[1:4]))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from . import progress as run_progress
 from .data import DataSplits
 from .ensemble import train_many
 from .specs import TrainSpec
@@ -10,12 +11,16 @@ from .specs import TrainSpec
 
 def run_specs(specs: list[TrainSpec], data: DataSplits, *, device="auto", precision: str = "fp32",
               progress: bool = True) -> tuple[pd.DataFrame, dict]:
-    """Train all specs; return (tidy history of all models, {model_id: trained model})."""
+    """Train all specs; return (tidy history of all models, {model_id: trained model}).
+
+    Under the runner, every epoch done is counted in the run's progress file (lenet_lib.progress)."""
     ids = [s.model_id for s in specs]
     if len(set(ids)) != len(ids):
         raise ValueError(f"model_id values must be unique within a run; repeated: "
                          f"{sorted({i for i in ids if ids.count(i) > 1})}")
-    results = train_many(specs, data, device=device, precision=precision, progress=progress)
+    run_progress.RECORDER.plan(sum(s.epochs for s in specs))
+    results = train_many(specs, data, device=device, precision=precision, progress=progress,
+                         on_epoch=run_progress.RECORDER.epoch_done)
     history = pd.concat([r.history for r in results], ignore_index=True)
     return history, {s.model_id: r.model for s, r in zip(specs, results)}
 

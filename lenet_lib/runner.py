@@ -5,15 +5,20 @@ the rest (never run, killed, failed) run. User errors raise ConfigError before t
 """
 from __future__ import annotations
 
+import fcntl
+import functools
 import hashlib
 import json
 import os
+import socket
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import nbformat
 
-from . import datafiles, results
+from . import datafiles, progress, results
 from .executors import DaskExecutor, LocalExecutor, RunTask, cpu_count, describe_error, execute_run, \
     refresh_notebook, run_papermill, set_kernel_environment
 from .params import PROFILES, ConfigError, did_you_mean, expand, listing, load_params, load_profiles, \
@@ -49,13 +54,13 @@ def notebook_source_hash(path: Path) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def make_run_id(notebook: str, parameters: dict, nb_hash: str, lib_hash: str) -> str:
+def make_run_id(notebook: str, parameters: dict, nb_hash: str, lib_hash: str, threads: int = 1) -> str:
     key = json.dumps({"notebook": notebook, "parameters": parameters, "notebook_sources": nb_hash,
-                      "library": lib_hash}, sort_keys=True, default=repr)
+                      "library": lib_hash, "threads": threads}, sort_keys=True, default=repr)
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
-def plan(selected, outputs: Path, profile, profiles) -> list[RunTask]:
+def plan(selected, outputs: Path, profile, profiles, threads: int = 1) -> list[RunTask]:
     """One RunTask per run of every selected block (params.run_parameters), once per run id: a preset
     run that another block also plans runs once."""
     lib_hash, tasks, seen = library_hash(for_runs=True), [], set()
@@ -65,14 +70,14 @@ def plan(selected, outputs: Path, profile, profiles) -> list[RunTask]:
         nb_hash = notebook_source_hash(nb.path)
         preset = label.split(" ", 1)[1] if label.startswith("preset ") else None
         for parameters in run_parameters(nb, label, profile, profiles):
-            run_id = make_run_id(nb.name, parameters, nb_hash, lib_hash)
+            run_id = make_run_id(nb.name, parameters, nb_hash, lib_hash, threads)
             if run_id in seen:
                 continue
             seen.add(run_id)
             run_dir = (outputs / "runs" / nb.name / run_id).resolve()
             injected = {**parameters, "output_dir": str(run_dir), "run_id": run_id}
             tasks.append(RunTask(nb.name, str(nb.path.resolve()), run_id, str(run_dir), injected,
-                                 profile, preset, env))
+                                 profile, preset, env, threads))
     return tasks
 
 
@@ -90,23 +95,35 @@ def default_jobs() -> int:
     return 1 if torch.cuda.is_available() else min(2, cpu_count())
 
 
-def make_executor(executor: str, jobs: int | None, scheduler: str | None):
+def kernel_threads(executor: str, jobs: int, threads: int | None) -> int:
+    """CPU threads per kernel. Locally the cores are split between the jobs; on Dask, 1 unless asked.
+
+    Float sums in torch's CPU kernels depend on the thread count, so it is part of a run's identity
+    (make_run_id) and recorded in its manifest: two reports that split the cores alike share their runs.
+    """
+    if threads is not None:
+        return threads
+    return max(1, cpu_count() // jobs) if executor == "local" else 1
+
+
+def make_executor(executor: str, jobs: int, scheduler: str | None, log_dir: Path):
     if executor == "dask":
-        return DaskExecutor(scheduler, jobs or 2)
-    return LocalExecutor(jobs or default_jobs())
+        return DaskExecutor(scheduler, jobs)
+    return LocalExecutor(jobs, log_dir)
 
 
-def execute(tasks: list[RunTask], executor, done: int, total: int, out) -> dict:
+def execute(tasks: list[RunTask], all_tasks: list[RunTask], cached: set, executor, out) -> dict:
     """Run tasks through the executor with a progress bar; {label: exception} for runs that were lost."""
-    from tqdm import tqdm
     lost = {}
     print(f"report: {len(tasks)} run(s) to execute on the {executor.describe()}", file=out)
-    with tqdm(total=total, initial=done, unit="run", desc="report", file=out) as bar:
+    bar = progress.ReportBar(all_tasks, cached, out)
+    try:
         for task, outcome in executor.imap(execute_run, tasks):
             if isinstance(outcome, BaseException):
                 lost[task.label] = outcome
-            bar.set_postfix_str(f"{task.label} {getattr(outcome, 'status', 'lost')}")
-            bar.update()
+            bar.run_finished(task)
+    finally:
+        bar.close()
     return lost
 
 
@@ -161,16 +178,14 @@ def build_report(summary_nb: Path, outputs: Path, profile, preset, force: bool) 
     stamp_path.unlink(missing_ok=True)
     html_path.unlink(missing_ok=True)        # a report.html that exists is a current one
     running, executed = outputs / ".summary.running.ipynb", outputs / "summary.ipynb"
-    set_kernel_environment(cpu_count())
-    try:
-        run_papermill(summary_nb, running, {"index_path": str(index_path.resolve()), "profile": profile,
-                                            "preset": preset},
-                      cwd=summary_nb.parent, log_path=outputs / "summary.log")
-    except Exception as exc:
-        raise RuntimeError(f"the summary notebook failed: {describe_error(exc)} (see {executed})") from None
-    finally:
-        if running.exists():
-            os.replace(running, executed)
+    parameters = {"index_path": str(index_path.resolve()), "profile": profile, "preset": preset}
+    # In a worker process like the runs, so the kernel's own log lines stay out of the terminal.
+    [(_, outcome)] = LocalExecutor(1, outputs / ".logs").imap(
+        run_summary, [(str(summary_nb), str(running), parameters, str(outputs / "summary.log"))])
+    if running.exists():
+        os.replace(running, executed)
+    if isinstance(outcome, BaseException):
+        raise RuntimeError(f"the summary notebook failed: {describe_error(outcome)} (see {executed})")
     from nbconvert import HTMLExporter
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
     html, _ = exporter.from_notebook_node(nbformat.read(str(executed), as_version=4),
@@ -178,6 +193,13 @@ def build_report(summary_nb: Path, outputs: Path, profile, preset, force: bool) 
     results.atomic_write(html_path, lambda tmp: Path(tmp).write_text(html, encoding="utf-8"))
     stamp_path.write_text(stamp)
     return True
+
+
+def run_summary(job) -> None:
+    """In a worker process: execute the summary notebook (its failure is raised to the runner)."""
+    summary_nb, running, parameters, log_path = job
+    set_kernel_environment(cpu_count())
+    run_papermill(summary_nb, running, parameters, cwd=Path(summary_nb).parent, log_path=log_path)
 
 
 def protocols(selected) -> dict:
@@ -214,9 +236,59 @@ def _short(error, limit=160) -> str:
     return first if len(first) <= limit else first[:limit - 3] + "..."
 
 
+def check_options(profile, executor, scheduler, jobs, threads) -> None:
+    if profile not in PROFILES:
+        raise ConfigError(f"profile {profile!r} is not valid; choose one of {listing(PROFILES)}")
+    if executor not in ("local", "dask"):
+        raise ConfigError(f"executor {executor!r} is not valid; choose local or dask")
+    if scheduler and executor != "dask":
+        raise ConfigError("--scheduler needs --executor dask")
+    for name, value in (("--jobs", jobs), ("--threads", threads)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ConfigError(f"{name} {value!r} is not valid; expected a positive integer")
+
+
+def writable_outputs(outputs: Path) -> None:
+    """The outputs folder exists (made here) and takes a file; else a ConfigError naming it."""
+    try:
+        outputs.mkdir(parents=True, exist_ok=True)
+        probe = outputs / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"--outputs {outputs}: cannot write there ({exc.strerror or exc}); choose a folder "
+                          f"you can write to") from None
+
+
+@contextmanager
+def outputs_lock(outputs: Path, out):
+    """One report at a time per outputs folder: a second one says who holds it and waits for it."""
+    path = outputs / ".lock"
+    with open(path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another report"
+            print(f"report: {outputs} is in use by {holder}; waiting for it to finish", file=out, flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()} on {socket.gethostname()} since {results.now()} "
+                   f"({' '.join(sys.argv[1:]) or 'report'})")
+        lock.flush()
+        try:
+            yield
+        finally:
+            lock.seek(0)
+            lock.truncate()
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def report(profile: str | None = None, preset: str | None = None, only=None, jobs: int | None = None,
            force: bool = False, outputs=None, executor: str = "local", scheduler: str | None = None,
-           make_report: bool = True, params_dir=None, notebooks_dir=None, out=None) -> int:
+           make_report: bool = True, params_dir=None, notebooks_dir=None, out=None,
+           threads: int | None = None) -> int:
     """The `report` command; returns the exit code (0 all done, 1 a run or the summary failed).
 
     Raises ConfigError (exit 2) before anything runs when the input is wrong.
@@ -226,46 +298,41 @@ def report(profile: str | None = None, preset: str | None = None, only=None, job
     notebooks_dir = Path(notebooks_dir or REPO_ROOT / "notebooks")
     outputs = Path(outputs or REPO_ROOT / "outputs").resolve()
     profile = profile or "default"
-    if profile is not None and profile not in PROFILES:
-        raise ConfigError(f"profile {profile!r} is not valid; choose one of {listing(PROFILES)}")
-    if executor not in ("local", "dask"):
-        raise ConfigError(f"executor {executor!r} is not valid; choose local or dask")
-    if scheduler and executor != "dask":
-        raise ConfigError("--scheduler needs --executor dask")
-    if jobs is not None and (not isinstance(jobs, int) or jobs < 1):
-        raise ConfigError(f"--jobs {jobs!r} is not valid; expected a positive integer")
+    check_options(profile, executor, scheduler, jobs, threads)
     summary_nb = notebooks_dir / f"{SUMMARY}.ipynb"
     if make_report and not summary_nb.exists():
         raise ConfigError(f"{summary_nb} does not exist; the report needs it (or pass --no-report)")
     selected = select(load_params(params_dir, notebooks_dir), only, profile, preset)
     profiles = load_profiles(params_dir)
-    tasks = plan(selected, outputs, profile, profiles)
-
+    jobs = jobs or (default_jobs() if executor == "local" else 2)
+    tasks = plan(selected, outputs, profile, profiles, kernel_threads(executor, jobs, threads))
     skipped = data_problems(tasks)
     if skipped and len(skipped) == len(tasks):
         raise ConfigError("nothing can run: " + "; ".join(sorted(set(skipped.values()))))
-    runnable = [t for t in tasks if t.run_id not in skipped]
-    cached = {t.run_id for t in runnable if not force and is_done(t)}
-    todo = [t for t in runnable if t.run_id not in cached]
-    lost = {}
-    if todo:
-        with make_executor(executor, jobs, scheduler) as ex:
-            lost = execute(todo, ex, len(tasks) - len(todo), len(tasks), out)
-    entries = index_entries(tasks, lost, skipped)
-    titles = {nb.name: nb.title for nb, _ in selected}
-    index = {"profile": profile, "preset": preset, "verdicts": profiles[profile].verdicts,
-             "created": results.now(), "outputs": str(outputs), "notebooks": titles,
-             "protocols": protocols(selected),
-             "runs": entries}
-    write_index(outputs / "index.json", index)
-    line = summary_line(entries, cached)
-    code = 0 if all(e["status"] in DONE + ("skipped",) for e in entries) else 1
-    if make_report:
-        try:
-            built = build_report(summary_nb, outputs, profile, preset, force)
-            line += f"; {'wrote' if built else 'unchanged'} {outputs / 'report.html'}"
-        except RuntimeError as exc:
-            line, code = f"{line}; {exc}", 1
+    writable_outputs(outputs)
+
+    with outputs_lock(outputs, out):
+        runnable = [t for t in tasks if t.run_id not in skipped]
+        cached = {t.run_id for t in runnable if not force and is_done(t)}
+        todo = [t for t in runnable if t.run_id not in cached]
+        lost = {}
+        if todo:
+            with make_executor(executor, jobs, scheduler, outputs / ".logs") as ex:
+                lost = execute(todo, runnable, cached, ex, out)
+        entries = index_entries(tasks, lost, skipped)
+        titles = {nb.name: nb.title for nb, _ in selected}
+        index = {"profile": profile, "preset": preset, "verdicts": profiles[profile].verdicts,
+                 "created": results.now(), "outputs": str(outputs), "notebooks": titles,
+                 "protocols": protocols(selected), "runs": entries}
+        write_index(outputs / "index.json", index)
+        line = summary_line(entries, cached)
+        code = 0 if all(e["status"] in DONE + ("skipped",) for e in entries) else 1
+        if make_report:
+            try:
+                built = build_report(summary_nb, outputs, profile, preset, force)
+                line += f"; {'wrote' if built else 'unchanged'} {outputs / 'report.html'}"
+            except RuntimeError as exc:
+                line, code = f"{line}; {exc}", 1
     print(line)
     return code
 
@@ -285,9 +352,11 @@ def refresh_notebooks(only=None, jobs: int | None = None, notebooks_dir=None, ou
                               f"valid: {listing(paths)}")
     chosen = [str(p.resolve()) for n, p in paths.items() if not only or n in only]
     failed = []
-    with LocalExecutor(jobs or default_jobs()) as ex, \
-            tqdm(total=len(chosen), unit="notebook", desc="notebooks", file=out) as bar:
-        for path, outcome in ex.imap(refresh_notebook, chosen):
+    jobs = jobs or default_jobs()
+    tqdm.set_lock(threading.RLock())        # not tqdm's multiprocessing lock: it leaves a semaphore behind
+    refresh = functools.partial(refresh_notebook, threads=kernel_threads("local", jobs, None))
+    with LocalExecutor(jobs) as ex, tqdm(total=len(chosen), unit="notebook", desc="notebooks", file=out) as bar:
+        for path, outcome in ex.imap(refresh, chosen):
             if isinstance(outcome, BaseException) or outcome.status != "ok":
                 error = describe_error(outcome) if isinstance(outcome, BaseException) else outcome.error
                 failed.append(f"{Path(path).stem} ({_short(error)})")

@@ -6,9 +6,9 @@ from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 
-from .models import MODEL_ARGS, build_model
+from .models import ARCHS, MODEL_ARGS, build_model
 from .optim import resolve_hyperparameters
-from .validate import check_positive_int
+from .validate import check_bool, check_choice, check_nonneg_int, check_positive_int
 
 
 @dataclass(frozen=True)
@@ -36,11 +36,18 @@ class TrainSpec:
     model_id: str = ""
 
     def __post_init__(self):
-        # Fail here, before any data is loaded or any model trained.
+        # Fail here, before any data is loaded or any model trained; NumPy numbers become Python ones.
+        check_choice("arch", self.arch, ARCHS)
+        for name in ("bn", "c3_table"):
+            check_bool(name, getattr(self, name))
+            object.__setattr__(self, name, bool(getattr(self, name)))
         check_positive_int("batch_size", self.batch_size)
         check_positive_int("epochs", self.epochs)
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ValueError(f"seed={self.seed!r} is not valid; expected an integer >= 0")
+        check_nonneg_int("seed", self.seed)
+        for name in ("batch_size", "epochs", "seed"):
+            object.__setattr__(self, name, int(getattr(self, name)))
+        if not isinstance(self.model_id, str):
+            raise ValueError(f"model_id={self.model_id!r} is not valid; expected a string (or '' for the default)")
         resolve_hyperparameters(self.optimizer, self.lr, self.momentum, self.weight_decay)
         with torch.device("meta"):    # checks the arguments without drawing from the RNG
             build_model(self.arch, **self.model_kwargs())

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm   # plain text bars: no ipywidgets needed in kernels or logs
 
-from .choices import PRECISIONS
+from .choices import PRECISIONS, diverged
 from .data import DataSplits, epoch_order, index_batches
 from .fast_layers import fuse_relu_max_pool
 from .models import build_model, eval_mode
@@ -92,19 +92,22 @@ def base_columns(spec: TrainSpec, data: DataSplits, device: torch.device, precis
 
 
 def epoch_row(base: dict, epoch: int, train_loss: float, train_acc: float, val: tuple, test: tuple,
-              train_seconds: float, epoch_seconds: float, status: str) -> dict:
+              train_seconds: float, epoch_seconds: float, status: str, stacked_models: int = 1) -> dict:
+    """One tidy row; stacked_models > 1: the seconds are a stacked network's, shared by that many models."""
     return {**base, "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
             "val_loss": val[0], "val_acc": val[1], "test_loss": test[0], "test_acc": test[1],
-            "train_seconds": train_seconds, "epoch_seconds": epoch_seconds, "status": status}
+            "train_seconds": train_seconds, "epoch_seconds": epoch_seconds, "status": status,
+            "stacked_models": stacked_models}
 
 
 def train(spec: TrainSpec, data: DataSplits, *, device: str | torch.device = "auto", precision: str = "fp32",
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, on_epoch=None) -> TrainResult:
     """Train one model as `spec` says; evaluate on validation and test after every epoch.
 
     The optimizer "gd" is full-batch gradient descent: gradients of all batches are summed (weighted
-    by batch size) and one step is taken per epoch. A loss that turns NaN or infinite ends training
-    after that epoch with status "diverged"; it never raises.
+    by batch size) and one step is taken per epoch. A loss that diverges (choices.diverged) ends training
+    after that epoch with status "diverged"; it never raises. on_epoch(model_id, epoch, epochs) is called
+    after each epoch (the runner's progress bar).
     """
     device = resolve_device(device)
     autocast = precision_context(precision, device)
@@ -146,13 +149,15 @@ def train(spec: TrainSpec, data: DataSplits, *, device: str | torch.device = "au
             optimizer.step()
         train_loss, train_acc = loss_sum.item() / n, correct.item() / n
         train_seconds = time.perf_counter() - start
-        if not math.isfinite(train_loss):
+        if diverged(train_loss, data.info["num_classes"]):
             status = "diverged"
         val = evaluate(net, data.x_val, data.y_val, autocast)
         test = evaluate(net, data.x_test, data.y_test, autocast)
         rows.append(epoch_row(base, epoch, train_loss, train_acc, val, test, train_seconds,
                               time.perf_counter() - start, status))
         bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{val[1]:.3f}")
+        if on_epoch:
+            on_epoch(spec.model_id, epoch, spec.epochs)
         if status == "diverged":
             break
     bar.close()

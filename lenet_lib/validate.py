@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 
 def check_choice(name: str, value, valid) -> None:
@@ -11,16 +12,40 @@ def check_choice(name: str, value, valid) -> None:
 
 def check_range(name: str, value, lo: float, hi: float = math.inf, *, lo_open=False, hi_open=False) -> None:
     """value must be a finite number in [lo, hi] (open at either end when asked)."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = is_number(value) and math.isfinite(value)
     ok = ok and (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
     if not ok:
         left, right = "(" if lo_open else "[", ")" if hi_open else "]"
         raise ValueError(f"{name}={value!r} is not valid; expected a number in {left}{lo}, {hi}{right}")
 
 
+def is_integer(value) -> bool:
+    """An int or a NumPy integer, not a bool (True is an int to Python, never a count here)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, _np_bool()))
+
+
+def is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, _np_bool()))
+
+
+def _np_bool():
+    import numpy as np
+    return np.bool_
+
+
 def check_positive_int(name: str, value) -> None:
-    if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+    if not (is_integer(value) and value > 0):
         raise ValueError(f"{name}={value!r} is not valid; expected a positive integer")
+
+
+def check_nonneg_int(name: str, value) -> None:
+    if not (is_integer(value) and value >= 0):
+        raise ValueError(f"{name}={value!r} is not valid; expected an integer >= 0")
+
+
+def check_bool(name: str, value) -> None:
+    if not isinstance(value, (bool, _np_bool())):
+        raise ValueError(f"{name}={value!r} is not valid; expected True or False")
 
 
 def _each(check):
@@ -42,15 +67,12 @@ def _optional(check):
 
 def _parameter_checks() -> dict:
     # Imported here: choices.py uses this module's checks. Torch-free, so a cached report starts fast.
-    from .choices import (ACTIVATION_NAMES as ACTIVATIONS, DATASET_NAMES as DATASETS, DEFAULT_LR as OPTIMIZERS,
-                          NORMALIZATIONS, POOL_NAMES as POOLS, PRECISIONS)
+    from .choices import (ACTIVATION_NAMES as ACTIVATIONS, BATCHINGS, BN_LAYERS, BN_POSITIONS,
+                          DATASET_NAMES as DATASETS, DEFAULT_LR as OPTIMIZERS, DROPOUT_AT, DROPOUT_SITES,
+                          INPUT_SIZES, NORMALIZATIONS, PADDINGS, POOL_NAMES as POOLS, PRECISIONS, RESIZE_MODES)
 
     def choice(valid):
         return lambda name, value: check_choice(name, value, tuple(valid))
-
-    def nonneg_int(name, value):
-        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
-            raise ValueError(f"{name}={value!r} is not valid; expected an integer >= 0")
 
     def lr(name, value):
         check_range(name, value, 0.0, lo_open=True)
@@ -67,18 +89,27 @@ def _parameter_checks() -> dict:
         "optimizer": choice(OPTIMIZERS), "optimizers": _each(choice(OPTIMIZERS)),
         "activation": choice(ACTIVATIONS), "pool": choice(POOLS), "normalize": choice(NORMALIZATIONS),
         "precision": choice(PRECISIONS), "device": device,
-        "lr": _optional(lr), "lrs": _each(lr), "lr_grid": _each(lr),
+        "bn_position": choice(BN_POSITIONS), "bn_layers": choice(BN_LAYERS), "dropout_at": choice(DROPOUT_AT),
+        "dropout_site": choice(DROPOUT_SITES), "input_size": _optional(choice(INPUT_SIZES)),
+        "resize": choice(RESIZE_MODES), "padding": choice(PADDINGS),
+        "r2_activation": choice(ACTIVATIONS), "r2_padding": choice(PADDINGS), "r2_normalize": choice(NORMALIZATIONS),
+        "r2_batching": choice(BATCHINGS),
+        "lr": _optional(lr), "lrs": _each(lr), "lr_grid": _each(lr), "lr_factors": _each(lr),
         "momentum": _optional(lambda n, v: check_range(n, v, 0.0, 1.0, hi_open=True)),
         "weight_decay": lambda n, v: check_range(n, v, 0.0),
         "dropout": prob, "dropouts": _each(prob), "conv_dropout": prob,
-        "epochs": check_positive_int, "batch_size": check_positive_int,
+        "epochs": check_positive_int, "batch_size": check_positive_int, "r2_epochs": check_positive_int,
         "batch_sizes": _each(check_positive_int),
-        "seeds": _each(nonneg_int), "seed": nonneg_int, "split_seed": nonneg_int,
+        "seeds": _each(check_nonneg_int), "tune_seeds": _each(check_nonneg_int), "seed": check_nonneg_int,
+        "split_seed": check_nonneg_int,
         "train_size": _optional(check_positive_int), "test_size": _optional(check_positive_int),
-        "val_size": nonneg_int,
+        "r2_train_size": _optional(check_positive_int), "val_size": check_nonneg_int,
         "fc_activation": _optional(choice(ACTIVATIONS)), "mlp_activation": choice(ACTIVATIONS),
         "mlp_optimizer": choice(OPTIMIZERS), "mlp_lr": _optional(lr),
-        "claimed_best": check_positive_int, "tsne_points": check_positive_int,
+        "claimed_best": check_positive_int, "tsne_points": check_positive_int, "top_mistakes": check_positive_int,
+        "timing_rounds": check_positive_int, "timing_calls": check_positive_int,
+        "timing_repeats": check_positive_int, "threads": check_positive_int,
+        "tune": check_bool, "mlp": check_bool,
     }
 
 

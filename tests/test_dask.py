@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from fixtures.runner_project import add_sleepy, args, make_project, run_dirs
+from fixtures.runner_project import add_sleepy, args, make_project, run_dirs, staging_dirs
 
 from lenet_lib import results, runner
 from lenet_lib.__main__ import main
@@ -75,7 +75,7 @@ def test_killed_worker_leaves_run_undone_and_rerun_completes(tmp_path, capsys):
         scheduler = ["--scheduler", cluster.scheduler_address]
         invocation = threading.Thread(target=lambda: code.update(first=main([*only_sleepy, *scheduler])))
         invocation.start()
-        _wait_for(lambda: any((d / "started").exists() for d in run_dirs(dirs["outputs"], "sleepy")),
+        _wait_for(lambda: any((d / "started").exists() for d in staging_dirs(dirs["outputs"], "sleepy")),
                   120, "the sleepy notebook to start")
         with distributed.Client(cluster) as client:
             for pid in client.run(os.getpid).values():
@@ -87,11 +87,13 @@ def test_killed_worker_leaves_run_undone_and_rerun_completes(tmp_path, capsys):
         assert "GPU resources: 1 (one run per GPU)" in captured.err
         assert "report: 1 run: 0 ok (0 cached), 1 not finished: sleepy/" in captured.out
         assert "KilledWorker" in captured.out
-        [run] = run_dirs(dirs["outputs"], "sleepy")
+        [staging] = staging_dirs(dirs["outputs"], "sleepy")
+        assert run_dirs(dirs["outputs"], "sleepy") == []
+        run = staging.with_name(staging.name[1:-len(".partial")])
         assert _finished(dirs["outputs"]) == {("sleepy", run.name, "missing")}
         # The kernel died with its worker: past its sleep, still no results and no manifest.
         time.sleep(max(0.0, killed_at + 6 - time.monotonic()))
-        assert not (run / "results.parquet").exists() and not (run / "manifest.json").exists()
+        assert not (staging / "results.parquet").exists() and not (staging / "manifest.json").exists()
 
         # The nanny restarts the worker; the next invocation completes the run.
         assert main([*only_sleepy, *scheduler]) == 0

@@ -1,3 +1,4 @@
+import hashlib
 import pickle
 
 import numpy as np
@@ -67,6 +68,7 @@ def test_missing_data_offline_names_folder_and_layout(tmp_path, monkeypatch):
     with pytest.raises(DataMissingError, match="download failed"):
         load_raw("fashion_mnist", True, str(tmp_path / "nowhere"), True)
     load_raw.cache_clear()
+    assert not (tmp_path / "nowhere").exists()             # the failed download left no empty folders
 
 
 def _write_cifar(root, n_train_per_batch=20, n_test=30, seed=0):
@@ -81,6 +83,9 @@ def _write_cifar(root, n_train_per_batch=20, n_test=30, seed=0):
                  "labels": rng.integers(0, 10, n).tolist()}
         (folder / name).write_bytes(pickle.dumps(batch))
     (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
+    # not the published bytes: the folder vouches for its files itself (datafiles.SUMS_FILE)
+    (folder / "SHA256SUMS").write_text("".join(f"{hashlib.sha256((folder / n).read_bytes()).hexdigest()}  {n}\n"
+                                               for n in [*names, "batches.meta"]))
     return folder
 
 

@@ -23,7 +23,7 @@ from lenet_lib.train import evaluate, train
 
 METRICS = ["train_loss", "val_loss", "test_loss"]
 ACCURACIES = ["train_acc", "val_acc", "test_acc"]
-TIMES = ["train_seconds", "epoch_seconds"]
+TIMES = ["train_seconds", "epoch_seconds", "stacked_models"]
 
 
 @pytest.fixture(scope="module")

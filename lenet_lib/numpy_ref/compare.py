@@ -59,7 +59,7 @@ def train_numpy(spec: TrainSpec, data: DataSplits, dtype=np.float32, batching: s
     """
     net, _ = twin(spec, data, dtype)
     precision = {np.dtype(np.float32): "fp32", np.dtype(np.float64): "fp64"}[np.dtype(dtype)]
-    base = {**base_columns(spec, data, torch.device("cpu"), precision), "batching": batching}
+    base = {**base_columns(spec, data, torch.device("cpu"), precision), "batching": batching, "stacked_models": 1}
     order = lambda n, seed, epoch: epoch_order(n, seed, epoch).numpy()  # noqa: E731
     rows = train_loop(net, numpy_splits(data, dtype), spec.optimizer, spec.epochs, spec.batch_size, spec.seed,
                       batching, order, base, **spec.hyperparameters())

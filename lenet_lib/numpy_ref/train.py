@@ -11,12 +11,12 @@ from typing import Callable
 
 import numpy as np
 
+from ..choices import BATCHINGS, diverged
 from ..validate import check_choice, check_positive_int
 from .layers import cross_entropy
 from .net import Sequential
 from .optim import make_optimizer
 
-BATCHINGS = ("shuffle", "contiguous")
 EVAL_BATCH = 500     # c1's im2col of 1000 images alone would take ~80 MB in float32
 
 
@@ -99,7 +99,7 @@ def train(net: Sequential, data, optimizer: str = "adam", epochs: int = 1, batch
                 opt.step(total)
             train_loss, train_acc = loss_sum / seen, correct / seen
             train_seconds = time.perf_counter() - start
-            if not math.isfinite(train_loss):
+            if diverged(train_loss, (base or {}).get("num_classes", 10)):
                 status = "diverged"
             val = evaluate(net, data["x_val"], data["y_val"])
             test = evaluate(net, data["x_test"], data["y_test"])
