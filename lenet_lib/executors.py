@@ -33,6 +33,7 @@ from . import progress, results
 KERNEL = "python3"
 EXECUTED_FILE = "executed.ipynb"
 LOG_FILE = "run.log"
+SCRATCH_ENV = "LENET_WORKER_SCRATCH"
 STOP_SECONDS = 20          # how long stopped workers get to shut their kernels down before they are killed
 # jupyter_client starts sys.executable for a kernelspec whose argv[0] is one of these.
 _PYTHON_ALIASES = {"python", f"python{sys.version_info[0]}", "python{}.{}".format(*sys.version_info[:2])}
@@ -263,11 +264,15 @@ class LocalExecutor:
         job = self.log_dir / f"job-{os.getpid()}-{number}.pkl"
         answer, log = job.with_suffix(".answer"), self.log_dir / f"worker-{number}.log"
         job.write_bytes(pickle.dumps((fn, task)))
+        # the worker's own temporary folder: jupyter_client writes kernel connection files to $TMPDIR,
+        # and the worker removes the folder when it ends, however it ends
+        scratch = Path(tempfile.mkdtemp(prefix=f"worker-{number}-", dir=self.log_dir))
         with open(log, "w") as out:
             proc = subprocess.Popen([sys.executable, "-m", "lenet_lib.executors", str(job), str(answer),
                                      str(os.getpid())],
                                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+                                    start_new_session=True, env={**os.environ, "TMPDIR": str(scratch),
+                                                                 SCRATCH_ENV: str(scratch)})
         return proc, job, answer, log
 
     @staticmethod
@@ -306,6 +311,9 @@ def _worker_main(job: str, answer: str, parent: str) -> int:
         return 130
     except Exception as exc:        # noqa: BLE001 - any failure is the task's outcome
         outcome = exc
+    finally:                        # kernel connection files among it; the kernel follows its worker out
+        if os.environ.get(SCRATCH_ENV):
+            shutil.rmtree(os.environ[SCRATCH_ENV], ignore_errors=True)
     results.atomic_write(answer, lambda tmp: Path(tmp).write_bytes(pickle.dumps(outcome)))
     return 0
 

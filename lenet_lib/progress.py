@@ -58,13 +58,15 @@ class ReportBar:
     runs, if none of its notebook has started): the total, and so the ETA, firm up as runs start.
     """
 
-    def __init__(self, tasks, cached: set, out, interval: float = 0.5):
+    def __init__(self, tasks, cached: set, out, interval: float | None = None):
         import threading
         from tqdm import tqdm
         tqdm.set_lock(threading.RLock())    # not tqdm's multiprocessing lock: it leaves a semaphore behind
         self.tasks, self.cached, self.finished = list(tasks), set(cached), set()
         self.bar = tqdm(total=0, unit="model-epoch", desc="report", file=out, dynamic_ncols=True)
         self.line = tqdm(total=0, bar_format="{desc}", position=1, file=out, leave=False)
+        # a terminal is redrawn twice a second; a log file or pipe gets a line every 10 s
+        interval = interval or (0.5 if getattr(out, "isatty", lambda: False)() else 10.0)
         self._stop, self._interval = threading.Event(), interval
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self.refresh()
