@@ -32,7 +32,7 @@ test: $(STAMP)  ## unit tests, runner tests, and nbval on the notebooks' stored 
 		--ignore=notebooks/summary.ipynb -p no:cacheprovider
 
 lab: $(STAMP)  ## JupyterLab on notebooks/ with this venv's kernel
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 bench: $(STAMP)  ## training speed: library path vs torchvision DataLoader (same run), ensembles
 	$(PY) -m lenet_lib.bench $(if $(QUICK),--quick)
