@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .fast_layers import Conv2d, MaxPool2d, conv2d   # torch's layers, faster training on CPU
-from .choices import BN_LAYERS, BN_POSITIONS, C3_TABLE, DROPOUT_AT, PADDINGS, lenet5_geometry  # noqa: F401
+from .choices import C3_TABLE, lenet5_geometry
 from .validate import check_choice, check_range
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .choices import DEFAULT_LR, DEFAULT_MOMENTUM, resolve_hyperparameters  # noqa: F401  (one rule for torch and NumPy)
+from .choices import DEFAULT_LR, resolve_hyperparameters
 
 # name -> (torch class, keyword arguments fixed by the name); default rates live in choices.DEFAULT_LR
 _TORCH = {

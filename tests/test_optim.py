@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from lenet_lib.models import build_model
-from lenet_lib.optim import OPTIMIZERS, make_optimizer, resolve_hyperparameters
+from lenet_lib.choices import resolve_hyperparameters
+from lenet_lib.optim import OPTIMIZERS, make_optimizer
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)

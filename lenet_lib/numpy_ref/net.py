@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..choices import BN_LAYERS, BN_POSITIONS, C3_TABLE, DROPOUT_AT, PADDINGS, lenet5_geometry  # noqa: F401
+from ..choices import C3_TABLE, lenet5_geometry
 from ..validate import check_choice, check_range
 from .layers import (ACTIVATIONS, AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, Layer, Linear, MaxPool2d)
 

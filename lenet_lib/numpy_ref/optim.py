@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..choices import (DEFAULT_LR, DEFAULT_MOMENTUM, EXTRA_DEFAULTS, OPTIMIZER_NAMES,  # noqa: F401
-                       resolve_hyperparameters)
+from ..choices import OPTIMIZER_NAMES, resolve_hyperparameters
 
 OPTIMIZERS = OPTIMIZER_NAMES
 
