@@ -7,6 +7,10 @@ lenet_lib.train on the whole split held as one tensor. Same model (standard LeNe
 evaluation. The paths take turns epoch by epoch, so a busy moment of a shared CPU hits them alike.
 The reports' DataLoaders are also timed alone, without a model: the part of their epoch that holding the
 data as one tensor removes, and so the ceiling of that trick by itself.
+
+Per variant (the layers the presets use): training steps with lenet_lib's layers (fast_layers) and with
+torch's own, in turns in one run (timing.time_in_turns, random batches of the variant's shape), and the
+ratio per round with its 95 % CI; a last line gives the smallest and largest ratio and their spread.
 """
 from __future__ import annotations
 
@@ -22,11 +26,13 @@ import torchvision
 from torchvision import transforms
 
 from . import c_kernels
-from .data import DATASETS, prepare_data
+from .data import DATASETS, DataSplits, prepare_data
 from .datafiles import data_root
 from .fast_layers import with_torch_layers
 from .models import build_model
 from .specs import TrainSpec
+from .stats import paired_log_ratios, t_interval
+from .timing import time_in_turns, training_step
 from .train import resolve_device, train
 
 
@@ -122,6 +128,75 @@ def time_split(table: pd.DataFrame, n: int) -> str:
             f"give {reports / model:.2f}x; 3x needs lenet_lib's epoch <= {reports / 3:.2f} s.")
 
 
+# label: (model and optimizer settings, batch size, input channels, input size); the presets' layers
+_R1 = dict(bn=True, optimizer="momentum", lr=0.05, momentum=0.9, weight_decay=5e-4)
+_R4 = dict(bn=True, bn_layers="conv", optimizer="sgd", lr=0.05)
+_R5 = dict(fc_activation="sigmoid", optimizer="adam", lr=1e-3)
+_MOMENTUM = dict(optimizer="momentum", lr=0.05, momentum=0.9)
+VARIANTS = {
+    "plain": (_MOMENTUM, 128, 1, 28),
+    "plain, batch 16": (_MOMENTUM, 16, 1, 28),
+    "dropout f6": ({**_MOMENTUM, "dropout": 0.5}, 128, 1, 28),
+    "BN after act, c1 (R1)": (_R1, 128, 1, 28),
+    "BN + dropout (R1)": ({**_R1, "dropout": 0.5}, 128, 1, 28),
+    "BN both convs (R4)": (_R4, 128, 1, 28),
+    "BN both + dropout (R4)": ({**_R4, "dropout": 0.5}, 128, 1, 28),
+    "BN after pool, 32x32, dropout 0.4, Adam (R2 II)": (dict(bn=True, bn_position="after_pool", dropout=0.4,
+                                                            optimizer="adam", lr=1e-3), 64, 1, 32),
+    "tanh, valid padding (R2 I)": (dict(activation="tanh", padding="valid", optimizer="sgd", lr=0.05), 64, 1, 28),
+    "sigmoid FC, batch 16 (R5)": (_R5, 16, 1, 28),
+    "sigmoid FC, batch 64 (R5)": (_R5, 64, 1, 28),
+    "BN before act + conv dropout, 3x32x32 (R3)": (dict(bn=True, bn_position="before_act", conv_dropout=0.5,
+                                                       optimizer="momentum", lr=0.01, momentum=0.9), 128, 3, 32),
+    "avg-pool": ({**_MOMENTUM, "pool": "avg"}, 128, 1, 28),
+}
+
+
+def _random_images(channels: int, size: int, n: int) -> DataSplits:
+    """Normal noise and random labels shaped like the variant's dataset: timing needs shapes, not digits."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(n, channels, size, size, generator=g), torch.randint(0, 10, (n,), generator=g)
+    empty = x[:0], y[:0]
+    return DataSplits(x, y, *empty, *empty, info={"in_channels": channels, "input_size": size, "num_classes": 10})
+
+
+def variant_table(rounds: int = 20, calls: int = 5, variants: dict | None = None) -> pd.DataFrame:
+    """Per variant: training images/s with lenet_lib's layers and torch's, and lenet_lib / torch speed with
+    its 95 % CI (per-round ratios of one run in turns, CPU)."""
+    variants = variants or VARIANTS
+    functions, keys, sizes = {}, {}, {}
+    for label, (settings, batch, channels, size) in variants.items():
+        spec = TrainSpec(batch_size=batch, **settings)
+        data = _random_images(channels, size, batch * calls)
+        batches = [torch.arange(i * batch, (i + 1) * batch) for i in range(calls)]
+        for implementation in ("lenet_lib", "torch"):
+            name = f"{label} [{implementation}]"
+            functions[name] = training_step(spec, data, implementation, batches)
+            keys[name] = (label, implementation)
+        sizes[label] = batch
+    table = time_in_turns(functions, rounds=rounds, calls=calls, progress=False)
+    table["label"] = [keys[name][0] for name in table["name"]]
+    table["implementation"] = [keys[name][1] for name in table["name"]]
+    rows = []
+    for label in variants:
+        own = table[table["label"] == label]
+        logs = paired_log_ratios(own, "implementation", "seconds", "lenet_lib")["log_ratio"]   # log(torch / ours)
+        lo, hi = t_interval(logs)
+        seconds = own.groupby("implementation")["seconds"].median()
+        rows.append({"variant": label, "batch": sizes[label],
+                     "lenet_lib_images_per_s": sizes[label] / seconds["lenet_lib"],
+                     "torch_images_per_s": sizes[label] / seconds["torch"], "ratio": float(np.exp(logs.mean())),
+                     "ci_low": float(np.exp(lo)), "ci_high": float(np.exp(hi))})
+    return pd.DataFrame(rows)
+
+
+def spread_line(table: pd.DataFrame) -> str:
+    low, high = table["ratio"].min(), table["ratio"].max()
+    return (f"lenet_lib / torch speed: min {low:.2f}x ({table.loc[table['ratio'].idxmin(), 'variant']}), "
+            f"max {high:.2f}x ({table.loc[table['ratio'].idxmax(), 'variant']}), spread {high / low - 1:.0%} "
+            f"(target: every variant >= 1.3x, spread <= 10 %)")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a 10k-image subset, 2 epochs (CI-sized)")
@@ -135,6 +210,11 @@ def main(argv=None) -> None:
     table = single_model(epochs, train_size, device)
     print(table.to_string(index=False, float_format="%.2f"))
     print(time_split(table, train_size or 60000))
+    rounds, calls = (6, 3) if args.quick else (20, 5)
+    print(f"\n== Per variant: training steps, lenet_lib's layers vs torch's, in turns ({rounds} rounds of {calls}) ==")
+    variants = variant_table(rounds, calls)
+    print(variants.to_string(index=False, float_format="%.2f"))
+    print(spread_line(variants))
     from . import bench_ensemble
     print("\n== Many models: batched ensemble vs one at a time ==")
     print(bench_ensemble.run(quick=args.quick).to_string(index=False, float_format="%.2f"))

@@ -20,20 +20,33 @@ from pathlib import Path
 
 from .results import atomic_write
 
-SOURCE = Path(__file__).with_name("csrc") / "relu_maxpool.c"
-# every kernel takes three pointers and (planes, height, width)
-KERNELS = ("relu_maxpool2x2_forward", "relu_maxpool2x2_backward")
-_ARGTYPES = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3
+SOURCES = sorted(Path(__file__).with_name("csrc").glob("*.c"))   # compiled together into one library
+_P, _I64, _I, _F, _D, _U64 = (ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_double,
+                              ctypes.c_uint64)
+KERNELS = {   # name: argument types (csrc/*.c say what each does)
+    "relu_maxpool2x2_forward": [_P] * 3 + [_I64] * 3,
+    "relu_maxpool2x2_backward": [_P] * 3 + [_I64] * 3,
+    "tail_forward": [_P] * 4 + [_F] + [_P] * 5 + [_D] * 2 + [_I64] * 4 + [_I],
+    "tail_backward": [_P] * 4 + [_F] + [_P] * 5 + [_I64] * 4 + [_I],
+    "bernoulli_keep": [_P, _P, _I64, _U64],
+    "dropout_apply": [_P, _P, _F, _P, _I64],
+    "conv_weight_grad": [_P] * 4 + [_I64] * 6,
+    "conv1_forward": [_P] * 4 + [_I64] * 6,
+    "conv3_forward": [_P] * 4 + [_I64] * 6,
+    "conv3_input_grad": [_P] * 3 + [_I64] * 6,
+    "conv3_weight_grad": [_P] * 4 + [_I64] * 6,
+}
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "lenet_lib"
 
 
-def _compile_command(compiler: str, source: Path, target: Path) -> list[str]:
+def _compile_command(compiler: str, sources: list[Path], target: Path) -> list[str]:
     # OpenMP only on Linux, where torch's wheels bring libgomp and the kernels then share its thread pool.
     openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
-    return [compiler, "-O3", "-shared", "-fPIC", *openmp, str(source), "-o", str(target)]
+    # fp-contract=fast: a * b + c becomes an FMA where the target has one, as in ATen's kernels (conv_tail.c)
+    return [compiler, "-O3", "-shared", "-fPIC", "-ffp-contract=fast", *openmp, *map(str, sources), "-o", str(target)]
 
 
 def _build() -> Path:
@@ -43,15 +56,15 @@ def _build() -> Path:
     compiler = shutil.which(os.environ.get("CC", "cc"))
     if compiler is None:
         raise RuntimeError(f"no C compiler found (looked for {os.environ.get('CC', 'cc')!r}; set CC)")
-    # the source's text and the command without its paths: every checkout of the same code shares one build
-    command = " ".join(_compile_command(compiler, Path("relu_maxpool.c"), Path("relu_maxpool.so")))
-    key = hashlib.sha256(SOURCE.read_bytes() + command.encode())
-    target = cache_dir() / f"relu_maxpool-{key.hexdigest()[:16]}.so"
+    # the sources' text and the command without its paths: every checkout of the same code shares one build
+    command = " ".join(_compile_command(compiler, [Path(s.name) for s in SOURCES], Path("lenet_kernels.so")))
+    key = hashlib.sha256(b"".join(s.name.encode() + s.read_bytes() for s in SOURCES) + command.encode())
+    target = cache_dir() / f"lenet_kernels-{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
 
     def compile_to(tmp: str) -> None:
-        done = subprocess.run(_compile_command(compiler, SOURCE, Path(tmp)), capture_output=True, text=True)
+        done = subprocess.run(_compile_command(compiler, SOURCES, Path(tmp)), capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"{compiler} failed: {done.stderr.strip()[:500]}")
 
@@ -72,8 +85,8 @@ def load():
     try:
         import torch  # noqa: F401  (loaded first, so the kernels bind to torch's libgomp)
         lib = ctypes.CDLL(str(_build()))
-        for name in KERNELS:
-            getattr(lib, name).argtypes, getattr(lib, name).restype = _ARGTYPES, None
+        for name, argtypes in KERNELS.items():
+            getattr(lib, name).argtypes, getattr(lib, name).restype = argtypes, None
         return lib
     except (OSError, RuntimeError) as exc:
         _why_not.append(str(exc))

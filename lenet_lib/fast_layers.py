@@ -19,7 +19,25 @@ Measured on a 2-core CPU, batch 128 (`make bench` shows the effect on whole epoc
   ReLU and the tournament. Training steps 1.30-1.40x faster (20-step turns), whole epochs 1.25-1.35x;
   bit-identical numbers. Without x86-64 or a C compiler: pooling first, then ReLU on a quarter of the
   values (max-pool commutes with ReLU), 1.08x per step.
-On CUDA the layers call torch's own kernels: there one fused kernel beats several small ones.
+- Every conv layer's tail, fused (fused.ConvTail; csrc/conv_tail.c): [BatchNorm] activation [BatchNorm]
+  [dropout] 2x2 max or average pool in one pass each way, BatchNorm's batch statistics included
+  (csrc/bn_stats.c). Covers BN after the activation in c1 or both convs (R1, R4), before it (R3), conv
+  dropout, tanh and sigmoid (R2 part I, R5) and avg-pool. BN after the pool (R2 part II) stays torch's
+  layer, on maps a quarter of the size. Same numbers to float rounding (BatchNorm sums in another order;
+  tests/test_fused.py against torch's layers and a float64 reference).
+- c1 and small c3 convolutions in C (csrc/conv1.c, csrc/conv3.c): oneDNN's per-call overhead dominates at
+  6 output maps and at batch 16-64; larger c3 keeps oneDNN forward and forward-convolution backward.
+- Dropout's noise (fused.Dropout, csrc/dropout_rng.c): torch's own mt19937 stream drawn 20x faster, the
+  same bits, checked against torch's bernoulli_ once per process (else torch draws).
+- Measured with `make bench` (per-variant table, training steps in turns, this 2-core CPU, 12 rounds):
+  lenet_lib / torch's own layers 1.41x (R5 sigmoid FC, batch 64) to 2.27x (R3 BN + conv dropout); plain
+  1.66x, R1 BN 1.91x, R4 BN 2.15x, R2 part I tanh 1.78x, avg-pool 1.75x. Every variant >= 1.3x, but the
+  spread is ~60 %, not 10 %: BN's tails gain most because ATen's BN is the slowest layer there. So training
+  seconds from runs are never used to compare variants: time claims come from timing.time_variants, which
+  times every variant with torch's own layers in turns.
+- Not sped up: the MLP (Linear layers only: ATen's BLAS matmuls, nothing to fuse) and the FC part of
+  LeNet-5 (c5/f6/out, the same); CUDA, where the layers call torch's own kernels (there one fused kernel
+  beats several small ones).
 
 Measured and left out (whole epochs of the standard LeNet-5 unless said):
 - channels_last with torch's layers: 1.14x per training step in 20-step turns, but whole epochs stayed
@@ -41,6 +59,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from . import c_kernels
+from .fused import ACTIVATIONS, ConvTail, Dropout, empty, fusable_bn
 
 
 class _MaxPool2x2(torch.autograd.Function):
@@ -85,20 +104,47 @@ def _window_corners(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
 
 
 class _Conv2dForwardBackward(torch.autograd.Function):
-    """conv2d (stride 1, no dilation, one group) whose backward pass is made of forward convolutions."""
+    """conv2d (stride 1, no dilation, one group) for training: c1 (6 maps from 1 or 3) by csrc/conv1.c both
+    ways; c3 by ATen forward and forward convolutions backward, or csrc/conv3.c where that is faster."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int):
         ctx.save_for_backward(x, weight)
         ctx.padding, ctx.has_bias = padding, bias is not None
+        ctx.c1, ctx.c3 = _c1_kernels_take(x, weight, padding), _c3_kernels_take(x, weight, padding)
+        n, c, h, w = x.shape
+        k = weight.shape[-1]
+        if ctx.c1 or (ctx.c3 and _small(x, weight)):
+            out = empty(n, weight.shape[0], h + 2 * padding - k + 1, w + 2 * padding - k + 1)
+            run = c_kernels.load().conv1_forward if ctx.c1 else c_kernels.load().conv3_forward
+            run(x.data_ptr(), weight.contiguous().data_ptr(), None if bias is None else bias.contiguous().data_ptr(),
+                out.data_ptr(), n, c, h, w, k, padding if ctx.c1 else weight.shape[0])
+            return out
         return F.conv2d(x, weight, bias, padding=padding)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
+        n, c, h, w = x.shape
+        k, maps = weight.shape[-1], weight.shape[0]
         grad_x = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:
+        if ctx.c1 or ctx.c3:
+            grad = grad.contiguous()
+        if ctx.needs_input_grad[0] and ctx.c3:
+            grad_x = empty(n, c, h, w)
+            c_kernels.load().conv3_input_grad(grad.data_ptr(), weight.contiguous().data_ptr(), grad_x.data_ptr(),
+                                              n, c, h, w, k, maps)
+        elif ctx.needs_input_grad[0]:
             grad_x = F.conv_transpose2d(grad, weight, padding=ctx.padding)
+        if (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]) and (ctx.c1 or (ctx.c3 and _small(x, weight))):
+            grad_weight, grad_bias = empty(*weight.shape), empty(maps)
+            if ctx.c1:
+                c_kernels.load().conv_weight_grad(x.data_ptr(), grad.data_ptr(), grad_weight.data_ptr(),
+                                                  grad_bias.data_ptr(), n, c, h, w, k, ctx.padding)
+            else:
+                c_kernels.load().conv3_weight_grad(x.data_ptr(), grad.data_ptr(), grad_weight.data_ptr(),
+                                                   grad_bias.data_ptr(), n, c, h, w, k, maps)
+            return grad_x, grad_weight, grad_bias if ctx.has_bias else None, None
         if ctx.needs_input_grad[1]:
             # sum over batch and positions of grad[n, o, p] * x[n, c, p + k]: batch becomes the channel axis
             grad_weight = F.conv2d(x.transpose(0, 1), grad.transpose(0, 1), padding=ctx.padding).transpose(0, 1)
@@ -107,13 +153,37 @@ class _Conv2dForwardBackward(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias, None
 
 
-FAST_BACKWARD_MIN_IN_CHANNELS = 6   # below this (c1: 1 or 3 channels) ATen's backward is the faster one
+FAST_BACKWARD_MIN_IN_CHANNELS = 6   # below this (c1: 1 or 3 channels) ATen's backward beats forward convolutions
+C3_SMALL = 4096   # images x output positions up to which csrc/conv3.c's forward and weight gradient beat oneDNN's
+
+
+def _c_kernels_take(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (x.dtype == torch.float32 and weight.dtype == torch.float32 and x.dim() == 4 and x.is_contiguous()
+            and weight.shape[-1] == weight.shape[-2] and c_kernels.load() is not None)
+
+
+def _c1_kernels_take(x: torch.Tensor, weight: torch.Tensor, padding: int) -> bool:
+    """c1's shape for csrc/conv1.c: 6 maps, square kernel <= 5, output rows of 16 or more."""
+    return (_c_kernels_take(x, weight) and weight.shape[0] == 6 and weight.shape[-1] <= 5
+            and x.shape[-1] + 2 * padding - weight.shape[-1] + 1 >= 16)
+
+
+def _c3_kernels_take(x: torch.Tensor, weight: torch.Tensor, padding: int) -> bool:
+    """c3's shape for csrc/conv3.c: no padding, <= 16 maps, <= 400 taps, output rows <= 16, <= 112 positions."""
+    ho, wo = x.shape[-2] - weight.shape[-1] + 1, x.shape[-1] - weight.shape[-1] + 1
+    return (padding == 0 and weight.shape[0] <= 16 and weight[0].numel() <= 400 and 0 < wo <= 16
+            and ho * wo <= 112 and _c_kernels_take(x, weight))
+
+
+def _small(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return x.shape[0] * (x.shape[-2] - weight.shape[-1] + 1) * (x.shape[-1] - weight.shape[-1] + 1) <= C3_SMALL
 
 
 def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int) -> torch.Tensor:
     """F.conv2d(x, weight, bias, padding=padding) with stride 1; faster training on CPU (module docstring)."""
-    if (x.device.type == "cpu" and torch.is_grad_enabled() and weight.shape[1] >= FAST_BACKWARD_MIN_IN_CHANNELS
-            and (weight.requires_grad or x.requires_grad) and not torch.is_autocast_enabled("cpu")):
+    if (x.device.type == "cpu" and torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad)
+            and not torch.is_autocast_enabled("cpu")
+            and (weight.shape[1] >= FAST_BACKWARD_MIN_IN_CHANNELS or _c1_kernels_take(x, weight, padding))):
         return _Conv2dForwardBackward.apply(x, weight, bias, padding)
     return F.conv2d(x, weight, bias, padding=padding)
 
@@ -159,8 +229,8 @@ class _ReLUMaxPool2x2(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
-        out = x.new_empty(n, c, h // 2, w // 2)
-        arg = torch.empty(out.shape, dtype=torch.uint8)   # where each output's gradient goes
+        out = empty(n, c, h // 2, w // 2)
+        arg = empty(n, c, h // 2, w // 2, dtype=torch.uint8)   # where each output's gradient goes
         c_kernels.load().relu_maxpool2x2_forward(x.data_ptr(), out.data_ptr(), arg.data_ptr(), n * c, h, w)
         ctx.save_for_backward(arg)
         ctx.input_shape = x.shape
@@ -170,7 +240,7 @@ class _ReLUMaxPool2x2(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (arg,), (n, c, h, w) = ctx.saved_tensors, ctx.input_shape
         grad = grad.contiguous()
-        grad_in = grad.new_empty(ctx.input_shape)
+        grad_in = empty(*ctx.input_shape)
         c_kernels.load().relu_maxpool2x2_backward(grad.data_ptr(), arg.data_ptr(), grad_in.data_ptr(), n * c, h, w)
         return grad_in
 
@@ -191,11 +261,33 @@ class ReLUMaxPool2d(nn.Module):
         return relu_max_pool_2x2(x)
 
 
-def fuse_relu_max_pool(model: nn.Module) -> nn.Module:
-    """model for training on CPU: each ReLU directly followed by a 2x2 max-pool runs as one ReLUMaxPool2d.
+def _is_avg_2x2(pool: nn.Module) -> bool:
+    return (type(pool) is nn.AvgPool2d and pool.kernel_size in (2, (2, 2)) and pool.stride in (2, (2, 2))
+            and pool.padding in (0, (0, 0)) and not pool.ceil_mode and pool.divisor_override is None)
 
-    Returns a new nn.Sequential holding model's own layers (so its parameters and buffers) except that the
-    pool's name holds the fused layer and the ReLU's name an Identity; the same numbers, bit for bit.
+
+def _tail_at(children: list[tuple[str, nn.Module]], i: int) -> int:
+    """How many layers from i on make a tail that fused.ConvTail computes (0: none):
+    [BatchNorm] activation [BatchNorm] [dropout] 2x2 max or average pool, one BatchNorm at most."""
+    layers = [layer for _, layer in children[i:i + 5]]
+    j = 0
+    bn_before = j < len(layers) and fusable_bn(layers[j])
+    j += bn_before
+    if j >= len(layers) or type(layers[j]) not in ACTIVATIONS or (bn_before and type(layers[j]) is not nn.ReLU):
+        return 0
+    j += 1
+    j += not bn_before and j < len(layers) and fusable_bn(layers[j])
+    j += j < len(layers) and type(layers[j]) is nn.Dropout
+    return j + 1 if j < len(layers) and (_is_2x2(layers[j]) or _is_avg_2x2(layers[j])) else 0
+
+
+def fuse_relu_max_pool(model: nn.Module) -> nn.Module:
+    """model for training on CPU: each conv layer's tail as one layer, each other dropout drawing faster.
+
+    A tail is [BatchNorm] activation [BatchNorm] [dropout] then a 2x2 max or average pool (fused.ConvTail;
+    a ReLU right before a max-pool alone: ReLUMaxPool2d). Returns a new nn.Sequential holding model's own
+    layers (so its parameters, buffers and training flags): the pool's name holds the fused layer, the
+    other names of the tail an Identity; the same numbers (BatchNorm's gradients to float rounding).
     model itself keeps its layers, so feature maps by name (forward_features) still see each one.
     Anything else (not a Sequential, nothing to fuse) comes back as model.
     """
@@ -205,12 +297,16 @@ def fuse_relu_max_pool(model: nn.Module) -> nn.Module:
     i = 0
     while i < len(children):
         name, layer = children[i]
-        if i + 1 < len(children) and type(layer) is nn.ReLU and _is_2x2(children[i + 1][1]):
-            layers += [(name, nn.Identity()), (children[i + 1][0], ReLUMaxPool2d())]
-            fused, i = True, i + 2
-        else:
-            layers.append((name, layer))
-            i += 1
+        count = _tail_at(children, i)
+        if count:
+            run = [child for _, child in children[i:i + count]]
+            one = ReLUMaxPool2d() if count == 2 and type(run[0]) is nn.ReLU and _is_2x2(run[1]) else ConvTail(run)
+            layers += [(n, one if k == count - 1 else nn.Identity()) for k, (n, _) in enumerate(children[i:i + count])]
+            fused, i = True, i + count
+            continue
+        layers.append((name, Dropout(layer) if type(layer) is nn.Dropout else layer))
+        fused |= type(layer) is nn.Dropout
+        i += 1
     return nn.Sequential(OrderedDict(layers)) if fused else model
 
 
@@ -221,8 +317,9 @@ def with_torch_layers(model: nn.Module) -> nn.Module:
     """
     for name, child in model.named_children():
         if type(child) is Conv2d:
+            # built on "meta": no initialization, so torch's generator (dropout's noise later) is left alone
             plain = nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size, padding=child.padding,
-                              bias=child.bias is not None, device=child.weight.device)
+                              bias=child.bias is not None, device="meta")
             plain.weight, plain.bias = child.weight, child.bias
             setattr(model, name, plain)
         elif type(child) is MaxPool2d:

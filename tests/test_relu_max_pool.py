@@ -91,22 +91,23 @@ def test_fusion_keeps_names_and_shares_every_parameter():
     assert all(p is q for p, q in zip(net.parameters(), model.parameters()))
 
 
-def test_fusion_only_where_relu_meets_a_2x2_max_pool():
+def test_fusion_of_each_conv_tail():
+    """ReLU + max-pool alone: ReLUMaxPool2d; with BatchNorm, dropout, tanh / sigmoid or avg-pool: ConvTail."""
+    from lenet_lib.fused import ConvTail
     after_act = fuse_relu_max_pool(build_model(bn=True, bn_position="after_act", bn_layers="conv"))
-    assert isinstance(after_act.c1_act, nn.ReLU) and isinstance(after_act.c3_act, nn.ReLU)   # BN between
+    assert isinstance(after_act.s2, ConvTail) and isinstance(after_act.c1_bn, nn.Identity)
     before_act = fuse_relu_max_pool(build_model(bn=True, bn_position="before_act"))
-    assert isinstance(before_act.s2, ReLUMaxPool2d)
-    tanh = build_model(activation="tanh")
-    assert fuse_relu_max_pool(tanh) is tanh
-    average = build_model(pool="avg")
-    assert fuse_relu_max_pool(average) is average
+    assert isinstance(before_act.s2, ConvTail) and isinstance(before_act.s4, ReLUMaxPool2d)
+    for kwargs in ({"activation": "tanh"}, {"pool": "avg"}, {"activation": "sigmoid", "pool": "avg"}):
+        net = fuse_relu_max_pool(build_model(**kwargs))
+        assert isinstance(net.s2, ConvTail) and isinstance(net.s4, ConvTail), kwargs
     mlp = build_model("mlp", activation="relu")
-    assert fuse_relu_max_pool(mlp) is mlp
+    assert fuse_relu_max_pool(mlp) is mlp    # no conv tail: Linear layers only
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"bn": True, "bn_position": "before_act", "bn_layers": "conv"},
-                                    {"c3_table": True}, {"in_channels": 3, "input_size": 32}])
+@pytest.mark.parametrize("kwargs", [{}, {"c3_table": True}, {"in_channels": 3, "input_size": 32}])
 def test_fused_model_gives_the_same_outputs_and_gradients(kernels, kwargs):
+    """Bit for bit where only ReLU + max-pool fuse (BatchNorm's tails: tests/test_fused.py)."""
     torch.manual_seed(0)
     model = build_model(**kwargs)
     net = fuse_relu_max_pool(model)
@@ -167,4 +168,4 @@ def test_without_kernels_load_returns_none_and_describe_says_why(tmp_path, monke
 
 @pytest.mark.skipif(not CAN_BUILD, reason="needs x86-64 and a C compiler")
 def test_describe_names_the_loaded_library():
-    assert c_kernels.describe().startswith("C kernels: ") and "relu_maxpool-" in c_kernels.describe()
+    assert c_kernels.describe().startswith("C kernels: ") and "lenet_kernels-" in c_kernels.describe()

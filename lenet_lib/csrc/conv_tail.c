@@ -1,0 +1,364 @@
+/* The tail of a LeNet-5 conv layer in one pass each way, for training on CPU:
+ *
+ *     conv -> [BatchNorm] activation [BatchNorm] [dropout] 2x2 pool (max or average)
+ *
+ * Why: torch runs each of these as its own op, and each reads and writes a whole activation (c1's is
+ * 128x6x28x28 at batch 128); BatchNorm's CPU kernels also sum in one sequential double per channel.
+ * Here the forward pass reads the input once more per BatchNorm statistic and once for the output, the
+ * backward pass once for BatchNorm's sums and once for the input gradient.
+ *
+ * Same numbers as torch's layers (bit for bit in the forward pass, BatchNorm's running statistics
+ * included): ReLU as torch.relu (NaN and -0 pass), BatchNorm's output as ATen's fused multiply-add
+ * x * alpha + beta (FMA when the CPU has it, as ATen's vectorized kernels then do), its batch mean and
+ * variance summed in double (another order than ATen's, so identical after rounding to float except in
+ * about one case in 10^5), dropout as input * noise, max-pool as ATen's (first maximum in row-major
+ * order, NaN wins), average pool as ATen's ((0 + x00 + x01) + x10 + x11) / 4. Gradients agree to float
+ * rounding (the sums are taken in another order; here in double per row).
+ * tanh and sigmoid are computed by torch before the kernel (flags TANH, SIGMOID: x is their output);
+ * the backward pass applies their derivative as ATen writes it.
+ *
+ * Layout: n x c contiguous h x w float planes (NCHW), h and w even. keep: one byte per input element,
+ * 1 where dropout keeps it (scaled by `scale`). arg: one byte per output, the window's element (0..3,
+ * row-major) that the max came from. bn: per channel mean, invstd, alpha, beta (written by the forward
+ * pass, read by the backward pass). At most one BatchNorm (BN_BEFORE or BN_AFTER).
+ * SSE2 on four windows at a time; a second copy compiled for FMA CPUs (target_clones); planes split over
+ * OpenMP threads (torch's libgomp); statistics per plane, reduced in a fixed order: the numbers do not
+ * depend on the thread count.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <emmintrin.h>
+
+enum { RELU = 1, TANH = 2, SIGMOID = 4, BN_BEFORE = 8, BN_AFTER = 16, NOISE = 32, AVG = 64, BN_TRAIN = 128 };
+enum { MEAN, INVSTD, ALPHA, BETA, BN_FIELDS };
+#define SPECIALIZED (RELU | TANH | SIGMOID | BN_BEFORE | BN_AFTER | NOISE | AVG)
+/* The tails compiled with their flags as constants (others run on flags read at run time, ~2x slower):
+ * every activation with max or average pool, with or without dropout, BatchNorm before ReLU or after any. */
+#define POOLS(X, f) X(f) X((f) | AVG)
+#define DROPOUTS(X, f) POOLS(X, f) POOLS(X, (f) | NOISE)
+#define ACTIVATION(X, a) DROPOUTS(X, a) DROPOUTS(X, (a) | BN_AFTER)
+#define TAILS(X) ACTIVATION(X, RELU) DROPOUTS(X, RELU | BN_BEFORE) ACTIVATION(X, TANH) ACTIVATION(X, SIGMOID)
+
+#if defined(__linux__) && defined(__GNUC__)
+#define FMA_CLONES __attribute__((target_clones("fma", "default")))
+#else
+#define FMA_CLONES
+#endif
+#define INLINE static inline __attribute__((always_inline))
+
+typedef struct {   /* one plane's per-channel constants as vectors */
+    __m128 a, b, mean, invstd, w, gm, k;
+} consts;
+
+INLINE __m128 relu(__m128 v) { return _mm_andnot_ps(_mm_cmplt_ps(v, _mm_setzero_ps()), v); }
+INLINE __m128 select_ps(__m128 mask, __m128 a, __m128 b) { return _mm_or_ps(_mm_and_ps(mask, a), _mm_andnot_ps(mask, b)); }
+INLINE __m128 madd(__m128 a, __m128 b, __m128 c) { return _mm_add_ps(_mm_mul_ps(a, b), c); }  /* FMA in its clone */
+
+INLINE void load_corners(const float *r0, const float *r1, __m128 v[4]) {
+    __m128 t0 = _mm_loadu_ps(r0), t1 = _mm_loadu_ps(r0 + 4), b0 = _mm_loadu_ps(r1), b1 = _mm_loadu_ps(r1 + 4);
+    v[0] = _mm_shuffle_ps(t0, t1, _MM_SHUFFLE(2, 0, 2, 0)); v[1] = _mm_shuffle_ps(t0, t1, _MM_SHUFFLE(3, 1, 3, 1));
+    v[2] = _mm_shuffle_ps(b0, b1, _MM_SHUFFLE(2, 0, 2, 0)); v[3] = _mm_shuffle_ps(b0, b1, _MM_SHUFFLE(3, 1, 3, 1));
+}
+
+INLINE void store_corners(float *r0, float *r1, const __m128 v[4]) {
+    _mm_storeu_ps(r0, _mm_unpacklo_ps(v[0], v[1])); _mm_storeu_ps(r0 + 4, _mm_unpackhi_ps(v[0], v[1]));
+    _mm_storeu_ps(r1, _mm_unpacklo_ps(v[2], v[3])); _mm_storeu_ps(r1 + 4, _mm_unpackhi_ps(v[2], v[3]));
+}
+
+INLINE void noise_row(const uint8_t *keep, __m128 scale, __m128 *even, __m128 *odd) {
+    const __m128i zero = _mm_setzero_si128();
+    __m128i b16 = _mm_unpacklo_epi8(_mm_loadl_epi64((const __m128i *)keep), zero);
+    __m128 lo = _mm_castsi128_ps(_mm_unpacklo_epi16(b16, zero)), hi = _mm_castsi128_ps(_mm_unpackhi_epi16(b16, zero));
+    __m128 e = _mm_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0)), o = _mm_shuffle_ps(lo, hi, _MM_SHUFFLE(3, 1, 3, 1));
+    *even = _mm_andnot_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(_mm_castps_si128(e), zero)), scale);
+    *odd = _mm_andnot_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(_mm_castps_si128(o), zero)), scale);
+}
+
+INLINE void load_noise(const uint8_t *k0, const uint8_t *k1, __m128 scale, __m128 nz[4]) {
+    noise_row(k0, scale, &nz[0], &nz[1]);
+    noise_row(k1, scale, &nz[2], &nz[3]);
+}
+
+/* the chain from the kernel's input to the pool's input, elementwise */
+INLINE __m128 chain_forward(__m128 v, __m128 nz, const consts *k, int flags) {
+    if (flags & BN_BEFORE) v = madd(v, k->a, k->b);
+    if (flags & RELU) v = relu(v);
+    if (flags & BN_AFTER) v = madd(v, k->a, k->b);
+    if (flags & NOISE) v = _mm_mul_ps(v, nz);
+    return v;
+}
+
+/* gradient at BatchNorm's output (*dy) and BatchNorm's input (*in), from the pool input's gradient dv */
+INLINE void bn_point(__m128 x, __m128 dv, __m128 nz, const consts *k, int flags, __m128 *dy, __m128 *in) {
+    if (flags & NOISE) dv = _mm_mul_ps(dv, nz);
+    if (flags & BN_BEFORE) {   /* through the ReLU first: threshold_backward passes where relu's output > 0 */
+        if (flags & RELU) dv = _mm_andnot_ps(_mm_cmple_ps(madd(x, k->a, k->b), _mm_setzero_ps()), dv);
+        *in = x;
+    } else {
+        *in = (flags & RELU) ? relu(x) : x;
+    }
+    *dy = dv;
+}
+
+INLINE __m128 bn_backward(__m128 dy, __m128 in, const consts *k) {   /* ATen's formula */
+    __m128 dx = _mm_mul_ps(_mm_sub_ps(in, k->mean), k->k);
+    return _mm_mul_ps(_mm_mul_ps(_mm_sub_ps(_mm_sub_ps(dy, k->gm), dx), k->invstd), k->w);
+}
+
+INLINE __m128 chain_backward(__m128 x, __m128 dv, __m128 nz, const consts *k, int flags) {
+    const __m128 zero = _mm_setzero_ps(), one = _mm_set1_ps(1.0f);
+    if (flags & NOISE) dv = _mm_mul_ps(dv, nz);
+    __m128 t = (flags & BN_BEFORE) ? madd(x, k->a, k->b) : x;   /* the activation's input */
+    if (flags & BN_AFTER) dv = bn_backward(dv, (flags & RELU) ? relu(t) : t, k);
+    if (flags & RELU) dv = _mm_andnot_ps(_mm_cmple_ps(t, zero), dv);
+    if (flags & TANH) dv = _mm_mul_ps(dv, _mm_sub_ps(one, _mm_mul_ps(x, x)));
+    if (flags & SIGMOID) dv = _mm_mul_ps(_mm_mul_ps(dv, _mm_sub_ps(one, x)), x);
+    if (flags & BN_BEFORE) dv = bn_backward(dv, x, k);
+    return dv;
+}
+
+INLINE void plane_consts(consts *k, const float *bn, const float *weight, const float *gm, const float *kk,
+                         int64_t ch) {
+    const float *b = bn + ch * BN_FIELDS;
+    k->a = _mm_set1_ps(b[ALPHA]); k->b = _mm_set1_ps(b[BETA]);
+    k->mean = _mm_set1_ps(b[MEAN]); k->invstd = _mm_set1_ps(b[INVSTD]);
+    k->w = _mm_set1_ps(weight ? weight[ch] : 1.0f);
+    k->gm = _mm_set1_ps(gm ? gm[ch] : 0.0f); k->k = _mm_set1_ps(kk ? kk[ch] : 0.0f);
+}
+
+INLINE __m128 hsum4(__m128 v) { float f[4]; _mm_storeu_ps(f, v); return _mm_set1_ps((f[0] + f[1]) + (f[2] + f[3])); }
+
+/* BatchNorm's batch statistics and constants (bn_stats.c); its backward sums' per-channel terms */
+void bn_batch_stats(const float *x, float *bn, const float *weight, const float *bias, float *running_mean,
+                    float *running_var, double momentum, double eps, int64_t n, int64_t c, int64_t hw,
+                    int relu_first);
+void bn_eval_constants(float *bn, const float *weight, const float *bias, const float *running_mean,
+                       const float *running_var, double eps, int64_t c);
+void bn_backward_terms(const double *psum, const double *pdot, const float *bn, int64_t n, int64_t c,
+                       int64_t count, int train, float *gm, float *k, float *grad_weight, float *grad_bias);
+
+/* four windows: rows r0, r1 (8 floats each), keep bytes k0, k1 -> 4 outputs, 4 arg bytes */
+INLINE void forward4(const float *r0, const float *r1, const uint8_t *k0, const uint8_t *k1, __m128 scale,
+                     const consts *k, float *out, uint8_t *arg, int flags) {
+    const __m128 zero = _mm_setzero_ps();
+    __m128 v[4], nz[4] = {zero, zero, zero, zero}, m;
+    load_corners(r0, r1, v);
+    if (flags & NOISE) load_noise(k0, k1, scale, nz);
+    for (int q = 0; q < 4; q++) v[q] = chain_forward(v[q], nz[q], k, flags);
+    if (flags & AVG) {
+        m = _mm_add_ps(_mm_add_ps(_mm_add_ps(_mm_add_ps(zero, v[0]), v[1]), v[2]), v[3]);
+        _mm_storeu_ps(out, _mm_mul_ps(m, _mm_set1_ps(0.25f)));
+        return;
+    }
+    /* ATen's rule: take v when v > max so far or v is NaN */
+    __m128 idx = zero, take;
+    m = v[0];
+    for (int q = 1; q < 4; q++) {
+        take = _mm_or_ps(_mm_cmpgt_ps(v[q], m), _mm_cmpunord_ps(v[q], v[q]));
+        m = select_ps(take, v[q], m);
+        idx = select_ps(take, _mm_castsi128_ps(_mm_set1_epi32(q)), idx);
+    }
+    _mm_storeu_ps(out, m);
+    if (arg) {
+        __m128i i16 = _mm_packs_epi32(_mm_castps_si128(idx), _mm_castps_si128(idx));
+        int32_t i8 = _mm_cvtsi128_si32(_mm_packus_epi16(i16, i16));
+        memcpy(arg, &i8, 4);
+    }
+}
+
+/* A row's last 1-3 windows: read in place (the 8-float loads run into the next row, and the results
+ * for windows past the row's end are dropped), except in the tensor's last row, read from these
+ * zero-padded copies. */
+typedef struct { float r0[8], r1[8]; uint8_t k0[8], k1[8]; } row_end;
+
+/* memcpy of count (1..3) items of `size` bytes: fixed sizes, so the compiler writes moves, not a call */
+#define COPY_FEW(dst, src, size, count) do { switch (count) { \
+    case 1: memcpy(dst, src, 1 * (size)); break; case 2: memcpy(dst, src, 2 * (size)); break; \
+    default: memcpy(dst, src, 3 * (size)); } } while (0)
+
+INLINE void row_end_copy(row_end *e, const float *r0, const float *r1, const uint8_t *k0, const uint8_t *k1,
+                         int64_t count) {
+    memset(e, 0, sizeof *e);
+    COPY_FEW(e->r0, r0, 8, count); COPY_FEW(e->r1, r1, 8, count);
+    if (k0) { COPY_FEW(e->k0, k0, 2, count); COPY_FEW(e->k1, k1, 2, count); }
+}
+
+INLINE void forward_plane(const float *x, float *out, uint8_t *arg, const uint8_t *keep, __m128 scale,
+                          const consts *k, int64_t h, int64_t w, int flags, int last) {
+    const int64_t ho = h / 2, wo = w / 2;
+    for (int64_t i = 0; i < ho; i++) {
+        const float *r0 = x + 2 * i * w, *r1 = r0 + w;
+        const uint8_t *k0 = (flags & NOISE) ? keep + 2 * i * w : NULL, *k1 = k0 ? k0 + w : NULL;
+        float *o = out + i * wo;
+        uint8_t *a = arg ? arg + i * wo : NULL;
+        int64_t j = 0;
+        for (; j + 4 <= wo; j += 4)
+            forward4(r0 + 2 * j, r1 + 2 * j, k0 ? k0 + 2 * j : NULL, k1 ? k1 + 2 * j : NULL, scale, k, o + j,
+                     a ? a + j : NULL, flags);
+        if (j < wo) {
+            row_end e; float ob[4]; uint8_t ab[4];
+            const float *e0 = r0 + 2 * j, *e1 = r1 + 2 * j;
+            const uint8_t *ek0 = k0 ? k0 + 2 * j : NULL, *ek1 = k1 ? k1 + 2 * j : NULL;
+            if (last && i == ho - 1) {
+                row_end_copy(&e, e0, e1, ek0, ek1, wo - j);
+                e0 = e.r0; e1 = e.r1; ek0 = e.k0; ek1 = e.k1;
+            }
+            forward4(e0, e1, ek0, ek1, scale, k, ob, ab, flags);
+            COPY_FEW(o + j, ob, 4, wo - j);
+            if (a) COPY_FEW(a + j, ab, 1, wo - j);
+        }
+    }
+}
+
+FMA_CLONES
+void tail_forward(const float *x, float *out, uint8_t *arg, const uint8_t *keep, float scale, float *bn,
+                  const float *weight, const float *bias, float *running_mean, float *running_var,
+                  double momentum, double eps, int64_t n, int64_t c, int64_t h, int64_t w, int flags) {
+    if (flags & (BN_BEFORE | BN_AFTER)) {
+        if (flags & BN_TRAIN)
+            bn_batch_stats(x, bn, weight, bias, running_mean, running_var, momentum, eps, n, c, h * w,
+                           (flags & BN_AFTER) && (flags & RELU));
+        else
+            bn_eval_constants(bn, weight, bias, running_mean, running_var, eps, c);
+    }
+    const __m128 vscale = _mm_set1_ps(scale);
+    #pragma omp parallel for schedule(static)
+    for (int64_t p = 0; p < n * c; p++) {
+        consts k;
+        memset(&k, 0, sizeof k);
+        if (flags & (BN_BEFORE | BN_AFTER)) plane_consts(&k, bn, NULL, NULL, NULL, p % c);
+        float *o = out + p * (h / 2) * (w / 2);
+        uint8_t *a = arg ? arg + p * (h / 2) * (w / 2) : NULL;
+        const uint8_t *kp = keep ? keep + p * h * w : NULL;
+        const int last = p == n * c - 1;
+        switch (flags & SPECIALIZED) {   /* each tail's own copy of the loops, its flags constants */
+#define FORWARD(f) case f: forward_plane(x + p * h * w, o, a, kp, vscale, &k, h, w, f, last); break;
+            TAILS(FORWARD)
+            default: forward_plane(x + p * h * w, o, a, kp, vscale, &k, h, w, flags, last);
+        }
+    }
+}
+
+/* The pool's input gradient for four windows: the output's gradient where the max came from (max),
+ * a quarter of it everywhere (average). */
+INLINE void pool_grads(const float *g, const uint8_t *a, int flags, __m128 dv[4]) {
+    __m128 gv = _mm_loadu_ps(g);
+    if (flags & AVG) {
+        dv[0] = dv[1] = dv[2] = dv[3] = _mm_add_ps(_mm_setzero_ps(), _mm_mul_ps(gv, _mm_set1_ps(0.25f)));
+        return;
+    }
+    int32_t a8; memcpy(&a8, a, 4);
+    const __m128i zero = _mm_setzero_si128();
+    __m128i idx = _mm_unpacklo_epi16(_mm_unpacklo_epi8(_mm_cvtsi32_si128(a8), zero), zero);
+    for (int q = 0; q < 4; q++) dv[q] = _mm_and_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(idx, _mm_set1_epi32(q))), gv);
+}
+
+/* four windows' terms of BatchNorm's sums: sum of dy, sum of (input - mean) * dy */
+INLINE void sums4(const float *r0, const float *r1, const uint8_t *k0, const uint8_t *k1, const float *g,
+                  const uint8_t *a, __m128 scale, const consts *k, int flags, __m128 *vs, __m128 *vd) {
+    __m128 v[4], nz[4], dv[4], dy, in;
+    load_corners(r0, r1, v);
+    if (flags & NOISE) load_noise(k0, k1, scale, nz);
+    pool_grads(g, a, flags, dv);
+    for (int q = 0; q < 4; q++) {
+        bn_point(v[q], dv[q], nz[q], k, flags, &dy, &in);
+        *vs = _mm_add_ps(*vs, dy);
+        *vd = _mm_add_ps(*vd, _mm_mul_ps(_mm_sub_ps(in, k->mean), dy));
+    }
+}
+
+/* four windows' input gradient, into rows d0, d1 */
+INLINE void backward4(const float *r0, const float *r1, const uint8_t *k0, const uint8_t *k1, const float *g,
+                      const uint8_t *a, __m128 scale, const consts *k, float *d0, float *d1, int flags) {
+    __m128 v[4], nz[4], dv[4];
+    load_corners(r0, r1, v);
+    if (flags & NOISE) load_noise(k0, k1, scale, nz);
+    pool_grads(g, a, flags, dv);
+    for (int q = 0; q < 4; q++) dv[q] = chain_backward(v[q], dv[q], nz[q], k, flags);
+    store_corners(d0, d1, dv);
+}
+
+/* sums (grad_x NULL) or input gradient of one plane */
+INLINE void backward_plane(const float *x, const float *grad, const uint8_t *arg, const uint8_t *keep,
+                           __m128 scale, const consts *k, float *grad_x, int64_t h, int64_t w, int flags,
+                           int last, double *sum, double *dot) {
+    const int64_t ho = h / 2, wo = w / 2;
+    double s = 0, d = 0;
+    for (int64_t i = 0; i < ho; i++) {
+        const float *r0 = x + 2 * i * w, *r1 = r0 + w, *g = grad + i * wo;
+        const uint8_t *k0 = (flags & NOISE) ? keep + 2 * i * w : NULL, *k1 = k0 ? k0 + w : NULL;
+        const uint8_t *a = (flags & AVG) ? NULL : arg + i * wo;
+        float *d0 = grad_x ? grad_x + 2 * i * w : NULL, *d1 = d0 ? d0 + w : NULL;
+        __m128 vs = _mm_setzero_ps(), vd = _mm_setzero_ps();
+        int64_t j = 0;
+        for (; j + 4 <= wo; j += 4) {
+            const uint8_t *kj0 = k0 ? k0 + 2 * j : NULL, *kj1 = k1 ? k1 + 2 * j : NULL, *aj = a ? a + j : NULL;
+            if (grad_x) backward4(r0 + 2 * j, r1 + 2 * j, kj0, kj1, g + j, aj, scale, k, d0 + 2 * j, d1 + 2 * j, flags);
+            else sums4(r0 + 2 * j, r1 + 2 * j, kj0, kj1, g + j, aj, scale, k, flags, &vs, &vd);
+        }
+        if (j < wo) {   /* zero gradients beyond the row's end add nothing to the sums */
+            row_end e; float gb[4] = {0, 0, 0, 0}, t0[8], t1[8]; uint8_t ab[4] = {0, 0, 0, 0};
+            const float *e0 = r0 + 2 * j, *e1 = r1 + 2 * j;
+            const uint8_t *ek0 = k0 ? k0 + 2 * j : NULL, *ek1 = k1 ? k1 + 2 * j : NULL;
+            if (last && i == ho - 1) {
+                row_end_copy(&e, e0, e1, ek0, ek1, wo - j);
+                e0 = e.r0; e1 = e.r1; ek0 = e.k0; ek1 = e.k1;
+            }
+            COPY_FEW(gb, g + j, 4, wo - j);
+            if (a) COPY_FEW(ab, a + j, 1, wo - j);
+            if (grad_x) {
+                backward4(e0, e1, ek0, ek1, gb, ab, scale, k, t0, t1, flags);
+                COPY_FEW(d0 + 2 * j, t0, 8, wo - j); COPY_FEW(d1 + 2 * j, t1, 8, wo - j);
+            } else {   /* zero gradients in the dropped lanes: nothing added */
+                sums4(e0, e1, ek0, ek1, gb, ab, scale, k, flags, &vs, &vd);
+            }
+        }
+        if (!grad_x) { s += _mm_cvtss_f32(hsum4(vs)); d += _mm_cvtss_f32(hsum4(vd)); }
+    }
+    if (!grad_x) { *sum = s; *dot = d; }
+}
+
+FMA_CLONES
+void tail_backward(const float *x, const float *grad, const uint8_t *arg, const uint8_t *keep, float scale,
+                   const float *bn, const float *weight, float *grad_x, float *grad_weight, float *grad_bias,
+                   int64_t n, int64_t c, int64_t h, int64_t w, int flags) {
+    const int64_t planes = n * c, ho = h / 2, wo = w / 2;
+    const int has_bn = (flags & (BN_BEFORE | BN_AFTER)) != 0;
+    const __m128 vscale = _mm_set1_ps(scale);
+    double *psum = NULL, *pdot = NULL;
+    float *gm = NULL, *kk = NULL;
+    if (has_bn) {   /* BatchNorm's two sums over its output gradient, per plane, then per channel */
+        psum = malloc(sizeof(double) * 2 * planes); pdot = psum + planes;
+        gm = malloc(sizeof(float) * 2 * c); kk = gm + c;
+        #pragma omp parallel for schedule(static)
+        for (int64_t p = 0; p < planes; p++) {
+            consts k;
+            plane_consts(&k, bn, weight, NULL, NULL, p % c);
+            const float *xp = x + p * h * w, *gp = grad + p * ho * wo;
+            const uint8_t *ap = arg ? arg + p * ho * wo : NULL, *kp = keep ? keep + p * h * w : NULL;
+            switch (flags & SPECIALIZED) {
+#define SUMS(f) case f: backward_plane(xp, gp, ap, kp, vscale, &k, NULL, h, w, f, p == planes - 1, psum + p, pdot + p); break;
+                TAILS(SUMS)
+                default: backward_plane(xp, gp, ap, kp, vscale, &k, NULL, h, w, flags, p == planes - 1, psum + p, pdot + p);
+            }
+        }
+        bn_backward_terms(psum, pdot, bn, n, c, n * h * w, (flags & BN_TRAIN) != 0, gm, kk, grad_weight, grad_bias);
+    }
+    #pragma omp parallel for schedule(static)
+    for (int64_t p = 0; p < planes; p++) {
+        consts k;
+        memset(&k, 0, sizeof k);
+        if (has_bn) plane_consts(&k, bn, weight, gm, kk, p % c);
+        const float *xp = x + p * h * w, *gp = grad + p * ho * wo;
+        const uint8_t *ap = arg ? arg + p * ho * wo : NULL, *kp = keep ? keep + p * h * w : NULL;
+        float *dp = grad_x + p * h * w;
+        switch (flags & SPECIALIZED) {
+#define BACKWARD(f) case f: backward_plane(xp, gp, ap, kp, vscale, &k, dp, h, w, f, p == planes - 1, NULL, NULL); break;
+            TAILS(BACKWARD)
+            default: backward_plane(xp, gp, ap, kp, vscale, &k, dp, h, w, flags, p == planes - 1, NULL, NULL);
+        }
+    }
+    free(psum); free(gm);
+}
