@@ -13,7 +13,7 @@ REPORT_ARGS := --profile $(PROFILE) $(if $(PRESET),--preset $(PRESET)) $(if $(ON
 	$(if $(EXECUTOR),--executor $(EXECUTOR)) \
 	$(if $(SCHEDULER),--scheduler $(SCHEDULER))
 
-.PHONY: report test lab bench notebooks list venv clean
+.PHONY: report test lab bench notebooks expected list venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,9 @@ bench: $(STAMP)  ## training speed: library path vs torchvision DataLoader (same
 
 notebooks: $(STAMP)  ## regenerate the stored outputs that nbval compares (quick defaults)
 	$(PY) -m lenet_lib notebooks $(if $(ONLY),--only $(ONLY))
+
+expected: $(STAMP)  ## re-record tests/expected/quick_report.json (the numbers make test compares), after a deliberate change
+	LENET_RECORD_EXPECTED=1 $(PY) -m pytest tests/test_report_numbers.py -p no:cacheprovider -q
 
 list: $(STAMP)  ## notebooks, profiles, presets and run counts
 	$(PY) -m lenet_lib list

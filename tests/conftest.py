@@ -17,5 +17,5 @@ def mnist_small():
     """A small MNIST split: 2000 train, 500 validation, 1000 test images."""
     if not _have_mnist():
         pytest.fail(f"MNIST is needed for this test; LENET_DATA={os.environ['LENET_DATA']} lacks MNIST/raw")
-    from lenet_lib.data import prepare_data
+    from lenet_lib.core.data import prepare_data
     return prepare_data("mnist", val_size=500, train_size=2000, test_size=1000)

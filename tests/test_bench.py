@@ -2,7 +2,7 @@
 import pandas as pd
 import torch
 
-from lenet_lib import bench
+from lenet_lib.bench import single as bench
 
 
 def test_single_model_table_and_time_split(mnist_small):

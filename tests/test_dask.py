@@ -11,8 +11,9 @@ import time
 import pytest
 from fixtures.runner_project import add_sleepy, args, make_project, run_dirs, staging_dirs
 
-from lenet_lib import results, runner
-from lenet_lib.__main__ import main
+from lenet_lib.analysis import results
+from lenet_lib.running import runner
+from lenet_lib.running.cli import main
 
 distributed = pytest.importorskip("distributed")
 dask = pytest.importorskip("dask")

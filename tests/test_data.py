@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchvision
 
-from lenet_lib.data import DataMissingError, epoch_order, index_batches, load_raw, prepare_data
+from lenet_lib.core.data import DataMissingError, epoch_order, index_batches, load_raw, prepare_data
 from torchvision.datasets.utils import calculate_md5 as md5_of
 
 
@@ -121,6 +121,6 @@ def test_epoch_order_is_a_seeded_permutation():
 
 
 def test_dataset_names_shared_with_the_torch_free_checks():
-    from lenet_lib.choices import DATASET_NAMES
-    from lenet_lib.data import DATASETS
+    from lenet_lib.base.choices import DATASET_NAMES
+    from lenet_lib.core.data import DATASETS
     assert tuple(DATASETS) == DATASET_NAMES

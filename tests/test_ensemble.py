@@ -16,10 +16,10 @@ import pytest
 import torch
 from torch import nn
 
-from lenet_lib.ensemble import group_specs, train_many
-from lenet_lib.models import forward_features
-from lenet_lib.specs import TrainSpec
-from lenet_lib.train import evaluate, train
+from lenet_lib.core.ensemble import group_specs, train_many
+from lenet_lib.core.models import forward_features
+from lenet_lib.core.specs import TrainSpec
+from lenet_lib.core.train import evaluate, train
 
 METRICS = ["train_loss", "val_loss", "test_loss"]
 ACCURACIES = ["train_acc", "val_acc", "test_acc"]
@@ -31,7 +31,7 @@ def data():
     """512 training images (4 batches of 128), 250 validation, 250 test."""
     if not (Path(os.environ["LENET_DATA"]) / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
         pytest.fail(f"MNIST is needed for this test; LENET_DATA={os.environ['LENET_DATA']} lacks MNIST/raw")
-    from lenet_lib.data import prepare_data
+    from lenet_lib.core.data import prepare_data
     return prepare_data("mnist", val_size=250, train_size=512, test_size=250)
 
 

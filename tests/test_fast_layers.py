@@ -1,12 +1,12 @@
-"""The CPU speed tricks in fast_layers give torch's numbers: pooling bit for bit, convolution gradients
+"""The CPU speed tricks in fast/layers.py give torch's numbers: pooling bit for bit, convolution gradients
 to float32 rounding (checked against float64)."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from lenet_lib.fast_layers import Conv2d, MaxPool2d, conv2d, max_pool_2x2, with_torch_layers
-from lenet_lib.models import build_model
-from lenet_lib.train import set_determinism
+from lenet_lib.fast.layers import Conv2d, MaxPool2d, conv2d, max_pool_2x2, with_torch_layers
+from lenet_lib.core.models import build_model
+from lenet_lib.core.train import set_determinism
 
 
 @pytest.mark.parametrize("shape", [(8, 6, 28, 28), (3, 2, 7, 9), (4, 16, 10, 10)])

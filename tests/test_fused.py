@@ -1,4 +1,4 @@
-"""Every layer pattern the presets use, fused (fast_layers + fused + csrc/), against torch's own layers:
+"""Every layer pattern the presets use, fused (fast/layers.py, fast/fused.py, fast/csrc), against torch's own layers:
 the same loss and gradients (float64 reference where summation order differs), BatchNorm's running
 statistics, dropout's noise from torch's generator, and a few training steps that stay together."""
 import pytest
@@ -6,11 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lenet_lib import bench, c_kernels, fused
-from lenet_lib.fast_layers import fuse_relu_max_pool, with_torch_layers
-from lenet_lib.fused import ConvTail, Dropout
-from lenet_lib.models import build_model
-from lenet_lib.specs import TrainSpec
+from lenet_lib.bench import single as bench
+from lenet_lib.fast import c_kernels, fused
+from lenet_lib.fast.layers import fuse_relu_max_pool, with_torch_layers
+from lenet_lib.fast.fused import ConvTail, Dropout
+from lenet_lib.core.models import build_model
+from lenet_lib.core.specs import TrainSpec
 
 pytestmark = pytest.mark.skipif(c_kernels.load() is None, reason="no C kernels (needs x86-64 and a C compiler)")
 
@@ -105,7 +106,7 @@ def test_whole_training_on_mnist_matches_torchs_layers(mnist_small, monkeypatch,
     """Two epochs on real digits, fused vs torch's own layers: the same curves within 2 points. Not equal:
     rounding differences grow in early training (R1's BN + dropout: losses 2.3388 / 2.3388 at step 1,
     1.6313 / 1.6316 at step 16; val accuracy 0.654 / 0.638 after epoch 1 on 500 images, 0.858 / 0.856 after 2)."""
-    import lenet_lib.train as train_module
+    import lenet_lib.core.train as train_module
     spec = TrainSpec(optimizer="momentum", lr=0.05, momentum=0.9, epochs=2, seed=3, **settings)
     fused_run = train_module.train(spec, mnist_small, device="cpu", progress=False)
     monkeypatch.setattr(train_module, "fuse_relu_max_pool", lambda model: with_torch_layers(model))

@@ -1,11 +1,12 @@
-"""lenet_lib.inside and lenet_lib.sweeps on tiny random models and data (no dataset needed)."""
+"""lenet_lib.experiments.inside and lenet_lib.analysis.sweeps on tiny random models and data (no dataset needed)."""
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from lenet_lib import inside, sweeps, tidy
-from lenet_lib.models import build_model, forward_features, layer_table
+from lenet_lib.experiments import inside
+from lenet_lib.analysis import sweeps, tidy
+from lenet_lib.core.models import build_model, forward_features, layer_table
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +103,7 @@ def test_penultimate_embedding_and_separation(lenet):
 
 
 def test_class_names_cover_every_dataset():
-    from lenet_lib.data import DATASETS
+    from lenet_lib.core.data import DATASETS
     assert set(inside.CLASS_NAMES) == set(DATASETS)
     assert all(len(names) == 10 for names in inside.CLASS_NAMES.values())
     labelled = inside.labelled([2, 0], "cifar10")

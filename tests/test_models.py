@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from lenet_lib.models import build_model, forward_features, layer_table, parameter_count
+from lenet_lib.core.models import build_model, forward_features, layer_table, parameter_count
 
 # Each seed report's model (../shared/SEEDS.md) with its parameter count.
 REPORT_MODELS = {
@@ -90,7 +90,7 @@ def test_bad_model_arguments_name_value_and_choices(bad, message):
 
 
 def test_eval_mode_restores_the_mode_it_found_even_after_an_error():
-    from lenet_lib.models import eval_mode
+    from lenet_lib.core.models import eval_mode
     model = build_model(bn=True, dropout=0.5)
     for start_training in (True, False):
         model.train(start_training)

@@ -9,18 +9,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import lenet_lib.models as tm
-import lenet_lib.optim as topt
+import lenet_lib.core.models as tm
+import lenet_lib.core.optim as topt
 import lenet_lib.numpy_ref as nr
-from lenet_lib.choices import EXTRA_DEFAULTS
-from lenet_lib.data import DataSplits
-from lenet_lib.numpy_ref import layers as L
-from lenet_lib.numpy_ref import net as nn_np
-from lenet_lib.numpy_ref import optim as nopt
+from lenet_lib.base.choices import EXTRA_DEFAULTS
+from lenet_lib.core.data import DataSplits
+from lenet_lib.numpy_ref import layers as L, net as nn_np, optim as nopt
 from lenet_lib.numpy_ref.compare import numpy_splits, numpy_state, threads, train_numpy
-from lenet_lib.results import MEASURES
-from lenet_lib.specs import TrainSpec
-from lenet_lib.train import train as torch_train
+from lenet_lib.analysis.results import MEASURES
+from lenet_lib.core.specs import TrainSpec
+from lenet_lib.core.train import train as torch_train
 
 RTOL = 1e-8     # float64 on both sides: only rounding order differs
 
@@ -217,7 +215,7 @@ def test_network_matches_torch(name):
     net.eval(), model.eval()
     close(net(x), model(t64(x)).detach().numpy())
 
-    # Table of parameters per layer as lenet_lib.models.layer_table counts them.
+    # Table of parameters per layer as lenet_lib.core.models.layer_table counts them.
     table = tm.layer_table(model.float(), (channels, size, size))
     assert [r["parameters"] for r in net.parameter_table()] == table["parameters"].tolist()
 

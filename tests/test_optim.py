@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from lenet_lib.models import build_model
-from lenet_lib.choices import resolve_hyperparameters
-from lenet_lib.optim import OPTIMIZERS, make_optimizer
+from lenet_lib.core.models import build_model
+from lenet_lib.base.choices import resolve_hyperparameters
+from lenet_lib.core.optim import OPTIMIZERS, make_optimizer
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)

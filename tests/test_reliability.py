@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 from fixtures.runner_project import add_broken, add_sleepy, make_project, run_dirs, staging_dirs
 
-from lenet_lib import datafiles, results
-from lenet_lib.params import ConfigError, load_params, load_profiles, select
-from lenet_lib.runner import plan
+from lenet_lib.base import datafiles
+from lenet_lib.base.kernel_path import cpu_kernel_path, planned_kernel_path
+from lenet_lib.analysis import results
+from lenet_lib.running.params import ConfigError, load_params, load_profiles, select
+from lenet_lib.running.runner import plan
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ["LENET_DATA"])
@@ -101,12 +103,14 @@ def test_diverged_models_are_recorded_shown_and_the_run_goes_on(tmp_path):
     assert "model-epoch" in err and "now:" in err
     manifest = results.read_manifest(run)
     assert manifest["threads"] >= 1 and manifest["parameters"]["output_dir"] == str(run)
+    # which kernels trained it: planned in the manifest, as run in every row (this machine: the C kernels)
+    assert manifest["kernels"] == planned_kernel_path() and set(table["kernels"]) == {manifest["kernels"]}
     assert "KeyboardInterrupt" not in err and "Traceback" not in err
 
 
 def test_gd_at_a_huge_learning_rate_diverges(mnist_small):
-    from lenet_lib.specs import TrainSpec
-    from lenet_lib.train import train
+    from lenet_lib.core.specs import TrainSpec
+    from lenet_lib.core.train import train
     result = train(TrainSpec(optimizer="gd", lr=1000.0, epochs=3), mnist_small, progress=False)
     assert result.status == "diverged" and result.history["status"].iloc[-1] == "diverged"
 
@@ -212,6 +216,31 @@ def test_threads_are_part_of_a_runs_identity(tmp_path):
     assert not {t.run_id for t in one} & {t.run_id for t in two}
 
 
+def test_the_kernel_path_is_part_of_a_runs_identity(tmp_path, monkeypatch):
+    """Cached runs of the C kernels are never reused for the PyTorch fallback (LENET_C_KERNELS=0)."""
+    dirs = make_project(tmp_path)
+    params, profiles = load_params(dirs["params"], dirs["notebooks"]), load_profiles(dirs["params"])
+    chosen = select(params, None, "quick", None)
+    monkeypatch.setenv("LENET_C_KERNELS", "1")
+    c_path = plan(chosen, dirs["outputs"], "quick", profiles)
+    monkeypatch.setenv("LENET_C_KERNELS", "0")
+    fallback = plan(chosen, dirs["outputs"], "quick", profiles)
+    assert {t.kernels for t in fallback} == {"pytorch"} and {t.kernels for t in c_path} == {cpu_kernel_path({})}
+    if cpu_kernel_path({}) == "c":
+        assert not {t.run_id for t in c_path} & {t.run_id for t in fallback}
+    assert planned_kernel_path("cuda:0") == "cuda" and planned_kernel_path("cpu", {"LENET_C_KERNELS": "0"}) == "pytorch"
+
+
+def test_rows_record_the_kernels_that_trained_them(mnist_small, monkeypatch):
+    from lenet_lib.core import train as train_module
+    from lenet_lib.core.specs import TrainSpec
+    spec = TrainSpec(epochs=1)
+    ran = train_module.train(spec, mnist_small, device="cpu", progress=False).history
+    assert set(ran["kernels"]) == {cpu_kernel_path()}
+    monkeypatch.setattr(train_module.c_kernels, "load", lambda: None)
+    assert set(train_module.train(spec, mnist_small, device="cpu", progress=False).history["kernels"]) == {"pytorch"}
+
+
 # 7 quick x preset: the preset at the quick profile's scale, recorded as such
 def test_quick_profile_scales_a_preset():
     params, profiles = load_params(REPO / "params", REPO / "notebooks"), load_profiles(REPO / "params")
@@ -244,8 +273,8 @@ def test_duplicate_yaml_keys_are_refused(tmp_path):
 
 def test_the_api_checks_every_value():
     import numpy as np
-    from lenet_lib.data import prepare_data
-    from lenet_lib.specs import TrainSpec
+    from lenet_lib.core.data import prepare_data
+    from lenet_lib.core.specs import TrainSpec
     for bad, message in [(dict(bn="no"), "bn='no' is not valid; expected True or False"),
                          (dict(c3_table="x"), "c3_table='x' is not valid"),
                          (dict(model_id=5), "model_id=5 is not valid; expected a string"),

@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import lenet_lib.train as train_module
-from lenet_lib import c_kernels, fast_layers
-from lenet_lib.fast_layers import ReLUMaxPool2d, fuse_relu_max_pool, relu_max_pool_2x2
-from lenet_lib.models import build_model
-from lenet_lib.specs import TrainSpec
+import lenet_lib.core.train as train_module
+from lenet_lib.fast import c_kernels, layers as fast_layers
+from lenet_lib.fast.layers import ReLUMaxPool2d, fuse_relu_max_pool, relu_max_pool_2x2
+from lenet_lib.core.models import build_model
+from lenet_lib.core.specs import TrainSpec
 
 CAN_BUILD = platform.machine().lower() in ("x86_64", "amd64") and shutil.which("cc") is not None
 
@@ -93,7 +93,7 @@ def test_fusion_keeps_names_and_shares_every_parameter():
 
 def test_fusion_of_each_conv_tail():
     """ReLU + max-pool alone: ReLUMaxPool2d; with BatchNorm, dropout, tanh / sigmoid or avg-pool: ConvTail."""
-    from lenet_lib.fused import ConvTail
+    from lenet_lib.fast.fused import ConvTail
     after_act = fuse_relu_max_pool(build_model(bn=True, bn_position="after_act", bn_layers="conv"))
     assert isinstance(after_act.s2, ConvTail) and isinstance(after_act.c1_bn, nn.Identity)
     before_act = fuse_relu_max_pool(build_model(bn=True, bn_position="before_act"))

@@ -4,8 +4,8 @@ import os
 import pandas as pd
 import pytest
 
-from lenet_lib.results import (atomic_write, check_tidy, make_manifest, read_runs, save_results,
-                               write_json, write_table)
+from lenet_lib.analysis.results import check_tidy, make_manifest, read_runs, save_results, write_table
+from lenet_lib.base.files import atomic_write, write_json
 
 
 def tidy(n_models=2, epochs=2):

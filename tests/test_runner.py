@@ -13,10 +13,12 @@ import nbformat
 import pytest
 from fixtures.runner_project import TINY_YAML, add_broken, args, make_project, run_dirs, write_notebook
 
-from lenet_lib import results, runner
-from lenet_lib.__main__ import main
-from lenet_lib.params import ConfigError, load_params, load_profiles, select
-from lenet_lib.runner import is_done, plan, report
+from lenet_lib.analysis import results
+from lenet_lib.base import files
+from lenet_lib.running import runner
+from lenet_lib.running.cli import main
+from lenet_lib.running.params import ConfigError, load_params, load_profiles, select
+from lenet_lib.running.runner import is_done, plan, report
 
 
 @pytest.fixture(autouse=True)
@@ -133,7 +135,7 @@ def test_failed_or_unfinished_runs_are_not_done(tmp_path):
     Path(task.run_dir).mkdir(parents=True)
     assert not is_done(task)                                   # a folder without manifest: killed mid-run
     for status, done in (("failed", False), ("ok", True), ("diverged", True)):
-        results.write_json({"status": status}, Path(task.run_dir) / results.MANIFEST_FILE)
+        files.write_json({"status": status}, Path(task.run_dir) / results.MANIFEST_FILE)
         assert is_done(task) is done
 
 
@@ -163,18 +165,25 @@ def test_run_ids_follow_parameters_and_sources_not_outputs(tmp_path):
 
 
 
-def test_library_hash_covers_the_c_kernels_and_skips_planning_modules(tmp_path, monkeypatch):
+def test_library_hash_is_decided_by_folder(tmp_path, monkeypatch):
+    """Code in running/, summary/ and bench/ cannot change a result: editing it re-trains nothing; any
+    other .py or .c file (core, fast and its kernels, analysis, ...) makes every run new."""
     monkeypatch.undo()                      # the real library_hash, over a copy of a library
-    (tmp_path / "csrc").mkdir()
-    (tmp_path / "train.py").write_text("x = 1\n")
-    (tmp_path / "runner.py").write_text("y = 1\n")
-    (tmp_path / "csrc" / "kernel.c").write_text("int f(void) { return 1; }\n")
+    for name in ("core/train.py", "fast/csrc/kernel.c", "analysis/tidy.py", "running/runner.py",
+                 "summary/verdicts.py", "bench/single.py", "__main__.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x = 1\n")
     monkeypatch.setattr(runner, "LIBRARY_DIR", tmp_path)
     before = runner.library_hash(for_runs=True)
-    (tmp_path / "runner.py").write_text("y = 2\n")
-    assert runner.library_hash(for_runs=True) == before              # planning code: no re-training
-    (tmp_path / "csrc" / "kernel.c").write_text("int f(void) { return 2; }\n")
-    assert runner.library_hash(for_runs=True) != before              # a kernel change re-runs
+    for name in ("running/runner.py", "summary/verdicts.py", "bench/single.py", "__main__.py"):
+        (tmp_path / name).write_text("x = 2\n")
+        assert runner.library_hash(for_runs=True) == before, name
+    for name in ("core/train.py", "fast/csrc/kernel.c", "analysis/tidy.py"):
+        (tmp_path / name).write_text("x = 3\n")
+        assert runner.library_hash(for_runs=True) != before, name
+        before = runner.library_hash(for_runs=True)
+    assert runner.library_hash() != runner.library_hash(for_runs=True)   # the summary's cache sees all
+
 
 def _set_yaml(text):
     return lambda dirs: (dirs["params"] / "tiny.yaml").write_text(text)

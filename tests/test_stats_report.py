@@ -4,8 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lenet_lib import report, stats
-from lenet_lib.results import make_manifest, save_results, write_json
+from lenet_lib.summary import report
+from lenet_lib.analysis import stats
+from lenet_lib.analysis.results import make_manifest, save_results
+from lenet_lib.base.files import write_json
 
 MEASURE_DEFAULTS = dict(train_loss=0.1, train_acc=0.9, val_loss=0.1, val_acc=0.9, test_loss=0.1,
                         epoch_seconds=1.0, status="ok", dataset="mnist", conv_dropout=0.0)

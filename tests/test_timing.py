@@ -4,8 +4,9 @@ import math
 import numpy as np
 import pytest
 
-from lenet_lib import stats, timing
-from lenet_lib.specs import TrainSpec
+from lenet_lib.analysis import stats
+from lenet_lib.core import timing
+from lenet_lib.core.specs import TrainSpec
 
 MATRIX = np.random.default_rng(0).normal(size=(120, 120))
 

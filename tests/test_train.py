@@ -3,11 +3,11 @@ import math
 import pytest
 import torch
 
-from lenet_lib.train import build_for
-from lenet_lib.experiment import run_specs
-from lenet_lib.tidy import final_epoch
-from lenet_lib.specs import TrainSpec, expand_grid
-from lenet_lib.train import train
+from lenet_lib.core.train import build_for
+from lenet_lib.experiments.runs import run_specs
+from lenet_lib.analysis.tidy import final_epoch
+from lenet_lib.core.specs import TrainSpec, expand_grid
+from lenet_lib.core.train import train
 
 # R1's optimizer; batch 32 so that one epoch of the 2000-image subset is 63 steps.
 R1 = dict(optimizer="momentum", lr=0.05, momentum=0.9, weight_decay=5e-4, batch_size=32)

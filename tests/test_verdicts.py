@@ -6,8 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lenet_lib import scorecard, stats, verdicts
-from lenet_lib.tidy import Tables
+from lenet_lib.summary import scorecard
+from lenet_lib.analysis import stats
+from lenet_lib.summary import verdicts
+from lenet_lib.analysis.tidy import Tables
 
 BASE = dict(train_loss=0.1, train_acc=0.9, val_loss=np.nan, val_acc=np.nan, test_loss=0.1, epoch_seconds=1.0,
             status="ok", dataset="mnist", conv_dropout=0.0)

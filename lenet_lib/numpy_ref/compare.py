@@ -12,12 +12,12 @@ import torch
 import torch.nn.functional as F
 from threadpoolctl import threadpool_limits
 
-from ..data import DataSplits, epoch_order
-from ..specs import TrainSpec
-from ..train import base_columns, build_for, set_determinism
-from . import net as numpy_net
-from .layers import cross_entropy
-from .train import train as train_loop
+from lenet_lib.core.data import DataSplits, epoch_order
+from lenet_lib.core.specs import TrainSpec
+from lenet_lib.core.train import base_columns, build_for, set_determinism
+from lenet_lib.numpy_ref import net as numpy_net
+from lenet_lib.numpy_ref.layers import cross_entropy
+from lenet_lib.numpy_ref.train import train as train_loop
 
 SPLITS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
 
@@ -40,7 +40,7 @@ def numpy_splits(data: DataSplits, dtype=np.float32) -> dict[str, np.ndarray]:
 
 
 def twin(spec: TrainSpec, data: DataSplits, dtype=np.float32):
-    """(NumPy network, torch model) with identical weights: the torch model exactly as lenet_lib.train.train
+    """(NumPy network, torch model) with identical weights: the torch model exactly as lenet_lib.core.train.train
     initializes it for this spec, so both start from the same point."""
     set_determinism(spec.seed)
     model = build_for(spec, data)
@@ -52,9 +52,9 @@ def twin(spec: TrainSpec, data: DataSplits, dtype=np.float32):
 
 
 def train_numpy(spec: TrainSpec, data: DataSplits, dtype=np.float32, batching: str = "shuffle") -> pd.DataFrame:
-    """Train spec's model in NumPy from torch's initial weights; rows with lenet_lib.train's columns.
+    """Train spec's model in NumPy from torch's initial weights; rows with lenet_lib.core.train's columns.
 
-    batching "shuffle" takes lenet_lib.data.epoch_order's permutation, so NumPy sees torch's batches;
+    batching "shuffle" takes lenet_lib.core.data.epoch_order's permutation, so NumPy sees torch's batches;
     "contiguous" is R2's random contiguous mini-batches.
     """
     net, _ = twin(spec, data, dtype)

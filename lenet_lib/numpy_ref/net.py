@@ -1,4 +1,4 @@
-"""The NumPy LeNet-5 family and MLP, layer for layer the same as lenet_lib.models (which needs torch).
+"""The NumPy LeNet-5 family and MLP, layer for layer the same as lenet_lib.core.models (which needs torch).
 
 Layer names match the torch nn.Sequential (c1_conv, c1_bn, c1_act, s2, c3_conv, ..., c5, f6, out), and a
 parameter or buffer is addressed "layer.name" exactly like a torch state_dict key, so
@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..choices import C3_TABLE, lenet5_geometry
-from ..validate import check_choice, check_range
-from .layers import (ACTIVATIONS, AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, Layer, Linear, MaxPool2d)
+from lenet_lib.base.choices import C3_TABLE, MODEL_DEFAULTS, lenet5_geometry
+from lenet_lib.base.checks import check_choice, check_range
+from lenet_lib.numpy_ref.layers import (ACTIVATIONS, AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, Layer, Linear,
+                                        MaxPool2d)
 
-# The same choices as lenet_lib.models: both take them from lenet_lib.choices.
+# The same choices as lenet_lib.core.models: both take them from lenet_lib.base.choices.
 POOLS = {"max": MaxPool2d, "avg": AvgPool2d}
 ARCHS = ("lenet5", "mlp")
 
@@ -120,12 +121,15 @@ def _conv_block(prefix: str, conv: Layer, channels: int, act: str, bn: str | Non
         yield prefix + "_bn", BatchNorm2d(channels, dtype=dtype)
 
 
-def build_lenet5(in_channels: int = 1, input_size: int = 28, num_classes: int = 10, activation: str = "relu",
-                 fc_activation: str | None = None, pool: str = "max", bn: bool = False,
-                 bn_position: str = "after_act", bn_layers: str = "c1", dropout: float = 0.0,
-                 dropout_at: str = "f6", conv_dropout: float = 0.0, c3_table: bool = False,
-                 padding: str = "auto", seed: int = 0, dtype=np.float32) -> Sequential:
-    """A NumPy LeNet-5 with the arguments and layer names of lenet_lib.models.build_lenet5.
+def build_lenet5(in_channels: int = 1, input_size: int = 28, num_classes: int = 10,
+                 activation: str = MODEL_DEFAULTS["activation"],
+                 fc_activation: str | None = MODEL_DEFAULTS["fc_activation"],
+                 pool: str = MODEL_DEFAULTS["pool"], bn: bool = MODEL_DEFAULTS["bn"],
+                 bn_position: str = MODEL_DEFAULTS["bn_position"], bn_layers: str = MODEL_DEFAULTS["bn_layers"],
+                 dropout: float = MODEL_DEFAULTS["dropout"], dropout_at: str = MODEL_DEFAULTS["dropout_at"],
+                 conv_dropout: float = MODEL_DEFAULTS["conv_dropout"], c3_table: bool = MODEL_DEFAULTS["c3_table"],
+                 padding: str = MODEL_DEFAULTS["padding"], seed: int = 0, dtype=np.float32) -> Sequential:
+    """A NumPy LeNet-5 with the arguments and layer names of lenet_lib.core.models.build_lenet5.
 
     `seed` drives the initial weights (torch's default init distribution) and the dropout masks, each
     from its own numpy Generator.
@@ -168,7 +172,7 @@ def build_lenet5(in_channels: int = 1, input_size: int = 28, num_classes: int = 
 
 def build_mlp(in_channels: int = 1, input_size: int = 28, num_classes: int = 10, hidden: tuple[int, ...] = (120, 60),
               activation: str = "tanh", dropout: float = 0.0, seed: int = 0, dtype=np.float32) -> Sequential:
-    """R5's baseline as lenet_lib.models.build_mlp: flatten, hidden Linear + activation (+ dropout), out."""
+    """R5's baseline as lenet_lib.core.models.build_mlp: flatten, hidden Linear + activation (+ dropout), out."""
     check_choice("activation", activation, tuple(ACTIVATIONS))
     check_range("dropout", dropout, 0.0, 1.0, hi_open=True)
     init_rng, drop_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))

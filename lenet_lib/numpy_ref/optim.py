@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..choices import OPTIMIZER_NAMES, resolve_hyperparameters
+from lenet_lib.base.choices import OPTIMIZER_NAMES, resolve_hyperparameters
 
 OPTIMIZERS = OPTIMIZER_NAMES
 

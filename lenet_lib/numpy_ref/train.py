@@ -1,7 +1,7 @@
-"""Training a NumPy network: one tidy row per epoch, like lenet_lib.train (train / val / test, seconds, status).
+"""Training a NumPy network: one tidy row per epoch, like lenet_lib.core.train (train / val / test, seconds, status).
 
 Data come as NumPy arrays in a mapping with keys x_train, y_train, x_val, y_val, x_test, y_test (e.g.
-compare.numpy_splits turns lenet_lib.data.prepare_data's tensors into one).
+compare.numpy_splits turns lenet_lib.core.data.prepare_data's tensors into one).
 """
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from typing import Callable
 
 import numpy as np
 
-from ..choices import BATCHINGS, diverged
-from ..validate import check_choice, check_positive_int
-from .layers import cross_entropy
-from .net import Sequential
-from .optim import make_optimizer
+from lenet_lib.base.choices import BATCHINGS, diverged
+from lenet_lib.base.checks import check_choice, check_positive_int
+from lenet_lib.numpy_ref.layers import cross_entropy
+from lenet_lib.numpy_ref.net import Sequential
+from lenet_lib.numpy_ref.optim import make_optimizer
 
 EVAL_BATCH = 500     # c1's im2col of 1000 images alone would take ~80 MB in float32
 
@@ -46,7 +46,7 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, batching: str 
     """Index arrays for one epoch.
 
     "shuffle": a seeded permutation cut into batches (the last one shorter), from `order(n, seed, epoch)`
-    when given (e.g. lenet_lib.data.epoch_order, to see exactly the batches torch sees).
+    when given (e.g. lenet_lib.core.data.epoch_order, to see exactly the batches torch sees).
     "contiguous": R2's protocol, n // batch_size batches, each a contiguous run of examples starting at a
     random position (so some examples are seen twice in an epoch and some not at all).
     """
@@ -63,7 +63,7 @@ def train(net: Sequential, data, optimizer: str = "adam", epochs: int = 1, batch
           **hyperparameters) -> list[dict]:
     """Train net in place; return one row per epoch: base columns, epoch, measures, status.
 
-    As lenet_lib.train: "gd" is full-batch gradient descent (gradients of all batches weighted by size,
+    As lenet_lib.core.train: "gd" is full-batch gradient descent (gradients of all batches weighted by size,
     one step per epoch, every example exactly once whatever `batching` says); a non-finite training loss
     ends training after that epoch with status "diverged" and never raises.
     """

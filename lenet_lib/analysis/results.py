@@ -1,0 +1,171 @@
+"""Tidy results (one row per model x epoch), run manifests, and reading them back."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from lenet_lib.base.files import atomic_write
+
+IDENTITY = ("notebook", "run_id", "model_id", "seed", "epoch")
+MEASURES = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "epoch_seconds")
+ACCURACIES = ("train_acc", "val_acc", "test_acc")
+STATUSES = ("ok", "diverged")
+RUN_STATUSES = ("ok", "failed", "diverged")
+RESULTS_FILE = "results.parquet"
+MANIFEST_FILE = "manifest.json"
+
+
+def write_table(df: pd.DataFrame, path: str | Path) -> Path:
+    """Parquet or CSV by extension, atomically."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        return atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
+    if path.suffix == ".csv":
+        return atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
+    raise ValueError(f"table path {str(path)!r} is not valid; use a .parquet or .csv file")
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+
+
+def check_tidy(df: pd.DataFrame) -> pd.DataFrame:
+    """Raise ValueError if df breaks the tidy contract (../shared/DESIGN.md); return it unchanged."""
+    missing = [c for c in (*IDENTITY, *MEASURES, "status") if c not in df.columns]
+    if missing:
+        raise ValueError(f"tidy results lack column(s) {missing}")
+    if (df["epoch"] < 1).any():
+        raise ValueError("epochs are 1-based")
+    if df.duplicated(["run_id", "model_id", "epoch"]).any():
+        raise ValueError("tidy results repeat a (run_id, model_id, epoch) row")
+    for col in ACCURACIES:
+        bad = df[col].dropna()
+        if ((bad < 0) | (bad > 1)).any():
+            raise ValueError(f"{col} must be a fraction in [0, 1]")
+    bad_status = set(df["status"]) - set(STATUSES)
+    if bad_status:
+        raise ValueError(f"status {sorted(bad_status)} not valid; expected one of {list(STATUSES)}")
+    return df
+
+
+def tag(df: pd.DataFrame, notebook: str, run_id: str) -> pd.DataFrame:
+    """Identity columns first: notebook and run_id on every row."""
+    df = df.assign(notebook=notebook, run_id=run_id)
+    first = [c for c in IDENTITY if c in df.columns]
+    return df[first + [c for c in df.columns if c not in first]]
+
+
+def save_results(df: pd.DataFrame, output_dir: str | Path | None, notebook: str, run_id: str) -> pd.DataFrame:
+    """Tag, check and (when output_dir is given, i.e. under the runner) write results.parquet atomically."""
+    df = check_tidy(tag(df, notebook, run_id))
+    if output_dir is not None:
+        write_table(df, Path(output_dir) / RESULTS_FILE)
+    return df
+
+
+def save_table(df: pd.DataFrame, output_dir: str | Path | None, name: str, notebook: str, run_id: str) -> pd.DataFrame:
+    """A table beside the tidy results (e.g. "timing": one row per variant x timing round), tagged with
+    notebook and run_id and written atomically as <name>.parquet when output_dir is given."""
+    if not (isinstance(name, str) and name.isidentifier() and name != RESULTS_FILE.split(".")[0]):
+        raise ValueError(f"table name {name!r} is not valid; expected an identifier other than 'results'")
+    df = tag(df, notebook, run_id)
+    if output_dir is not None:
+        write_table(df, Path(output_dir) / f"{name}.parquet")
+    return df
+
+
+def git_commit(cwd: str | Path | None = None) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd or Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def provenance() -> dict:
+    """Where and with what a run was made."""
+    import torch
+    import torchvision
+    from lenet_lib import __version__
+    cuda = torch.cuda.is_available()
+    return {"lenet_lib": __version__, "git_commit": git_commit(), "python": platform.python_version(),
+            "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "device_name": torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu",
+            "cpu_count": os.cpu_count(), "gpu_count": torch.cuda.device_count() if cuda else 0,
+            "host": platform.node()}
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def make_manifest(parameters: dict, status: str, started: str, finished: str, seconds: float,
+                  profile: str | None = None, preset: str | None = None, error: str | None = None,
+                  **extra) -> dict:
+    if status not in RUN_STATUSES:
+        raise ValueError(f"status={status!r} is not valid; expected one of {list(RUN_STATUSES)}")
+    manifest = {"parameters": parameters, "profile": profile, "preset": preset, "status": status,
+                "started": started, "finished": finished, "seconds": round(seconds, 3),
+                "provenance": provenance(), **extra}
+    if error is not None:
+        manifest["error"] = error
+    return manifest
+
+
+def read_manifest(run_dir: str | Path) -> dict | None:
+    """The run's manifest, or None when the run is not done (no manifest yet)."""
+    path = Path(run_dir) / MANIFEST_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _run_columns(manifest: dict, table: pd.DataFrame) -> dict:
+    """Columns every row of a run gets when read back: the protocol (the preset it ran under), profile,
+    and the run's planned kernel path where a row does not say which kernels trained it."""
+    columns = {"protocol": manifest.get("preset"), "profile": manifest.get("profile")}
+    if "kernels" not in table:
+        columns["kernels"] = manifest.get("kernels")
+    return columns
+
+
+def read_runs(run_dirs) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(tidy results of all finished runs, one row per run with its manifest's status and timing).
+
+    Runs without a manifest are listed with status "missing"; failed runs keep their error. Result rows
+    get the run's protocol (its preset, None outside one) and profile from its manifest.
+    """
+    frames, runs = [], []
+    for run_dir in map(Path, run_dirs):
+        manifest = read_manifest(run_dir)
+        row = {"notebook": run_dir.parent.name, "run_id": run_dir.name, "run_dir": str(run_dir),
+               "status": "missing", "error": None, "seconds": float("nan"), "profile": None, "preset": None,
+               "threads": None, "kernels": None}
+        if manifest is not None:
+            row.update({k: manifest.get(k) for k in ("status", "error", "seconds", "profile", "preset", "threads",
+                                                     "kernels")})
+            results = run_dir / RESULTS_FILE
+            if manifest.get("status") in ("ok", "diverged") and results.exists():   # a failed run's rows stay out
+                table = read_table(results)
+                frames.append(table.assign(**_run_columns(manifest, table)))
+        runs.append(row)
+    results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*IDENTITY, *MEASURES])
+    return results, pd.DataFrame(runs)
+
+
+def read_tables(run_dirs, name: str) -> pd.DataFrame:
+    """Every finished run's <name>.parquet (save_table), with the run's protocol and profile; empty if none."""
+    frames = []
+    for run_dir in map(Path, run_dirs):
+        manifest = read_manifest(run_dir)
+        path = run_dir / f"{name}.parquet"
+        if manifest is not None and manifest.get("status") in ("ok", "diverged") and path.exists():
+            table = read_table(path)
+            frames.append(table.assign(**_run_columns(manifest, table)))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

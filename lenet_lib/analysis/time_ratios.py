@@ -1,0 +1,61 @@
+"""Time ratios between variants from the fair timing tables (core/timing.py: every variant timed alike, in
+turns) and from the NumPy-vs-torch forward times; pandas only. Notebooks show them, the verdicts judge them.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from lenet_lib.analysis.stats import Estimate, mean_estimate, paired_log_ratios
+from lenet_lib.analysis.tidy import matches
+
+JUDGING_IMPLEMENTATION = "torch"     # time claims: torch's own layers, what the reports ran
+SHOWN_IMPLEMENTATION = "lenet_lib"   # shown beside them, never judged
+
+
+def timing_log_ratios(timing: pd.DataFrame, where: dict, versus: dict,
+                      implementation: str = JUDGING_IMPLEMENTATION) -> pd.Series:
+    """log(seconds of `where`'s variant / seconds of `versus`'s), one value per run and timing round."""
+    if timing.empty:
+        return pd.Series(dtype=float)
+    rows = timing[timing["implementation"] == implementation] if "implementation" in timing else timing
+    rows = rows.assign(_side=np.where(matches(rows, where), "a", np.where(matches(rows, versus), "b", "")),
+                       _pair=rows["run_id"].astype(str) + ":" + rows["round"].astype(str))
+    return paired_log_ratios(rows[rows["_side"] != ""], "_side", "seconds", "b", pair_on="_pair")["log_ratio"]
+
+
+def timing_ratio(timing: pd.DataFrame, where: dict, versus: dict,
+                 implementation: str = JUDGING_IMPLEMENTATION) -> Estimate:
+    """The mean log time ratio of timing_log_ratios, paired by run and round."""
+    return mean_estimate(timing_log_ratios(timing, where, versus, implementation))
+
+
+def time_ratio_table(timing: pd.DataFrame, versus: dict, by: str = "label") -> pd.DataFrame:
+    """Each timed variant's training-step time relative to `versus`'s, per implementation: ratio (the
+    geometric mean over rounds), its 95 % CI, rounds, and ms per step."""
+    rows = []
+    for implementation in dict.fromkeys(timing["implementation"]) if len(timing) else []:
+        mine = timing[timing["implementation"] == implementation]
+        for label in dict.fromkeys(mine[by]):
+            e = timing_ratio(mine, {by: label}, versus, implementation)
+            lo, hi = e.ci()
+            rows.append({by: label, "implementation": implementation,
+                         "ms_per_step": 1e3 * mine.loc[mine[by] == label, "seconds"].median(),
+                         "ratio": math.exp(e.value) if e.n else 1.0, "ci_low": math.exp(lo) if e.n > 1 else math.nan,
+                         "ci_high": math.exp(hi) if e.n > 1 else math.nan, "rounds": e.n})
+    return pd.DataFrame(rows)
+
+
+def forward_log_ratios(forward_times: pd.DataFrame, batch: int = 1) -> pd.Series:
+    """log(NumPy's / torch's whole forward time per image), one value per run and timed repeat."""
+    if forward_times.empty:
+        return pd.Series(dtype=float)
+    rows = forward_times[forward_times["batch"] == batch]
+    sums = rows.groupby(["run_id", "repeat"])[["numpy_s", "torch_s"]].sum()
+    return np.log(sums["numpy_s"] / sums["torch_s"])
+
+
+def forward_ratio(forward_times: pd.DataFrame, batch: int = 1) -> Estimate:
+    return mean_estimate(forward_log_ratios(forward_times, batch))

@@ -1,0 +1,221 @@
+"""`make bench`: training images/s of the library's path against what the reports did, in the same run.
+
+Baseline ("reports"): torchvision MNIST through a DataLoader with ToTensor + Normalize per image,
+batch 128 shuffled, test evaluated through a DataLoader at batch 100, torch's own layers. Library:
+lenet_lib.core.train on the whole split held as one tensor. Same model (standard LeNet-5), same optimizer
+(SGD momentum 0.9, lr 0.05), same batch 128; each side timed over whole epochs including its test-set
+evaluation. The paths take turns epoch by epoch, so a busy moment of a shared CPU hits them alike.
+The reports' DataLoaders are also timed alone, without a model: the part of their epoch that holding the
+data as one tensor removes, and so the ceiling of that trick by itself.
+
+Per variant (the layers the presets use): training steps with lenet_lib's layers (fast/layers.py) and with
+torch's own, in turns in one run (timing.time_in_turns, random batches of the variant's shape), and the
+ratio per round with its 95 % CI; a last line gives the smallest and largest ratio and their spread.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+import torchvision
+from torchvision import transforms
+
+from lenet_lib.bench import ensemble as bench_ensemble
+from lenet_lib.fast import c_kernels
+from lenet_lib.core.data import DATASETS, DataSplits, prepare_data
+from lenet_lib.base.datafiles import data_root
+from lenet_lib.fast.layers import with_torch_layers
+from lenet_lib.core.models import build_model
+from lenet_lib.core.specs import TrainSpec
+from lenet_lib.analysis.stats import paired_log_ratios, t_interval
+from lenet_lib.core.timing import time_in_turns, training_step
+from lenet_lib.core.train import resolve_device, train
+
+
+@functools.lru_cache(maxsize=1)
+def _baseline_loaders(train_size: int | None):
+    """The reports' data path: per-image ToTensor + Normalize in DataLoaders (read from disk once)."""
+    info = DATASETS["mnist"]
+    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize(info.mean, info.std)])
+    train_set = torchvision.datasets.MNIST(str(data_root()), train=True, transform=tf)
+    test_set = torchvision.datasets.MNIST(str(data_root()), train=False, transform=tf)
+    if train_size:
+        train_set = torch.utils.data.Subset(train_set, range(train_size))
+    return (torch.utils.data.DataLoader(train_set, batch_size=128, shuffle=True),
+            torch.utils.data.DataLoader(test_set, batch_size=100, shuffle=False))
+
+
+def baseline_epoch_seconds(train_size: int | None, device: torch.device) -> float:
+    """One epoch the reports' way, torch's own layers, test set evaluated at the end."""
+    train_loader, test_loader = _baseline_loaders(train_size)
+    torch.manual_seed(0)
+    model = with_torch_layers(build_model()).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    start = time.perf_counter()
+    model.train()
+    for x, y in train_loader:
+        x, y = x.to(device), y.to(device)
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for x, y in test_loader:
+            correct += (model(x.to(device)).argmax(1) == y.to(device)).sum().item()
+    return time.perf_counter() - start
+
+
+def dataloader_epoch_seconds(train_size: int | None, device: torch.device) -> float:
+    """The reports' DataLoaders alone: every batch read and moved to the device, no model."""
+    train_loader, test_loader = _baseline_loaders(train_size)
+    start = time.perf_counter()
+    for loader in (train_loader, test_loader):
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+    return time.perf_counter() - start
+
+
+@functools.lru_cache(maxsize=1)
+def _library_data(train_size: int | None, device: torch.device):
+    return prepare_data("mnist", val_size=0, train_size=train_size, device=device)
+
+
+def library_epoch_seconds(train_size: int | None, device: torch.device, precision: str = "fp32") -> float:
+    """One epoch of lenet_lib.core.train, its test-set evaluation included."""
+    spec = TrainSpec(optimizer="momentum", lr=0.05, momentum=0.9, batch_size=128, epochs=1)
+    result = train(spec, _library_data(train_size, device), device=device, precision=precision, progress=False)
+    return float(result.history["epoch_seconds"].iloc[0])
+
+
+REPORTS, LIBRARY, DATA_ONLY = ("reports: DataLoader + ToTensor/Normalize", "lenet_lib: tensor + index batches (fp32)",
+                               "reports' DataLoaders alone (no model)")
+PATHS = {
+    REPORTS: baseline_epoch_seconds,
+    LIBRARY: library_epoch_seconds,
+    "lenet_lib: tensor + index batches (bf16 autocast)": functools.partial(library_epoch_seconds, precision="bf16"),
+    DATA_ONLY: dataloader_epoch_seconds,
+}
+
+
+def single_model(epochs: int, train_size: int | None, device: torch.device) -> pd.DataFrame:
+    """images/s per path, from its best and its median epoch; ratios against the reports' path."""
+    n = train_size or 60000
+    seconds = {path: [] for path in PATHS}
+    for _ in range(epochs):
+        for path, one_epoch in PATHS.items():
+            seconds[path].append(one_epoch(train_size, device))
+    table = pd.DataFrame([{"path": path, "images_per_s": n / min(s), "images_per_s_median": n / np.median(s),
+                           "epochs_timed": len(s)} for path, s in seconds.items()])
+    table["ratio_vs_reports"] = table["images_per_s"] / table["images_per_s"].iloc[0]
+    table["ratio_median"] = table["images_per_s_median"] / table["images_per_s_median"].iloc[0]
+    return table
+
+
+def time_split(table: pd.DataFrame, n: int) -> str:
+    """Where the reports' epoch goes (median epochs), and what the library's epoch is measured against."""
+    seconds = n / table.set_index("path")["images_per_s_median"]
+    reports, data_only, library = seconds[REPORTS], seconds[DATA_ONLY], seconds[LIBRARY]
+    model = reports - data_only
+    return (f"reports' epoch {reports:.2f} s = DataLoaders {data_only:.2f} s + model {model:.2f} s "
+            f"(torch's layers, test set included); lenet_lib's epoch {library:.2f} s, "
+            f"{model / library:.2f}x the reports' model part alone. Data at no cost and torch's layers would "
+            f"give {reports / model:.2f}x; 3x needs lenet_lib's epoch <= {reports / 3:.2f} s.")
+
+
+# label: (model and optimizer settings, batch size, input channels, input size); the presets' layers
+_R1 = dict(bn=True, optimizer="momentum", lr=0.05, momentum=0.9, weight_decay=5e-4)
+_R4 = dict(bn=True, bn_layers="conv", optimizer="sgd", lr=0.05)
+_R5 = dict(fc_activation="sigmoid", optimizer="adam", lr=1e-3)
+_MOMENTUM = dict(optimizer="momentum", lr=0.05, momentum=0.9)
+VARIANTS = {
+    "plain": (_MOMENTUM, 128, 1, 28),
+    "plain, batch 16": (_MOMENTUM, 16, 1, 28),
+    "dropout f6": ({**_MOMENTUM, "dropout": 0.5}, 128, 1, 28),
+    "BN after act, c1 (R1)": (_R1, 128, 1, 28),
+    "BN + dropout (R1)": ({**_R1, "dropout": 0.5}, 128, 1, 28),
+    "BN both convs (R4)": (_R4, 128, 1, 28),
+    "BN both + dropout (R4)": ({**_R4, "dropout": 0.5}, 128, 1, 28),
+    "BN after pool, 32x32, dropout 0.4, Adam (R2 II)": (dict(bn=True, bn_position="after_pool", dropout=0.4,
+                                                            optimizer="adam", lr=1e-3), 64, 1, 32),
+    "tanh, valid padding (R2 I)": (dict(activation="tanh", padding="valid", optimizer="sgd", lr=0.05), 64, 1, 28),
+    "sigmoid FC, batch 16 (R5)": (_R5, 16, 1, 28),
+    "sigmoid FC, batch 64 (R5)": (_R5, 64, 1, 28),
+    "BN before act + conv dropout, 3x32x32 (R3)": (dict(bn=True, bn_position="before_act", conv_dropout=0.5,
+                                                       optimizer="momentum", lr=0.01, momentum=0.9), 128, 3, 32),
+    "avg-pool": ({**_MOMENTUM, "pool": "avg"}, 128, 1, 28),
+}
+
+
+def _random_images(channels: int, size: int, n: int) -> DataSplits:
+    """Normal noise and random labels shaped like the variant's dataset: timing needs shapes, not digits."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(n, channels, size, size, generator=g), torch.randint(0, 10, (n,), generator=g)
+    empty = x[:0], y[:0]
+    return DataSplits(x, y, *empty, *empty, info={"in_channels": channels, "input_size": size, "num_classes": 10})
+
+
+def variant_table(rounds: int = 20, calls: int = 5, variants: dict | None = None) -> pd.DataFrame:
+    """Per variant: training images/s with lenet_lib's layers and torch's, and lenet_lib / torch speed with
+    its 95 % CI (per-round ratios of one run in turns, CPU)."""
+    variants = variants or VARIANTS
+    functions, keys, sizes = {}, {}, {}
+    for label, (settings, batch, channels, size) in variants.items():
+        spec = TrainSpec(batch_size=batch, **settings)
+        data = _random_images(channels, size, batch * calls)
+        batches = [torch.arange(i * batch, (i + 1) * batch) for i in range(calls)]
+        for implementation in ("lenet_lib", "torch"):
+            name = f"{label} [{implementation}]"
+            functions[name] = training_step(spec, data, implementation, batches)
+            keys[name] = (label, implementation)
+        sizes[label] = batch
+    table = time_in_turns(functions, rounds=rounds, calls=calls, progress=False)
+    table["label"] = [keys[name][0] for name in table["name"]]
+    table["implementation"] = [keys[name][1] for name in table["name"]]
+    rows = []
+    for label in variants:
+        own = table[table["label"] == label]
+        logs = paired_log_ratios(own, "implementation", "seconds", "lenet_lib")["log_ratio"]   # log(torch / ours)
+        lo, hi = t_interval(logs)
+        seconds = own.groupby("implementation")["seconds"].median()
+        rows.append({"variant": label, "batch": sizes[label],
+                     "lenet_lib_images_per_s": sizes[label] / seconds["lenet_lib"],
+                     "torch_images_per_s": sizes[label] / seconds["torch"], "ratio": float(np.exp(logs.mean())),
+                     "ci_low": float(np.exp(lo)), "ci_high": float(np.exp(hi))})
+    return pd.DataFrame(rows)
+
+
+def spread_line(table: pd.DataFrame) -> str:
+    low, high = table["ratio"].min(), table["ratio"].max()
+    return (f"lenet_lib / torch speed: min {low:.2f}x ({table.loc[table['ratio'].idxmin(), 'variant']}), "
+            f"max {high:.2f}x ({table.loc[table['ratio'].idxmax(), 'variant']}), spread {high / low - 1:.0%} "
+            f"(target: every variant >= 1.3x, spread <= 10 %)")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a 10k-image subset, 2 epochs (CI-sized)")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    device = resolve_device(args.device)
+    epochs, train_size = (2, 10000) if args.quick else (5, None)
+    print(f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}; {c_kernels.describe()}")
+    print(f"\n== One model: MNIST, LeNet-5, SGD momentum, batch 128, {epochs} epochs, "
+          f"{train_size or 60000} training images, test set evaluated each epoch ==")
+    table = single_model(epochs, train_size, device)
+    print(table.to_string(index=False, float_format="%.2f"))
+    print(time_split(table, train_size or 60000))
+    rounds, calls = (6, 3) if args.quick else (20, 5)
+    print(f"\n== Per variant: training steps, lenet_lib's layers vs torch's, in turns ({rounds} rounds of {calls}) ==")
+    variants = variant_table(rounds, calls)
+    print(variants.to_string(index=False, float_format="%.2f"))
+    print(spread_line(variants))
+    print("\n== Many models: batched ensemble vs one at a time ==")
+    print(bench_ensemble.run(quick=args.quick).to_string(index=False, float_format="%.2f"))
+

@@ -1,0 +1,224 @@
+"""Fused layers for training on CPU: a conv layer's whole tail as one layer, dropout's noise drawn faster.
+
+ConvTail runs [BatchNorm] activation [BatchNorm] [dropout] 2x2 pool through csrc/conv_tail.c: one C call
+forward, one backward. Dropout draws its noise through csrc/dropout_rng.c. layers.fuse_relu_max_pool
+builds them from a model's own layers; the module docstring of layers.py says what each buys.
+Where the kernels cannot run (no compiler, not x86-64, LENET_C_KERNELS=0, inputs other than contiguous
+float32 NCHW with even sides), the layers run the model's own modules one after another: torch's numbers.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.utils.deterministic
+from torch import nn
+
+from lenet_lib.fast import c_kernels
+
+# csrc/conv_tail.c's flags
+RELU, TANH, SIGMOID, BN_BEFORE, BN_AFTER, NOISE, AVG, BN_TRAIN = 1, 2, 4, 8, 16, 32, 64, 128
+ACTIVATIONS = {nn.ReLU: RELU, nn.Tanh: TANH, nn.Sigmoid: SIGMOID}
+BN_FIELDS = 4   # per channel: mean, invstd, alpha, beta
+
+
+def _ptr(t: torch.Tensor | None):
+    return None if t is None else t.data_ptr()
+
+
+def empty(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """torch.empty for a kernel's output, which the kernel writes whole: without the NaN fill that
+    deterministic mode (train.set_determinism) adds to every torch.empty, 5-50 us per tensor."""
+    if not torch.utils.deterministic.fill_uninitialized_memory or not torch.are_deterministic_algorithms_enabled():
+        return torch.empty(shape, dtype=dtype)
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    try:
+        return torch.empty(shape, dtype=dtype)
+    finally:
+        torch.utils.deterministic.fill_uninitialized_memory = True
+
+
+def _kernels_take(x: torch.Tensor) -> bool:
+    """Contiguous float32 NCHW on CPU with even height and width, and the C kernels loaded."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and x.is_contiguous()
+            and x.numel() > 0 and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0 and c_kernels.load() is not None)
+
+
+# -- dropout's noise ---------------------------------------------------------------------------------
+
+@functools.cache
+def _scale(p: float) -> float:
+    """ATen's noise.div_(1 - p) of a kept element, as a float32 value."""
+    return torch.ones(()).div_(1 - p).item()
+
+
+def _draw_keep(numel: int, q: float) -> torch.Tensor:
+    """uint8 1/0: torch.empty(numel).bernoulli_(q) drawn by the C kernel from torch's CPU generator."""
+    keep = empty(numel, dtype=torch.uint8)
+    state = torch.get_rng_state()
+    c_kernels.load().bernoulli_keep(state.data_ptr(), keep.data_ptr(), numel, math.ceil(q * 2.0 ** 53))
+    torch.set_rng_state(state)
+    return keep
+
+
+@functools.cache
+def _fast_noise_is_torchs() -> bool:
+    """Once per process: the C draws equal torch's bernoulli_ and leave its generator where torch does.
+    Sizes cross mt19937's 624-word refills at odd and even offsets; the caller's RNG state is restored."""
+    saved = torch.get_rng_state()
+    try:
+        torch.manual_seed(1234)
+        for numel, q in ((5, 0.5), (1000, 0.6), (313, 0.1), (2048, 0.9), (1, 0.5)):
+            before = torch.get_rng_state()
+            ours, after = _draw_keep(numel, q), torch.get_rng_state()
+            torch.set_rng_state(before)
+            theirs = torch.empty(numel).bernoulli_(q)
+            if not (torch.equal(ours.float(), theirs) and torch.equal(after, torch.get_rng_state())):
+                return False
+        return True
+    finally:
+        torch.set_rng_state(saved)
+
+
+def dropout_keep(numel: int, p: float) -> tuple[torch.Tensor, float]:
+    """Where nn.Dropout(p) keeps an element (uint8 1/0, flat) and the kept elements' scale: the numbers of
+    ATen's `torch.empty_like(x).bernoulli_(1 - p)`, from torch's default CPU generator, which ends where
+    ATen would leave it. The C kernel draws them when it is known to agree (else torch's bernoulli_)."""
+    if c_kernels.load() is not None and _fast_noise_is_torchs():
+        return _draw_keep(numel, 1 - p), _scale(p)
+    return torch.empty(numel).bernoulli_(1 - p).to(torch.uint8), _scale(p)
+
+
+class _Dropout(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
+        out = empty(*x.shape)
+        c_kernels.load().dropout_apply(x.data_ptr(), keep.data_ptr(), scale, out.data_ptr(), x.numel())
+        ctx.keep, ctx.scale = keep, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.contiguous()
+        grad_in = empty(*grad.shape)
+        c_kernels.load().dropout_apply(grad.data_ptr(), ctx.keep.data_ptr(), ctx.scale, grad_in.data_ptr(),
+                                       grad.numel())
+        return grad_in, None, None
+
+
+class Dropout(nn.Module):
+    """The model's nn.Dropout with its noise drawn by the C kernels: the same numbers (dropout_keep)."""
+
+    def __init__(self, dropout: nn.Dropout):
+        super().__init__()
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = self.dropout
+        if (not (d.training and 0 < d.p < 1) or x.device.type != "cpu" or x.dtype != torch.float32
+                or not x.is_contiguous() or c_kernels.load() is None):
+            return d(x)
+        keep, scale = dropout_keep(x.numel(), d.p)
+        return _Dropout.apply(x, keep, scale)
+
+
+# -- the conv tail -----------------------------------------------------------------------------------
+
+def fusable_bn(layer) -> bool:
+    """BatchNorm2d with weight, bias and running statistics: the kind the kernels compute."""
+    return type(layer) is nn.BatchNorm2d and layer.affine and layer.track_running_stats
+
+
+def _tail_forward(x: torch.Tensor, bn: nn.BatchNorm2d | None, flags: int, keep, scale: float,
+                  momentum: float, with_arg: bool):
+    """The kernel's forward pass: (output, where each max came from, BatchNorm's per-channel numbers,
+    the kernel's input: x, or tanh / sigmoid of x)."""
+    n, c, h, w = x.shape
+    src = torch.tanh(x) if flags & TANH else torch.sigmoid(x) if flags & SIGMOID else x
+    out = empty(n, c, h // 2, w // 2)
+    arg = empty(n, c, h // 2, w // 2, dtype=torch.uint8) if with_arg and not flags & AVG else None
+    stats = empty(c, BN_FIELDS) if bn is not None else None
+    weight, bias, running = (bn.weight, bn.bias, (bn.running_mean, bn.running_var)) if bn is not None else \
+        (None, None, (None, None))
+    c_kernels.load().tail_forward(src.data_ptr(), out.data_ptr(), _ptr(arg), _ptr(keep), scale, _ptr(stats),
+                                  _ptr(weight), _ptr(bias), _ptr(running[0]), _ptr(running[1]), momentum,
+                                  bn.eps if bn is not None else 0.0, n, c, h, w, flags)
+    return out, arg, stats, src
+
+
+class _Tail(torch.autograd.Function):
+    """ConvTail's C kernels; BatchNorm's weight and bias are inputs, so they get their gradients."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, bn, flags, keep, scale, momentum):
+        out, arg, stats, src = _tail_forward(x, bn, flags, keep, scale, momentum, with_arg=True)
+        ctx.saved = (src, arg, keep, stats, weight)
+        ctx.flags, ctx.scale = flags, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        src, arg, keep, stats, weight = ctx.saved
+        n, c, h, w = src.shape
+        grad = grad.contiguous()
+        grad_x = empty(n, c, h, w)
+        grad_w, grad_b = (empty(c), empty(c)) if stats is not None else (None, None)
+        c_kernels.load().tail_backward(src.data_ptr(), grad.data_ptr(), _ptr(arg), _ptr(keep), ctx.scale,
+                                       _ptr(stats), _ptr(weight), grad_x.data_ptr(), _ptr(grad_w), _ptr(grad_b),
+                                       n, c, h, w, ctx.flags)
+        return (grad_x, grad_w if ctx.needs_input_grad[1] else None, grad_b if ctx.needs_input_grad[2] else None,
+                None, None, None, None, None)
+
+
+class ConvTail(nn.Module):
+    """A conv layer's tail as one layer: [BatchNorm] activation [BatchNorm] [dropout] 2x2 pool.
+
+    `layers` are the model's own modules in order (so its parameters, running statistics and training
+    flags); at most one BatchNorm, before the activation only with ReLU. The same numbers as running them
+    one after another (BatchNorm's gradients to float rounding); layers.fuse_relu_max_pool builds it.
+    """
+
+    def __init__(self, layers: list[nn.Module]):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        kinds = [type(layer) for layer in layers]
+        act = next(i for i, kind in enumerate(kinds) if kind in ACTIVATIONS)
+        bns = [i for i, layer in enumerate(layers) if fusable_bn(layer)]
+        if len(bns) > 1 or (bns and bns[0] < act and kinds[act] is not nn.ReLU):
+            raise ValueError(f"not a tail the kernels compute: {kinds}")
+        self._bn = bns[0] if bns else None
+        self._drop = kinds.index(nn.Dropout) if nn.Dropout in kinds else None
+        self.flags = (ACTIVATIONS[kinds[act]] | (AVG if kinds[-1] is nn.AvgPool2d else 0)
+                      | ((BN_BEFORE if self._bn < act else BN_AFTER) if bns else 0))
+
+    def _one_by_one(self, x: torch.Tensor) -> torch.Tensor:
+        layers = list(self.layers)
+        if type(layers[-2]) is nn.ReLU and not self.flags & AVG:   # max-pool commutes with ReLU: pool first
+            for layer in layers[:-2]:
+                x = layer(x)
+            return torch.relu(layers[-1](x))
+        for layer in layers:
+            x = layer(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bn = self.layers[self._bn] if self._bn is not None else None
+        drop = self.layers[self._drop] if self._drop is not None else None
+        if not _kernels_take(x) or (bn is not None and (x.shape[1] != bn.num_features or bn.weight.dtype != x.dtype)):
+            return self._one_by_one(x)
+        flags, momentum = self.flags, 0.0
+        if bn is not None and bn.training:   # as nn.BatchNorm2d.forward
+            flags |= BN_TRAIN
+            bn.num_batches_tracked.add_(1)
+            momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+        keep, scale = None, 0.0
+        if drop is not None and drop.training and drop.p > 0:
+            if drop.p >= 1:
+                return self._one_by_one(x)
+            keep, scale = dropout_keep(x.numel(), drop.p)
+            flags |= NOISE
+        weight, bias = (bn.weight, bn.bias) if bn is not None else (None, None)
+        if torch.is_grad_enabled() and (x.requires_grad or (bn is not None and bn.weight.requires_grad)):
+            return _Tail.apply(x, weight, bias, bn, flags, keep, scale, momentum)
+        return _tail_forward(x, bn, flags, keep, scale, momentum, with_arg=False)[0]

@@ -1,0 +1,330 @@
+"""CPU speed tricks for LeNet-5's layers, all in one place: torch's numbers, less time.
+
+Measured on a 2-core CPU, batch 128 (`make bench` shows the effect on whole epochs):
+- MaxPool2d: ATen's CPU max_pool2d branches on every comparison; on unsorted values its forward and
+  backward take 1.8 ms for a 128x6x28x28 batch, three strided `torch.maximum` and their masks 0.64 ms.
+  Same values, and the gradient goes to the same element (the first maximum of the window in row-major
+  order, as ATen picks it), so training is bit-identical. Whole MNIST epochs: -2 % training time, and
+  test-set evaluation about twice as fast.
+- Conv2d (c3: 6 -> 16 channels): ATen's CPU convolution backward takes 1.19 ms for c3 at batch 128; the
+  same gradients as forward convolutions 0.92 ms: the weight gradient is a convolution of the input by
+  the output gradient (batch as channels), the input gradient a transposed convolution. They agree with
+  ATen's to float32 rounding (another summation order) and are as close to a float64 reference. Whole
+  epochs: -2 %. c1 keeps ATen's backward: with one or three input channels its weight gradient is
+  faster there. So does bf16 autocast, which casts inside ATen's convolution.
+- ReLU + max-pool, fused (fuse_relu_max_pool; train() uses it on CPU): about a quarter of a step went to
+  ReLU and pooling as separate ops, each reading and writing a whole activation. C kernels
+  (csrc/relu_maxpool.c: SSE2, OpenMP on torch's own thread pool, compiled on first use by c_kernels)
+  do each direction in one pass: forward + backward for c1's 128x6x28x28 in 0.26 ms against 0.73 ms for
+  ReLU and the tournament. Training steps 1.30-1.40x faster (20-step turns), whole epochs 1.25-1.35x;
+  bit-identical numbers. Without x86-64 or a C compiler: pooling first, then ReLU on a quarter of the
+  values (max-pool commutes with ReLU), 1.08x per step.
+- Every conv layer's tail, fused (fused.ConvTail; csrc/conv_tail.c): [BatchNorm] activation [BatchNorm]
+  [dropout] 2x2 max or average pool in one pass each way, BatchNorm's batch statistics included
+  (csrc/bn_stats.c). Covers BN after the activation in c1 or both convs (R1, R4), before it (R3), conv
+  dropout, tanh and sigmoid (R2 part I, R5) and avg-pool. BN after the pool (R2 part II) stays torch's
+  layer, on maps a quarter of the size. Same numbers to float rounding (BatchNorm sums in another order;
+  tests/test_fused.py against torch's layers and a float64 reference).
+- c1 and small c3 convolutions in C (csrc/conv1.c, csrc/conv3.c): oneDNN's per-call overhead dominates at
+  6 output maps and at batch 16-64; larger c3 keeps oneDNN forward and forward-convolution backward.
+- Dropout's noise (fused.Dropout, csrc/dropout_rng.c): torch's own mt19937 stream drawn 20x faster, the
+  same bits, checked against torch's bernoulli_ once per process (else torch draws).
+- Measured with `make bench` (per-variant table, training steps in turns, this 2-core CPU, 12 rounds):
+  lenet_lib / torch's own layers 1.41x (R5 sigmoid FC, batch 64) to 2.27x (R3 BN + conv dropout); plain
+  1.66x, R1 BN 1.91x, R4 BN 2.15x, R2 part I tanh 1.78x, avg-pool 1.75x. Every variant >= 1.3x, but the
+  spread is ~60 %, not 10 %: BN's tails gain most because ATen's BN is the slowest layer there. So training
+  seconds from runs are never used to compare variants: time claims come from timing.time_variants, which
+  times every variant with torch's own layers in turns.
+- Not sped up: the MLP (Linear layers only: ATen's BLAS matmuls, nothing to fuse) and the FC part of
+  LeNet-5 (c5/f6/out, the same); CUDA, where the layers call torch's own kernels (there one fused kernel
+  beats several small ones).
+
+Measured and left out (whole epochs of the standard LeNet-5 unless said):
+- channels_last with torch's layers: 1.14x per training step in 20-step turns, but whole epochs stayed
+  within this machine's noise; and CPU BatchNorm after ReLU loses precision in it (5e-5 relative error in
+  the forward, 7e-3 in gradients, against 5e-7 / 5e-6 in NCHW; float64 reference).
+- torch.compile (inductor, CPU): 10.1 vs 6.4 ms per step. bf16 autocast: slower, `make bench` shows it.
+- A C max-pool for channels_last (ctypes): 0.48 ms forward vs ATen's 0.60; no better than the tournament.
+  The fused kernel in plain C left to gcc's auto-vectorizer: 0.85x per step; SSE2 by hand is what pays.
+  Its planes split over Python threads instead of OpenMP: 1.22x per step against 1.31x. For scale,
+  ReLU and pooling that cost nothing (wrong numbers, right shapes) would give 1.41x.
+- Optimizer foreach, OMP_WAIT_POLICY=ACTIVE, glibc malloc thresholds: no measurable change.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from lenet_lib.fast import c_kernels
+from lenet_lib.fast.fused import ACTIVATIONS, ConvTail, Dropout, empty, fusable_bn
+
+
+class _MaxPool2x2(torch.autograd.Function):
+    """2x2 max pooling with stride 2 as a tournament: max of each row pair, then of the two rows.
+
+    The choices are kept as float 0/1 masks: CPU kernels on bool masks (where, masked_fill) are 5-30x
+    slower than a float multiply at these sizes.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        x00, x01, x10, x11 = _window_corners(x)
+        top, bottom = torch.maximum(x00, x01), torch.maximum(x10, x11)
+        # Strict ">" keeps the earlier element on ties: ATen's first maximum in row-major order.
+        right_top, right_bottom, take_bottom = ((x01 > x00).to(x.dtype), (x11 > x10).to(x.dtype),
+                                                (bottom > top).to(x.dtype))
+        ctx.save_for_backward(right_top, right_bottom, take_bottom)
+        ctx.input_shape = x.shape
+        return torch.maximum(top, bottom)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        right_top, right_bottom, take_bottom = ctx.saved_tensors
+        to_bottom = grad * take_bottom
+        to_top = grad * (1 - take_bottom)
+        grad_in = grad.new_zeros(ctx.input_shape)
+        g00, g01, g10, g11 = _window_corners(grad_in)
+        torch.mul(to_top, 1 - right_top, out=g00)
+        torch.mul(to_top, right_top, out=g01)
+        torch.mul(to_bottom, 1 - right_bottom, out=g10)
+        torch.mul(to_bottom, right_bottom, out=g11)
+        return grad_in
+
+
+def _window_corners(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Views of the top-left, top-right, bottom-left and bottom-right element of every 2x2 window.
+
+    Floor mode, as nn.MaxPool2d: an odd last row or column belongs to no window.
+    """
+    h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
+    return x[..., 0:h:2, 0:w:2], x[..., 0:h:2, 1:w:2], x[..., 1:h:2, 0:w:2], x[..., 1:h:2, 1:w:2]
+
+
+class _Conv2dForwardBackward(torch.autograd.Function):
+    """conv2d (stride 1, no dilation, one group) for training: c1 (6 maps from 1 or 3) by csrc/conv1.c both
+    ways; c3 by ATen forward and forward convolutions backward, or csrc/conv3.c where that is faster."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int):
+        ctx.save_for_backward(x, weight)
+        ctx.padding, ctx.has_bias = padding, bias is not None
+        ctx.c1, ctx.c3 = _c1_kernels_take(x, weight, padding), _c3_kernels_take(x, weight, padding)
+        n, c, h, w = x.shape
+        k = weight.shape[-1]
+        if ctx.c1 or (ctx.c3 and _small(x, weight)):
+            out = empty(n, weight.shape[0], h + 2 * padding - k + 1, w + 2 * padding - k + 1)
+            run = c_kernels.load().conv1_forward if ctx.c1 else c_kernels.load().conv3_forward
+            run(x.data_ptr(), weight.contiguous().data_ptr(), None if bias is None else bias.contiguous().data_ptr(),
+                out.data_ptr(), n, c, h, w, k, padding if ctx.c1 else weight.shape[0])
+            return out
+        return F.conv2d(x, weight, bias, padding=padding)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        n, c, h, w = x.shape
+        k, maps = weight.shape[-1], weight.shape[0]
+        grad_x = grad_weight = grad_bias = None
+        if ctx.c1 or ctx.c3:
+            grad = grad.contiguous()
+        if ctx.needs_input_grad[0] and ctx.c3:
+            grad_x = empty(n, c, h, w)
+            c_kernels.load().conv3_input_grad(grad.data_ptr(), weight.contiguous().data_ptr(), grad_x.data_ptr(),
+                                              n, c, h, w, k, maps)
+        elif ctx.needs_input_grad[0]:
+            grad_x = F.conv_transpose2d(grad, weight, padding=ctx.padding)
+        if (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]) and (ctx.c1 or (ctx.c3 and _small(x, weight))):
+            grad_weight, grad_bias = empty(*weight.shape), empty(maps)
+            if ctx.c1:
+                c_kernels.load().conv_weight_grad(x.data_ptr(), grad.data_ptr(), grad_weight.data_ptr(),
+                                                  grad_bias.data_ptr(), n, c, h, w, k, ctx.padding)
+            else:
+                c_kernels.load().conv3_weight_grad(x.data_ptr(), grad.data_ptr(), grad_weight.data_ptr(),
+                                                   grad_bias.data_ptr(), n, c, h, w, k, maps)
+            return grad_x, grad_weight, grad_bias if ctx.has_bias else None, None
+        if ctx.needs_input_grad[1]:
+            # sum over batch and positions of grad[n, o, p] * x[n, c, p + k]: batch becomes the channel axis
+            grad_weight = F.conv2d(x.transpose(0, 1), grad.transpose(0, 1), padding=ctx.padding).transpose(0, 1)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad.sum((0, 2, 3))
+        return grad_x, grad_weight, grad_bias, None
+
+
+FAST_BACKWARD_MIN_IN_CHANNELS = 6   # below this (c1: 1 or 3 channels) ATen's backward beats forward convolutions
+C3_SMALL = 4096   # images x output positions up to which csrc/conv3.c's forward and weight gradient beat oneDNN's
+
+
+def _c_kernels_take(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (x.dtype == torch.float32 and weight.dtype == torch.float32 and x.dim() == 4 and x.is_contiguous()
+            and weight.shape[-1] == weight.shape[-2] and c_kernels.load() is not None)
+
+
+def _c1_kernels_take(x: torch.Tensor, weight: torch.Tensor, padding: int) -> bool:
+    """c1's shape for csrc/conv1.c: 6 maps, square kernel <= 5, output rows of 16 or more."""
+    return (_c_kernels_take(x, weight) and weight.shape[0] == 6 and weight.shape[-1] <= 5
+            and x.shape[-1] + 2 * padding - weight.shape[-1] + 1 >= 16)
+
+
+def _c3_kernels_take(x: torch.Tensor, weight: torch.Tensor, padding: int) -> bool:
+    """c3's shape for csrc/conv3.c: no padding, <= 16 maps, <= 400 taps, output rows <= 16, <= 112 positions."""
+    ho, wo = x.shape[-2] - weight.shape[-1] + 1, x.shape[-1] - weight.shape[-1] + 1
+    return (padding == 0 and weight.shape[0] <= 16 and weight[0].numel() <= 400 and 0 < wo <= 16
+            and ho * wo <= 112 and _c_kernels_take(x, weight))
+
+
+def _small(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return x.shape[0] * (x.shape[-2] - weight.shape[-1] + 1) * (x.shape[-1] - weight.shape[-1] + 1) <= C3_SMALL
+
+
+def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int) -> torch.Tensor:
+    """F.conv2d(x, weight, bias, padding=padding) with stride 1; faster training on CPU (module docstring)."""
+    if (x.device.type == "cpu" and torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad)
+            and not torch.is_autocast_enabled("cpu")
+            and (weight.shape[1] >= FAST_BACKWARD_MIN_IN_CHANNELS or _c1_kernels_take(x, weight, padding))):
+        return _Conv2dForwardBackward.apply(x, weight, bias, padding)
+    return F.conv2d(x, weight, bias, padding=padding)
+
+
+class Conv2d(nn.Conv2d):
+    """nn.Conv2d; stride-1, single-group convolutions (LeNet-5's) go through conv2d above."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (self.stride == (1, 1) and self.dilation == (1, 1) and self.groups == 1
+                and self.padding_mode == "zeros" and isinstance(self.padding, tuple)
+                and self.padding[0] == self.padding[1]):
+            return conv2d(x, self.weight, self.bias, self.padding[0])
+        return super().forward(x)
+
+
+def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
+    """F.max_pool2d(x, 2), faster on CPU (see the module docstring)."""
+    if x.device.type != "cpu":
+        return F.max_pool2d(x, 2)
+    if not torch.is_grad_enabled() or not x.requires_grad:
+        x00, x01, x10, x11 = _window_corners(x)
+        return torch.maximum(torch.maximum(x00, x01), torch.maximum(x10, x11))
+    return _MaxPool2x2.apply(x)
+
+
+def _is_2x2(pool: nn.Module) -> bool:
+    """A max-pool with 2x2 windows, stride 2, no padding: LeNet-5's."""
+    return (isinstance(pool, nn.MaxPool2d) and pool.kernel_size in (2, (2, 2)) and pool.stride in (2, (2, 2))
+            and pool.padding in (0, (0, 0)) and pool.dilation in (1, (1, 1)) and not pool.ceil_mode
+            and not pool.return_indices)
+
+
+class MaxPool2d(nn.MaxPool2d):
+    """nn.MaxPool2d; the 2x2, stride-2 case that LeNet-5 uses goes through max_pool_2x2."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return max_pool_2x2(x) if _is_2x2(self) else super().forward(x)
+
+
+class _ReLUMaxPool2x2(torch.autograd.Function):
+    """relu then 2x2 max-pool by the C kernels in csrc/relu_maxpool.c: one pass forward, one backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        out = empty(n, c, h // 2, w // 2)
+        arg = empty(n, c, h // 2, w // 2, dtype=torch.uint8)   # where each output's gradient goes
+        c_kernels.load().relu_maxpool2x2_forward(x.data_ptr(), out.data_ptr(), arg.data_ptr(), n * c, h, w)
+        ctx.save_for_backward(arg)
+        ctx.input_shape = x.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (arg,), (n, c, h, w) = ctx.saved_tensors, ctx.input_shape
+        grad = grad.contiguous()
+        grad_in = empty(*ctx.input_shape)
+        c_kernels.load().relu_maxpool2x2_backward(grad.data_ptr(), arg.data_ptr(), grad_in.data_ptr(), n * c, h, w)
+        return grad_in
+
+
+def relu_max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
+    """F.max_pool2d(torch.relu(x), 2), the same numbers bit for bit, faster on CPU (module docstring)."""
+    if (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and x.is_contiguous()
+            and c_kernels.load() is not None):
+        return _ReLUMaxPool2x2.apply(x)
+    # Max-pool commutes with ReLU (values and gradients): pooling first gives ReLU a quarter of the work.
+    return torch.relu(max_pool_2x2(x))
+
+
+class ReLUMaxPool2d(nn.Module):
+    """ReLU followed by a 2x2, stride-2 max-pool, as one layer (see fuse_relu_max_pool)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return relu_max_pool_2x2(x)
+
+
+def _is_avg_2x2(pool: nn.Module) -> bool:
+    return (type(pool) is nn.AvgPool2d and pool.kernel_size in (2, (2, 2)) and pool.stride in (2, (2, 2))
+            and pool.padding in (0, (0, 0)) and not pool.ceil_mode and pool.divisor_override is None)
+
+
+def _tail_at(children: list[tuple[str, nn.Module]], i: int) -> int:
+    """How many layers from i on make a tail that fused.ConvTail computes (0: none):
+    [BatchNorm] activation [BatchNorm] [dropout] 2x2 max or average pool, one BatchNorm at most."""
+    layers = [layer for _, layer in children[i:i + 5]]
+    j = 0
+    bn_before = j < len(layers) and fusable_bn(layers[j])
+    j += bn_before
+    if j >= len(layers) or type(layers[j]) not in ACTIVATIONS or (bn_before and type(layers[j]) is not nn.ReLU):
+        return 0
+    j += 1
+    j += not bn_before and j < len(layers) and fusable_bn(layers[j])
+    j += j < len(layers) and type(layers[j]) is nn.Dropout
+    return j + 1 if j < len(layers) and (_is_2x2(layers[j]) or _is_avg_2x2(layers[j])) else 0
+
+
+def fuse_relu_max_pool(model: nn.Module) -> nn.Module:
+    """model for training on CPU: each conv layer's tail as one layer, each other dropout drawing faster.
+
+    A tail is [BatchNorm] activation [BatchNorm] [dropout] then a 2x2 max or average pool (fused.ConvTail;
+    a ReLU right before a max-pool alone: ReLUMaxPool2d). Returns a new nn.Sequential holding model's own
+    layers (so its parameters, buffers and training flags): the pool's name holds the fused layer, the
+    other names of the tail an Identity; the same numbers (BatchNorm's gradients to float rounding).
+    model itself keeps its layers, so feature maps by name (forward_features) still see each one.
+    Anything else (not a Sequential, nothing to fuse) comes back as model.
+    """
+    if not isinstance(model, nn.Sequential):
+        return model
+    layers, fused, children = [], False, list(model.named_children())
+    i = 0
+    while i < len(children):
+        name, layer = children[i]
+        count = _tail_at(children, i)
+        if count:
+            run = [child for _, child in children[i:i + count]]
+            one = ReLUMaxPool2d() if count == 2 and type(run[0]) is nn.ReLU and _is_2x2(run[1]) else ConvTail(run)
+            layers += [(n, one if k == count - 1 else nn.Identity()) for k, (n, _) in enumerate(children[i:i + count])]
+            fused, i = True, i + count
+            continue
+        layers.append((name, Dropout(layer) if type(layer) is nn.Dropout else layer))
+        fused |= type(layer) is nn.Dropout
+        i += 1
+    return nn.Sequential(OrderedDict(layers)) if fused else model
+
+
+def with_torch_layers(model: nn.Module) -> nn.Module:
+    """model with torch's own Conv2d and MaxPool2d in place of the ones above, sharing their parameters.
+
+    For comparisons: `make bench` times the reports' way with it, the tests check the layers against it.
+    """
+    for name, child in model.named_children():
+        if type(child) is Conv2d:
+            # built on "meta": no initialization, so torch's generator (dropout's noise later) is left alone
+            plain = nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size, padding=child.padding,
+                              bias=child.bias is not None, device="meta")
+            plain.weight, plain.bias = child.weight, child.bias
+            setattr(model, name, plain)
+        elif type(child) is MaxPool2d:
+            setattr(model, name, nn.MaxPool2d(child.kernel_size, child.stride, child.padding, child.dilation,
+                                              ceil_mode=child.ceil_mode))
+        else:
+            with_torch_layers(child)
+    return model

@@ -1,0 +1,404 @@
+"""How runs execute: one per-run function (papermill on one notebook, manifest written last) and two
+executors that call it, a local pool of worker processes and a Dask cluster, behind one small interface:
+
+    with LocalExecutor(jobs, log_dir) as executor:      # or DaskExecutor(scheduler, jobs)
+        for task, outcome in executor.imap(execute_run, tasks):
+            ...                                         # outcome: fn(task)'s return value, or the
+                                                        # exception that lost the run (worker killed, ...)
+
+The runner decides what to run (cache, resume); this module only runs it. Dask is imported lazily.
+
+A run executes into a staging folder next to its run folder and replaces it only once its manifest is
+written, so an interrupted re-run (--force, then Ctrl-C) leaves the finished run as it was.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+
+from lenet_lib.base import files, progress
+from lenet_lib.analysis import results
+
+KERNEL = "python3"
+EXECUTED_FILE = "executed.ipynb"
+LOG_FILE = "run.log"
+SCRATCH_ENV = "LENET_WORKER_SCRATCH"
+STOP_SECONDS = 20          # how long stopped workers get to shut their kernels down before they are killed
+# jupyter_client starts sys.executable for a kernelspec whose argv[0] is one of these.
+_PYTHON_ALIASES = {"python", f"python{sys.version_info[0]}", "python{}.{}".format(*sys.version_info[:2])}
+
+
+class ExecutorError(RuntimeError):
+    """The executor could not start (dask missing, scheduler unreachable, no kernel): nothing ran."""
+
+
+class NoResultsError(RuntimeError):
+    """A notebook finished without writing results.parquet."""
+
+
+@dataclass(frozen=True)
+class RunTask:
+    """One matrix cell: plain data, so it pickles to worker processes and Dask workers."""
+    notebook: str
+    notebook_path: str              # absolute; workers on other machines need the same path
+    run_id: str
+    run_dir: str                    # absolute
+    parameters: dict                # as injected: output_dir and run_id included
+    profile: str | None = None
+    preset: str | None = None
+    env: dict = field(default_factory=dict)     # set for the kernel, e.g. LENET_DATA as an absolute path
+    threads: int = 1                # CPU threads of the kernel: part of the run's identity (see runner)
+    kernels: str = "c"              # the kernel path planned (base/kernel_path.py): also part of it
+
+    @property
+    def label(self) -> str:
+        return f"{self.notebook}/{self.run_id}"
+
+    @property
+    def staging_dir(self) -> Path:
+        """Where the run executes before it replaces run_dir (a hidden sibling)."""
+        return Path(self.run_dir).with_name(f".{self.run_id}.partial")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str                     # ok, diverged or failed (a manifest says so)
+    error: str | None
+    seconds: float
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:          # not Linux
+        return os.cpu_count() or 1
+
+
+def describe_error(exc: BaseException) -> str:
+    """'Name: message', with the kernel's exception (not papermill's wrapper) for a failing cell."""
+    if hasattr(exc, "ename") and hasattr(exc, "evalue"):    # papermill.PapermillExecutionError
+        return f"{exc.ename}: {exc.evalue}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def ensure_kernel() -> str:
+    """Make kernel "python3" start this interpreter, so kernels import this environment's lenet_lib.
+
+    A venv's own spec comes first (jupyter_core prefers it); when the spec is missing, or a user-level
+    one would start another Python, install the environment's spec into sys.prefix (idempotent).
+    """
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    def here(spec) -> bool:
+        exe = spec.argv[0]
+        return exe in _PYTHON_ALIASES or os.path.abspath(exe) == os.path.abspath(sys.executable)
+
+    try:
+        if here(KernelSpecManager().get_kernel_spec(KERNEL)):
+            return KERNEL
+    except NoSuchKernel:
+        pass
+    from ipykernel.kernelspec import install
+    os.environ["JUPYTER_PREFER_ENV_PATH"] = "1"     # the environment's spec over a user-level one
+    install(kernel_name=KERNEL, prefix=sys.prefix)
+    spec = KernelSpecManager().get_kernel_spec(KERNEL)
+    if not here(spec):
+        raise ExecutorError(f"kernel {KERNEL!r} ({spec.resource_dir}) starts {spec.argv[0]}, not "
+                            f"{sys.executable}; remove that kernelspec or run "
+                            f"`{sys.executable} -m ipykernel install --sys-prefix --name {KERNEL}`")
+    return KERNEL
+
+
+def set_kernel_environment(threads: int, env: dict | None = None) -> None:
+    """Kernels inherit this process's environment: one BLAS/OpenMP pool of `threads` per kernel.
+
+    Not restored afterwards: on a Dask worker several runs may start at once, and every one sets the
+    same values, so leaving them in place is what keeps them right.
+    """
+    os.environ.update({k: str(v) for k, v in (env or {}).items()})
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+
+
+def run_papermill(notebook, output, parameters: dict | None, cwd, log_path) -> nbformat.NotebookNode:
+    """Execute `notebook` into `output` (None: not written); the kernel's stdout/stderr go to log_path."""
+    import papermill
+    logging.getLogger("papermill").setLevel(logging.ERROR)   # its INFO lines and the "Black" warning
+    with open(log_path, "w") as log:
+        return papermill.execute_notebook(
+            str(notebook), None if output is None else str(output), parameters=parameters,
+            kernel_name=ensure_kernel(), progress_bar=False, stdout_file=log, stderr_file=log,
+            # The kernel's working folder, set through nbclient: papermill's cwd= chdirs this whole
+            # process, which races between the threads of a Dask worker.
+            resources={"metadata": {"path": str(cwd)}},
+            # ipykernel warns on every start that local TCP is unencrypted, and logs the interrupt that
+            # jupyter_client sends every kernel it shuts down: keep terminals readable.
+            extra_arguments=["--IPKernelApp.log_level=CRITICAL"])
+
+
+def results_status(run_dir: Path) -> str:
+    path = run_dir / results.RESULTS_FILE
+    if not path.exists():
+        raise NoResultsError(f"the notebook finished without writing {path.name}; it must call "
+                             f"save_results(..., output_dir, ...) with the injected output_dir")
+    statuses = results.read_table(path)["status"]
+    return "diverged" if (statuses == "diverged").any() else "ok"
+
+
+def execute_run(task: RunTask) -> Outcome:
+    """Execute one matrix cell into its staging folder, write its manifest there (last, atomically: what
+    marks a run done), then put it in place of the run folder. A run killed before that leaves the run
+    folder as it was (finished or absent) and runs again next time."""
+    run_dir, staging = Path(task.run_dir), task.staging_dir
+    previous = run_dir.with_name(f".{task.run_id}.previous")
+    if previous.exists() and not run_dir.exists():     # killed between the two renames below
+        previous.rename(run_dir)
+    for leftover in (staging, previous):
+        if leftover.exists():
+            shutil.rmtree(leftover)
+    staging.mkdir(parents=True)
+    started, clock = results.now(), time.perf_counter()
+    error = None
+    try:
+        set_kernel_environment(task.threads, {**task.env, progress.ENV: str(staging / progress.FILE)})
+        run_papermill(task.notebook_path, staging / EXECUTED_FILE, {**task.parameters, "output_dir": str(staging)},
+                      cwd=Path(task.notebook_path).parent, log_path=staging / LOG_FILE)
+        status = results_status(staging)
+    except Exception as exc:        # the run failed; KeyboardInterrupt and friends leave it undone
+        status, error = "failed", describe_error(exc)
+    seconds = time.perf_counter() - clock
+    manifest = results.make_manifest(task.parameters, status, started, results.now(), seconds,
+                                     profile=task.profile, preset=task.preset, error=error,
+                                     notebook=task.notebook, run_id=task.run_id, threads=task.threads,
+                                     kernels=task.kernels)
+    files.write_json(manifest, staging / results.MANIFEST_FILE)
+    if run_dir.exists():
+        run_dir.rename(previous)
+    staging.rename(run_dir)
+    shutil.rmtree(previous, ignore_errors=True)
+    return Outcome(status, error, round(seconds, 3))
+
+
+def refresh_notebook(path: str, threads: int) -> Outcome:
+    """Execute a notebook in place with its own defaults (the stored outputs nbval compares).
+
+    Written only on success, atomically, without papermill's and nbclient's timing metadata, so an
+    unchanged notebook gives an unchanged file.
+    """
+    path = Path(path)
+    clock = time.perf_counter()
+    try:
+        set_kernel_environment(threads)
+        nb = run_papermill(path, None, None, cwd=path.parent, log_path=os.devnull)
+    except Exception as exc:
+        return Outcome("failed", describe_error(exc), round(time.perf_counter() - clock, 3))
+    nb.metadata.pop("papermill", None)
+    for cell in nb.cells:
+        cell.metadata.pop("papermill", None)
+        cell.metadata.pop("execution", None)
+    files.atomic_write(path, lambda tmp: nbformat.write(nb, tmp))
+    return Outcome("ok", None, round(time.perf_counter() - clock, 3))
+
+
+# ---------------------------------------------------------------- the local pool of worker processes
+class WorkerLost(RuntimeError):
+    """A worker process ended without an answer (killed, out of memory, ...)."""
+
+
+class LocalExecutor:
+    """Runs side by side in `jobs` worker processes on this machine; each run starts its own kernel.
+
+    Workers are plain subprocesses (`python -m lenet_lib.running.executors`), each in its own session: a worker
+    and its kernel hear about a Ctrl-C or a SIGTERM from this process, which stops them and waits for them
+    to shut their kernels down (so no connection files are left). No multiprocessing locks or semaphores,
+    so a SIGKILL leaves nothing in /dev/shm; on Linux a worker whose parent dies is sent SIGTERM.
+    Each worker's own output (the kernel's log lines among it) goes to log_dir, not the terminal.
+    """
+    name = "local"
+
+    def __init__(self, jobs: int, log_dir: str | Path | None = None):
+        self.jobs = jobs
+        self.log_dir = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="lenet-workers-"))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def describe(self) -> str:
+        return f"local executor, {self.jobs} job(s)"
+
+    def imap(self, fn, tasks):
+        """Yield (task, outcome) as runs finish; fn(task) runs in a worker process."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        waiting, running = list(enumerate(tasks)), {}
+        try:
+            while waiting or running:
+                while waiting and len(running) < self.jobs:
+                    number, task = waiting.pop(0)
+                    running[number] = (task, *self._start(fn, task, number))
+                for number, (task, proc, job, answer, log) in list(running.items()):
+                    if proc.poll() is None:
+                        continue
+                    del running[number]
+                    yield task, self._outcome(proc, answer, log)
+                    for path in (job, answer):
+                        path.unlink(missing_ok=True)
+                time.sleep(0.05)
+        finally:
+            _stop([entry[1] for entry in running.values()])
+            for _, _, job, answer, _ in running.values():
+                job.unlink(missing_ok=True)
+                answer.unlink(missing_ok=True)
+
+    def _start(self, fn, task, number: int):
+        job = self.log_dir / f"job-{os.getpid()}-{number}.pkl"
+        answer, log = job.with_suffix(".answer"), self.log_dir / f"worker-{number}.log"
+        job.write_bytes(pickle.dumps((fn, task)))
+        # the worker's own temporary folder: jupyter_client writes kernel connection files to $TMPDIR,
+        # and the worker removes the folder when it ends, however it ends
+        scratch = Path(tempfile.mkdtemp(prefix=f"worker-{number}-", dir=self.log_dir))
+        with open(log, "w") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "lenet_lib.running.executors", str(job), str(answer),
+                                     str(os.getpid())],
+                                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True, env={**os.environ, "TMPDIR": str(scratch),
+                                                                 SCRATCH_ENV: str(scratch)})
+        return proc, job, answer, log
+
+    @staticmethod
+    def _outcome(proc, answer: Path, log: Path):
+        if proc.returncode == 0 and answer.exists():
+            return pickle.loads(answer.read_bytes())      # fn's value, or the exception it raised
+        tail = " ".join(log.read_text(errors="replace").split()[-40:]) if log.exists() else ""
+        return WorkerLost(f"worker exited with code {proc.returncode}" + (f": ... {tail}" if tail else ""))
+
+
+def _stop(procs: list) -> None:
+    """SIGTERM each worker (it shuts its kernel down), then wait; SIGKILL what is left after STOP_SECONDS."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_SECONDS
+    for proc in procs:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _worker_main(job: str, answer: str, parent: str) -> int:
+    """A worker process: run the pickled (fn, task); pickle its result, or the exception it raised."""
+    if sys.platform.startswith("linux"):      # SIGTERM when the runner dies, even by SIGKILL
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)     # PR_SET_PDEATHSIG
+        if os.getppid() != int(parent):        # it died before the line above
+            return 1
+    signal.signal(signal.SIGTERM, signal.default_int_handler)     # as a Ctrl-C: papermill cleans up
+    fn, task = pickle.loads(Path(job).read_bytes())
+    try:
+        outcome = fn(task)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:        # noqa: BLE001 - any failure is the task's outcome
+        outcome = exc
+    finally:                        # kernel connection files among it; the kernel follows its worker out
+        if os.environ.get(SCRATCH_ENV):
+            shutil.rmtree(os.environ[SCRATCH_ENV], ignore_errors=True)
+    files.atomic_write(answer, lambda tmp: Path(tmp).write_bytes(pickle.dumps(outcome)))
+    return 0
+
+
+# ---------------------------------------------------------------- Dask
+def _run_on_worker(fn, task):
+    return fn(task)
+
+
+class DaskExecutor:
+    """Runs as Dask tasks: on the cluster at `scheduler`, or on a LocalCluster of `jobs` processes.
+
+    Every worker must see the repository and the outputs folder at the same paths as this machine
+    (a shared filesystem) and have the same lenet_lib installed. Workers started with
+    `--resources GPU=1` get one run per GPU at a time.
+    """
+    name = "dask"
+
+    def __init__(self, scheduler: str | None = None, jobs: int = 1, connect_timeout: float = 30):
+        try:
+            import distributed
+        except ImportError:
+            raise ExecutorError("--executor dask needs dask.distributed: pip install -e '.[dask]'") from None
+        self.cluster = None
+        try:
+            if scheduler:
+                self.client = distributed.Client(scheduler, timeout=connect_timeout)
+            else:
+                self.cluster = distributed.LocalCluster(
+                    n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None,
+                    silence_logs=logging.ERROR)
+                self.client = distributed.Client(self.cluster)
+            self.client.wait_for_workers(1, timeout=connect_timeout)
+        except (OSError, TimeoutError) as exc:
+            self.close()
+            raise ExecutorError(f"could not reach a Dask scheduler with workers at "
+                                f"{scheduler or 'a LocalCluster'}: {describe_error(exc)}") from None
+        workers = self.client.scheduler_info(n_workers=-1)["workers"]
+        self.gpus = sum(w.get("resources", {}).get("GPU", 0) for w in workers.values())
+        self.address = self.client.scheduler.address
+        self.n_workers = len(workers)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def close(self) -> None:
+        if getattr(self, "client", None) is not None:
+            self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+    def describe(self) -> str:
+        gpu = f", GPU resources: {self.gpus:g} (one run per GPU)" if self.gpus else ""
+        return f"dask executor at {self.address}, {self.n_workers} worker(s){gpu}"
+
+    def imap(self, fn, tasks):
+        """Yield (task, outcome) as runs finish; each task is fn(task) on some worker."""
+        import distributed
+        resources = {"GPU": 1} if self.gpus else None
+        futures = {self.client.submit(_run_on_worker, fn, task, resources=resources,
+                                      key=f"lenet-run-{task.notebook}-{task.run_id}"): task
+                   for task in tasks}
+        try:
+            for future in distributed.as_completed(futures):
+                yield futures[future], _outcome_of(future)
+        finally:
+            self.client.cancel(list(futures))
+
+
+def _outcome_of(future):
+    """The future's result, or the exception that lost it (a killed worker, a broken pool, ...)."""
+    try:
+        return future.result()
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:    # asyncio's CancelledError is a BaseException
+        return exc
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main(*sys.argv[1:4]))

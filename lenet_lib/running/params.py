@@ -1,0 +1,370 @@
+"""params/*.yaml: read, check against each notebook's parameters cell, expand into matrix cells.
+
+Everything a user can get wrong here (YAML, keys, notebook and preset names, parameter names, types and
+values) raises ConfigError naming the bad thing and the valid ones, before anything runs.
+"""
+from __future__ import annotations
+
+import ast
+import difflib
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from lenet_lib.base.validate import check_parameters
+
+PROFILES = ("quick", "default", "full")
+PROFILES_FILE = "profiles.yaml"         # params/profiles.yaml: how each profile runs the presets
+PROFILE_KEYS = ("verdicts", "protocol_parameters")
+FILE_KEYS = ("notebook", "title", "parameters", "profiles", "presets")
+BLOCK_KEYS = ("matrix", "parameters")
+PRESET_KEYS = ("matrix", "parameters", "profiles", "reading", "published")
+FIGURE_KEYS = ("figure", "value", "metric", "epoch", "where", "versus", "reference", "rounded", "note")
+METRICS = ("test_acc", "train_acc", "val_acc", "time_ratio", "forward_ratio", "parameters")
+RATIO_METRICS = ("time_ratio", "forward_ratio")
+INJECTED = ("output_dir", "run_id")       # set by the runner for every run
+_UNKNOWN = object()     # a default that is not a literal (e.g. 2 ** 10): its type is not checked
+
+
+class ConfigError(ValueError):
+    """A user error in params/, on the command line or in a notebook's parameters cell."""
+
+
+@dataclass
+class NotebookParams:
+    name: str
+    title: str
+    file: Path                      # params/<name>.yaml
+    path: Path                      # notebooks/<name>.ipynb
+    parameters: dict                # the file's fixed parameters
+    blocks: dict                    # "profile quick" / "preset R1" -> {"matrix": ..., "parameters": ...}
+    defaults: dict = None           # the parameters cell: name -> default value
+    presets: dict = None            # preset name -> {"reading": str, "published": [figure, ...],
+                                    #                 "profiles": {profile: parameters}}
+
+
+@dataclass
+class Profile:
+    """params/profiles.yaml: one profile's scale for the seed reports' protocols (the presets)."""
+    name: str
+    verdicts: bool                  # False: a smoke run, whose claims table gives no verdicts
+    protocol_parameters: dict       # applied to a preset's runs where the notebook has the parameter
+
+
+def listing(values) -> str:
+    return ", ".join(map(str, values)) or "(none)"
+
+
+def did_you_mean(name, valid) -> str:
+    close = difflib.get_close_matches(str(name), list(map(str, valid)), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, but a key given twice in one mapping is an error (not "the last one wins")."""
+
+
+def _unique_mapping(loader, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def read_yaml(path: Path):
+    try:
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with keys {listing(FILE_KEYS)}, got {type(data).__name__}")
+    return data
+
+
+def notebook_defaults(path: Path) -> dict:
+    """{parameter: default value} of the notebook's `parameters` cell (_UNKNOWN when not a literal)."""
+    import papermill
+    defaults = {}
+    for name, info in papermill.inspect_notebook(str(path)).items():
+        try:
+            defaults[name] = ast.literal_eval(info["default"])
+        except (ValueError, SyntaxError, TypeError):
+            defaults[name] = _UNKNOWN
+    return defaults
+
+
+def _check_type(where: str, name: str, value, default) -> None:
+    """value must have the type of the notebook's default (an int is fine for a float).
+
+    A None default takes anything; a None value passes too (null means "all" or "off", e.g.
+    train_size: null), and check_parameters decides whether the parameter allows it.
+    """
+    if default is None or default is _UNKNOWN or value is None:
+        return
+    if isinstance(default, bool) or isinstance(value, bool):
+        ok = isinstance(default, bool) and isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float))
+    elif isinstance(default, (list, tuple)):
+        ok = isinstance(value, (list, tuple))
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        hint = ""
+        if isinstance(value, str):
+            try:
+                float(value)
+                hint = " (YAML reads numbers like 1e-3 as strings: write 1.0e-3)"
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: {name}={value!r} has type {type(value).__name__}, but the notebook's "
+                          f"default {default!r} has type {type(default).__name__}{hint}")
+
+
+def _check_names(where: str, parameters: dict, defaults: dict, nb_path: Path) -> None:
+    """Every name is in the notebook's parameters cell (and not injected), every value of its type."""
+    for name, value in parameters.items():
+        if name in INJECTED:
+            raise ConfigError(f"{where}: {name} is set by the runner; remove it")
+        if name not in defaults:
+            raise ConfigError(f"{where}: parameter {name!r} is not in the parameters cell of {nb_path}"
+                              f"{did_you_mean(name, defaults)}; valid names: "
+                              f"{listing(sorted(set(defaults) - set(INJECTED)))}")
+        _check_type(where, name, value, defaults[name])
+
+
+def _check_block(file: Path, label: str, block, defaults: dict, fixed: dict, nb_path: Path,
+                 keys=BLOCK_KEYS) -> dict:
+    """Check one profile/preset block; return it as {"matrix": {...}, "parameters": {...}} (and, for a
+    preset, its other keys as given)."""
+    where = f"{file}: {label}"
+    block = {} if block is None else block
+    if not isinstance(block, dict):
+        raise ConfigError(f"{where}: expected a mapping with keys {listing(keys)}")
+    unknown = [k for k in block if k not in keys]
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {listing(unknown)}; valid keys: {listing(keys)}")
+    matrix, parameters = block.get("matrix") or {}, block.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise ConfigError(f"{where}: parameters must be a mapping of name: value")
+    if not isinstance(matrix, dict) or not all(isinstance(v, list) and v for v in matrix.values()):
+        raise ConfigError(f"{where}: matrix must map each name to a non-empty list of values")
+    _check_names(where, parameters, defaults, nb_path)
+    for name, values in matrix.items():
+        for value in values:
+            _check_names(where, {name: value}, defaults, nb_path)
+    for combination in expand(matrix):
+        try:
+            check_parameters({**fixed, **parameters, **combination})
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    return {**block, "matrix": matrix, "parameters": parameters}
+
+
+def _check_figures(where: str, figures) -> list[dict]:
+    """A preset's published figures (the reproduction scorecard's rows): keys, metrics and values."""
+    if figures is None:
+        return []
+    if not isinstance(figures, list):
+        raise ConfigError(f"{where}: published must be a list of figures")
+    for i, figure in enumerate(figures):
+        at = f"{where}: published[{i}]"
+        if not isinstance(figure, dict):
+            raise ConfigError(f"{at}: expected a mapping with keys {listing(FIGURE_KEYS)}")
+        unknown = [k for k in figure if k not in FIGURE_KEYS]
+        if unknown:
+            raise ConfigError(f"{at}: unknown key(s) {listing(unknown)}; valid keys: {listing(FIGURE_KEYS)}")
+        for key in ("figure", "value", "metric"):
+            if key not in figure:
+                raise ConfigError(f"{at}: {key} is required")
+        if figure["metric"] not in METRICS:
+            raise ConfigError(f"{at}: metric={figure['metric']!r} is not valid; choose one of {listing(METRICS)}"
+                              f"{did_you_mean(figure['metric'], METRICS)}")
+        numbers = ["value"] + [k for k in ("reference", "rounded") if k in figure]
+        for key in numbers:
+            value = figure[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"{at}: {key}={value!r} is not valid; expected a number >= 0")
+        ratio = figure["metric"] in RATIO_METRICS
+        if ratio != ("reference" in figure):
+            raise ConfigError(f"{at}: metric {figure['metric']} " + (
+                "needs reference (the published value of the variant it is divided by)" if ratio else
+                "takes no reference (only time_ratio and forward_ratio do)"))
+        for key in ("where", "versus"):
+            if not isinstance(figure.get(key, {}), dict):
+                raise ConfigError(f"{at}: {key} must map column names to values")
+        if figure["metric"] == "time_ratio" and "versus" not in figure:
+            raise ConfigError(f"{at}: metric time_ratio needs versus (the variant it is divided by)")
+        epoch = figure.get("epoch", "final")
+        if epoch not in ("final", "best") and not (isinstance(epoch, int) and not isinstance(epoch, bool)
+                                                   and epoch >= 1):
+            raise ConfigError(f"{at}: epoch={epoch!r} is not valid; expected 'final', 'best' or an epoch "
+                              f"number >= 1")
+    return figures
+
+
+def load_notebook_params(file: Path, notebooks_dir: Path) -> NotebookParams:
+    data = read_yaml(file)
+    unknown = [k for k in data if k not in FILE_KEYS]
+    if unknown:
+        raise ConfigError(f"{file}: unknown key(s) {listing(unknown)}; valid keys: {listing(FILE_KEYS)}")
+    name = data.get("notebook")
+    if name != file.stem:
+        raise ConfigError(f"{file}: notebook: {name!r} must name the notebook of this file, {file.stem!r}")
+    nb_path = notebooks_dir / f"{name}.ipynb"
+    if not nb_path.exists():
+        raise ConfigError(f"{file}: notebook {nb_path} does not exist")
+    defaults = notebook_defaults(nb_path)
+    missing = [p for p in INJECTED if p not in defaults]
+    if missing:
+        raise ConfigError(f"{nb_path}: its parameters cell must define {listing(missing)} (the runner injects "
+                          f"output_dir and run_id; see CONTRIBUTING.md)")
+    fixed = _check_block(file, "parameters", {"parameters": data.get("parameters")}, defaults, {}, nb_path)
+    fixed = fixed["parameters"]
+    profiles, presets = data.get("profiles") or {}, data.get("presets") or {}
+    if not isinstance(profiles, dict) or not isinstance(presets, dict):
+        raise ConfigError(f"{file}: profiles and presets must be mappings of name: block")
+    absent = [p for p in PROFILES if p not in profiles]
+    extra = [p for p in profiles if p not in PROFILES]
+    if absent or extra:
+        what = f"missing profile(s) {listing(absent)}" if absent else f"unknown profile(s) {listing(extra)}"
+        raise ConfigError(f"{file}: {what}; every file defines exactly {listing(PROFILES)}")
+    blocks, preset_info = {}, {}
+    for block_name, block in profiles.items():
+        blocks[f"profile {block_name}"] = _check_block(file, f"profile {block_name}", block, defaults, fixed,
+                                                       nb_path)
+    for block_name, block in presets.items():
+        label = f"preset {block_name}"
+        checked = _check_block(file, label, block, defaults, fixed, nb_path, keys=PRESET_KEYS)
+        scales = checked.pop("profiles", None) or {}
+        if not isinstance(scales, dict) or any(p not in PROFILES for p in scales):
+            raise ConfigError(f"{file}: {label}: profiles must map some of {listing(PROFILES)} to parameters")
+        for profile_name, overrides in scales.items():
+            if not isinstance(overrides, dict):
+                raise ConfigError(f"{file}: {label}: profiles.{profile_name} must be a mapping of name: value")
+            _check_names(f"{file}: {label}: profiles.{profile_name}", overrides, defaults, nb_path)
+        reading = checked.pop("reading", "") or ""
+        if not isinstance(reading, str):
+            raise ConfigError(f"{file}: {label}: reading must be text")
+        figures = _check_figures(f"{file}: {label}", checked.pop("published", None))
+        blocks[label] = checked
+        preset_info[block_name] = {"reading": " ".join(reading.split()), "published": figures,
+                                   "profiles": scales}
+    return NotebookParams(name, str(data.get("title") or name), file, nb_path, fixed, blocks,
+                          defaults, preset_info)
+
+
+def load_params(params_dir: Path, notebooks_dir: Path) -> dict[str, NotebookParams]:
+    """Every params/<notebook>.yaml, fully checked (all profiles and presets, each preset at every
+    profile's scale), by notebook name."""
+    files = sorted(f for f in Path(params_dir).glob("*.yaml") if f.name != PROFILES_FILE)
+    if not files:
+        raise ConfigError(f"no params files (*.yaml) in {params_dir}")
+    params = {f.stem: load_notebook_params(f, Path(notebooks_dir)) for f in files}
+    profiles = load_profiles(params_dir)
+    for nb in params.values():                  # every preset run of every profile passes the checks
+        for label in nb.blocks:
+            if label.startswith("preset "):
+                for profile in PROFILES:
+                    run_parameters(nb, label, profile, profiles)
+    return params
+
+
+def load_profiles(params_dir: Path) -> dict[str, Profile]:
+    """params/profiles.yaml, checked: quick, default and full, each with verdicts and protocol_parameters."""
+    path = Path(params_dir) / PROFILES_FILE
+    if not path.exists():
+        raise ConfigError(f"{path} does not exist; it says how each profile ({listing(PROFILES)}) runs the "
+                          f"presets (see CONTRIBUTING.md)")
+    data = read_yaml(path)
+    absent, extra = [p for p in PROFILES if p not in data], [p for p in data if p not in PROFILES]
+    if absent or extra:
+        what = f"missing profile(s) {listing(absent)}" if absent else f"unknown profile(s) {listing(extra)}"
+        raise ConfigError(f"{path}: {what}; the file defines exactly {listing(PROFILES)}")
+    profiles = {}
+    for name in PROFILES:
+        block = data[name] or {}
+        if not isinstance(block, dict) or any(k not in PROFILE_KEYS for k in block):
+            raise ConfigError(f"{path}: {name}: expected a mapping with keys {listing(PROFILE_KEYS)}")
+        verdicts, parameters = block.get("verdicts", True), block.get("protocol_parameters") or {}
+        if not isinstance(verdicts, bool):
+            raise ConfigError(f"{path}: {name}: verdicts={verdicts!r} is not valid; expected true or false")
+        if not isinstance(parameters, dict):
+            raise ConfigError(f"{path}: {name}: protocol_parameters must be a mapping of name: value")
+        try:
+            check_parameters(parameters)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: {name}: {exc}") from None
+        profiles[name] = Profile(name, verdicts, parameters)
+    return profiles
+
+
+def run_parameters(nb: NotebookParams, label: str, profile: str, profiles: dict[str, Profile]) -> list[dict]:
+    """The parameters of each run of one block, in matrix order.
+
+    Merge order: notebook defaults < the file's parameters < the block's parameters < (presets only) the
+    profile's protocol_parameters that the notebook has < the preset's own profiles.<profile> < the matrix
+    combination. So a preset keeps its protocol and a profile changes only its scale (seeds; data and
+    epochs for the quick smoke run).
+    """
+    block = nb.blocks[label]
+    scale = {}
+    if label.startswith("preset "):
+        own = nb.presets[label.split(" ", 1)[1]]["profiles"].get(profile, {})
+        scale = {k: v for k, v in profiles[profile].protocol_parameters.items() if k in nb.defaults}
+        where = f"{nb.file}: {label} at profile {profile}"
+        _check_names(where, scale, nb.defaults, nb.path)
+        scale.update(own)
+    runs = []
+    for combination in expand(block["matrix"]):
+        parameters = {**nb.parameters, **block["parameters"], **scale, **combination}
+        if scale:
+            try:
+                check_parameters(parameters)
+            except ValueError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+        runs.append(parameters)
+    return runs
+
+
+def expand(matrix: dict) -> list[dict]:
+    """The cartesian product of the matrix, in file order: one dict per run."""
+    return [dict(zip(matrix, values)) for values in itertools.product(*matrix.values())]
+
+
+def select(params: dict[str, NotebookParams], only, profile, preset) -> list[tuple[NotebookParams, str]]:
+    """(notebook, block label) for every block that runs.
+
+    Without a preset, a profile runs every notebook's own block of that profile and every preset (at the
+    profile's scale); with one, only the notebooks' blocks of that preset run."""
+    names = list(params)
+    for name in only or []:
+        if name not in params:
+            raise ConfigError(f"unknown notebook {name!r} in --only{did_you_mean(name, names)}; "
+                              f"valid: {listing(names)}")
+    chosen = [params[n] for n in names if not only or n in only]
+    if preset is None:
+        return [(p, label) for p in chosen for label in p.blocks
+                if label == f"profile {profile}" or label.startswith("preset ")]
+    defined = {}        # preset -> the notebooks that define it
+    for p in params.values():
+        for block_name in p.presets:
+            defined.setdefault(block_name, []).append(p.name)
+    label = f"preset {preset}"
+    selected = [(p, label) for p in chosen if label in p.blocks]
+    if not selected:
+        known = "; ".join(f"{k} ({', '.join(v)})" for k, v in sorted(defined.items()))
+        scope = f" among {listing(only)}" if only and preset in defined else ""
+        raise ConfigError(f"preset {preset!r} is not defined{scope}; presets defined: {known or '(none)'}")
+    return selected

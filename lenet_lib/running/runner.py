@@ -1,0 +1,388 @@
+"""The runner: a checked matrix of papermill runs (params.py) -> cached run folders -> index -> report.
+
+A run is done once its manifest exists (executors.execute_run writes it last); done runs are skipped,
+the rest (never run, killed, failed) run. User errors raise ConfigError before the first kernel starts.
+"""
+from __future__ import annotations
+
+import fcntl
+import functools
+import hashlib
+import json
+import os
+import socket
+import sys
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+import nbformat
+
+from lenet_lib.base import datafiles, files, progress
+from lenet_lib.base.kernel_path import planned_kernel_path
+from lenet_lib.analysis import results
+from lenet_lib.running.executors import DaskExecutor, LocalExecutor, RunTask, cpu_count, describe_error, execute_run, \
+    refresh_notebook, run_papermill, set_kernel_environment
+from lenet_lib.running.params import PROFILES, ConfigError, did_you_mean, expand, listing, load_params, load_profiles, \
+    run_parameters, select
+
+LIBRARY_DIR = Path(__file__).resolve().parents[1]
+REPO_ROOT = LIBRARY_DIR.parent
+SUMMARY = "summary"
+DONE = ("ok", "diverged")
+
+
+# ---------------------------------------------------------------- planning: run ids and folders
+# Which code can change what a notebook computes is decided by folder (CONTRIBUTING.md): everything in
+# lenet_lib except the subpackages that plan, execute, summarize or benchmark runs. Editing those does not
+# re-train anything (the summary's own cache still hashes the whole library).
+NOT_IN_RUNS = ("running", "summary", "bench")
+
+
+def library_hash(for_runs: bool = False) -> str:
+    """The .py files and C kernels (.c, .h) of lenet_lib, path and bytes; for_runs leaves out NOT_IN_RUNS's folders."""
+    h = hashlib.sha256()
+    for path in sorted([*LIBRARY_DIR.rglob("*.py"), *LIBRARY_DIR.rglob("*.c"), *LIBRARY_DIR.rglob("*.h")]):
+        relative = path.relative_to(LIBRARY_DIR)
+        if for_runs and (relative.parts[0] in NOT_IN_RUNS or relative == Path("__main__.py")):
+            continue
+        h.update(str(relative).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def notebook_source_hash(path: Path) -> str:
+    """Cell sources only: stored outputs are regenerated and must not change a run's id."""
+    nb = nbformat.read(str(path), as_version=4)
+    text = json.dumps([[cell.cell_type, cell.source] for cell in nb.cells])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def make_run_id(notebook: str, parameters: dict, nb_hash: str, lib_hash: str, threads: int = 1,
+                kernels: str = "c") -> str:
+    """What a run's numbers depend on: its parameters, the code, CPU threads (float sums) and the kernel
+    path (base/kernel_path.py: C kernels, PyTorch fallback or CUDA agree to float rounding only)."""
+    key = json.dumps({"notebook": notebook, "parameters": parameters, "notebook_sources": nb_hash,
+                      "library": lib_hash, "threads": threads, "kernels": kernels}, sort_keys=True, default=repr)
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def plan(selected, outputs: Path, profile, profiles, threads: int = 1) -> list[RunTask]:
+    """One RunTask per run of every selected block (params.run_parameters), once per run id: a preset
+    run that another block also plans runs once."""
+    lib_hash, tasks, seen = library_hash(for_runs=True), [], set()
+    # Kernels run elsewhere (another cwd, another machine): pin the data folder as an absolute path.
+    env = {"LENET_DATA": str(Path(os.environ.get("LENET_DATA", REPO_ROOT / "data")).expanduser().resolve())}
+    for nb, label in selected:
+        nb_hash = notebook_source_hash(nb.path)
+        preset = label.split(" ", 1)[1] if label.startswith("preset ") else None
+        for parameters in run_parameters(nb, label, profile, profiles):
+            kernels = planned_kernel_path(parameters.get("device", "auto"), {**os.environ, **env})
+            run_id = make_run_id(nb.name, parameters, nb_hash, lib_hash, threads, kernels)
+            if run_id in seen:
+                continue
+            seen.add(run_id)
+            run_dir = (outputs / "runs" / nb.name / run_id).resolve()
+            injected = {**parameters, "output_dir": str(run_dir), "run_id": run_id}
+            tasks.append(RunTask(nb.name, str(nb.path.resolve()), run_id, str(run_dir), injected,
+                                 profile, preset, env, threads, kernels))
+    return tasks
+
+
+def is_done(task: RunTask) -> bool:
+    try:
+        manifest = results.read_manifest(task.run_dir)
+    except (OSError, ValueError):
+        return False
+    return manifest is not None and manifest.get("status") in DONE
+
+
+# ---------------------------------------------------------------- the report command
+def default_jobs() -> int:
+    return 1 if planned_kernel_path() == "cuda" else min(2, cpu_count())
+
+
+def kernel_threads(executor: str, jobs: int, threads: int | None) -> int:
+    """CPU threads per kernel. Locally the cores are split between the jobs; on Dask, 1 unless asked.
+
+    Float sums in torch's CPU kernels depend on the thread count, so it is part of a run's identity
+    (make_run_id) and recorded in its manifest: two reports that split the cores alike share their runs.
+    """
+    if threads is not None:
+        return threads
+    return max(1, cpu_count() // jobs) if executor == "local" else 1
+
+
+def make_executor(executor: str, jobs: int, scheduler: str | None, log_dir: Path):
+    if executor == "dask":
+        return DaskExecutor(scheduler, jobs)
+    return LocalExecutor(jobs, log_dir)
+
+
+def execute(tasks: list[RunTask], all_tasks: list[RunTask], cached: set, executor, out) -> dict:
+    """Run tasks through the executor with a progress bar; {label: exception} for runs that were lost."""
+    lost = {}
+    print(f"report: {len(tasks)} run(s) to execute on the {executor.describe()}", file=out)
+    bar = progress.ReportBar(all_tasks, cached, out)
+    try:
+        for task, outcome in executor.imap(execute_run, tasks):
+            if isinstance(outcome, BaseException):
+                lost[task.label] = outcome
+            bar.run_finished(task)
+    finally:
+        bar.close()
+    return lost
+
+
+def data_problems(tasks: list[RunTask]) -> dict[str, str]:
+    """{run_id: why} for runs whose dataset is not in the data folder (checked once per dataset)."""
+    root = tasks[0].env.get("LENET_DATA") if tasks else None
+    verdict, problems = {}, {}
+    for task in tasks:
+        p = task.parameters
+        for dataset in [p["dataset"]] if isinstance(p.get("dataset"), str) else list(p.get("datasets") or []):
+            if dataset not in verdict:
+                verdict[dataset] = datafiles.needs(dataset, root) if dataset in datafiles.LAYOUT else None
+            if verdict[dataset]:
+                problems[task.run_id] = verdict[dataset]
+    return problems
+
+
+def index_entries(tasks: list[RunTask], lost: dict, skipped: dict | None = None) -> list[dict]:
+    entries = []
+    for task in tasks:
+        if task.run_id in (skipped or {}):
+            entries.append({"notebook": task.notebook, "run_id": task.run_id, "run_dir": task.run_dir,
+                            "parameters": task.parameters, "preset": task.preset, "status": "skipped",
+                            "error": skipped[task.run_id], "seconds": None})
+            continue
+        manifest = results.read_manifest(task.run_dir) or {}
+        error = manifest.get("error") or (describe_error(lost[task.label]) if task.label in lost else None)
+        entries.append({"notebook": task.notebook, "run_id": task.run_id, "run_dir": task.run_dir,
+                        "parameters": task.parameters, "preset": task.preset,
+                        "status": manifest.get("status", "missing"),
+                        "error": error, "seconds": manifest.get("seconds")})
+    return entries
+
+
+def write_index(path: Path, index: dict) -> None:
+    """Atomically; left as it is when only its time stamp would change (keeps the report cache valid)."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        old = None
+    if old is None or {**old, "created": None} != json.loads(json.dumps({**index, "created": None}, default=str)):
+        files.write_json(index, path)
+
+
+def build_report(summary_nb: Path, outputs: Path, profile, preset, force: bool) -> bool:
+    """summary.ipynb -> outputs/summary.ipynb -> outputs/report.html; False when the cache was valid."""
+    index_path, html_path, stamp_path = outputs / "index.json", outputs / "report.html", outputs / ".report.stamp"
+    stamp = hashlib.sha256((index_path.read_text() + notebook_source_hash(summary_nb) + library_hash()
+                            + repr((profile, preset))).encode()).hexdigest()
+    if not force and html_path.exists() and stamp_path.exists() and stamp_path.read_text() == stamp:
+        return False
+    stamp_path.unlink(missing_ok=True)
+    html_path.unlink(missing_ok=True)        # a report.html that exists is a current one
+    running, executed = outputs / ".summary.running.ipynb", outputs / "summary.ipynb"
+    parameters = {"index_path": str(index_path.resolve()), "profile": profile, "preset": preset}
+    # In a worker process like the runs, so the kernel's own log lines stay out of the terminal.
+    [(_, outcome)] = LocalExecutor(1, outputs / ".logs").imap(
+        run_summary, [(str(summary_nb), str(running), parameters, str(outputs / "summary.log"))])
+    if running.exists():
+        os.replace(running, executed)
+    if isinstance(outcome, BaseException):
+        raise RuntimeError(f"the summary notebook failed: {describe_error(outcome)} (see {executed})")
+    from nbconvert import HTMLExporter
+    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    html, _ = exporter.from_notebook_node(nbformat.read(str(executed), as_version=4),
+                                          resources={"metadata": {"name": "LeNet-5 experiment report"}})
+    files.atomic_write(html_path, lambda tmp: Path(tmp).write_text(html, encoding="utf-8"))
+    stamp_path.write_text(stamp)
+    return True
+
+
+def run_summary(job) -> None:
+    """In a worker process: execute the summary notebook (its failure is raised to the runner)."""
+    summary_nb, running, parameters, log_path = job
+    set_kernel_environment(cpu_count())
+    run_papermill(summary_nb, running, parameters, cwd=Path(summary_nb).parent, log_path=log_path)
+
+
+def protocols(selected) -> dict:
+    """{preset: {notebook: {"reading": ..., "published": [...]}}} of the selected presets, for the summary."""
+    found = {}
+    for nb, label in selected:
+        if label.startswith("preset "):
+            name = label.split(" ", 1)[1]
+            info = nb.presets[name]
+            found.setdefault(name, {})[nb.name] = {"reading": info["reading"], "published": info["published"]}
+    return found
+
+
+def summary_line(entries: list[dict], cached: set) -> str:
+    counts = {s: [e for e in entries if e["status"] == s] for s in ("ok", "diverged", "failed", "missing",
+                                                                     "skipped")}
+    n_cached = sum(1 for e in counts["ok"] if e["run_id"] in cached)
+    parts = [f"{len(counts['ok'])} ok ({n_cached} cached)"]
+    if counts["diverged"]:
+        parts.append(f"{len(counts['diverged'])} diverged")
+    if counts["skipped"]:
+        reasons = sorted({e["error"] for e in counts["skipped"]})
+        parts.append(f"{len(counts['skipped'])} skipped ({'; '.join(reasons)})")
+    for status, word in (("failed", "failed"), ("missing", "not finished")):
+        if counts[status]:
+            listed = ", ".join(f"{e['notebook']}/{e['run_id']} ({_short(e['error'])})" for e in counts[status])
+            parts.append(f"{len(counts[status])} {word}: {listed}")
+    return f"report: {len(entries)} run{'' if len(entries) == 1 else 's'}: " + ", ".join(parts)
+
+
+def _short(error, limit=160) -> str:
+    lines = (error or "").strip().splitlines()
+    first = lines[0] if lines else "no manifest"
+    return first if len(first) <= limit else first[:limit - 3] + "..."
+
+
+def check_options(profile, executor, scheduler, jobs, threads) -> None:
+    if profile not in PROFILES:
+        raise ConfigError(f"profile {profile!r} is not valid; choose one of {listing(PROFILES)}")
+    if executor not in ("local", "dask"):
+        raise ConfigError(f"executor {executor!r} is not valid; choose local or dask")
+    if scheduler and executor != "dask":
+        raise ConfigError("--scheduler needs --executor dask")
+    for name, value in (("--jobs", jobs), ("--threads", threads)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ConfigError(f"{name} {value!r} is not valid; expected a positive integer")
+
+
+def writable_outputs(outputs: Path) -> None:
+    """The outputs folder exists (made here) and takes a file; else a ConfigError naming it."""
+    try:
+        outputs.mkdir(parents=True, exist_ok=True)
+        probe = outputs / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"--outputs {outputs}: cannot write there ({exc.strerror or exc}); choose a folder "
+                          f"you can write to") from None
+
+
+@contextmanager
+def outputs_lock(outputs: Path, out):
+    """One report at a time per outputs folder: a second one says who holds it and waits for it."""
+    path = outputs / ".lock"
+    with open(path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another report"
+            print(f"report: {outputs} is in use by {holder}; waiting for it to finish", file=out, flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()} on {socket.gethostname()} since {results.now()} "
+                   f"({' '.join(sys.argv[1:]) or 'report'})")
+        lock.flush()
+        try:
+            yield
+        finally:
+            lock.seek(0)
+            lock.truncate()
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def report(profile: str | None = None, preset: str | None = None, only=None, jobs: int | None = None,
+           force: bool = False, outputs=None, executor: str = "local", scheduler: str | None = None,
+           make_report: bool = True, params_dir=None, notebooks_dir=None, out=None,
+           threads: int | None = None) -> int:
+    """The `report` command; returns the exit code (0 all done, 1 a run or the summary failed).
+
+    Raises ConfigError (exit 2) before anything runs when the input is wrong.
+    """
+    out = out or sys.stderr
+    params_dir = Path(params_dir or REPO_ROOT / "params")
+    notebooks_dir = Path(notebooks_dir or REPO_ROOT / "notebooks")
+    outputs = Path(outputs or REPO_ROOT / "outputs").resolve()
+    profile = profile or "default"
+    check_options(profile, executor, scheduler, jobs, threads)
+    summary_nb = notebooks_dir / f"{SUMMARY}.ipynb"
+    if make_report and not summary_nb.exists():
+        raise ConfigError(f"{summary_nb} does not exist; the report needs it (or pass --no-report)")
+    selected = select(load_params(params_dir, notebooks_dir), only, profile, preset)
+    profiles = load_profiles(params_dir)
+    jobs = jobs or (default_jobs() if executor == "local" else 2)
+    tasks = plan(selected, outputs, profile, profiles, kernel_threads(executor, jobs, threads))
+    skipped = data_problems(tasks)
+    if skipped and len(skipped) == len(tasks):
+        raise ConfigError("nothing can run: " + "; ".join(sorted(set(skipped.values()))))
+    writable_outputs(outputs)
+
+    with outputs_lock(outputs, out):
+        runnable = [t for t in tasks if t.run_id not in skipped]
+        cached = {t.run_id for t in runnable if not force and is_done(t)}
+        todo = [t for t in runnable if t.run_id not in cached]
+        lost = {}
+        if todo:
+            with make_executor(executor, jobs, scheduler, outputs / ".logs") as ex:
+                lost = execute(todo, runnable, cached, ex, out)
+        entries = index_entries(tasks, lost, skipped)
+        titles = {nb.name: nb.title for nb, _ in selected}
+        index = {"profile": profile, "preset": preset, "verdicts": profiles[profile].verdicts,
+                 "created": results.now(), "outputs": str(outputs), "notebooks": titles,
+                 "protocols": protocols(selected), "runs": entries}
+        write_index(outputs / "index.json", index)
+        line = summary_line(entries, cached)
+        code = 0 if all(e["status"] in DONE + ("skipped",) for e in entries) else 1
+        if make_report:
+            try:
+                built = build_report(summary_nb, outputs, profile, preset, force)
+                line += f"; {'wrote' if built else 'unchanged'} {outputs / 'report.html'}"
+            except RuntimeError as exc:
+                line, code = f"{line}; {exc}", 1
+    print(line)
+    return code
+
+
+# ---------------------------------------------------------------- the notebooks and list commands
+def refresh_notebooks(only=None, jobs: int | None = None, notebooks_dir=None, out=None) -> int:
+    """Execute every notebook (but the summary) in place with its defaults; 1 if any failed."""
+    from tqdm import tqdm
+    out = out or sys.stderr
+    notebooks_dir = Path(notebooks_dir or REPO_ROOT / "notebooks")
+    if jobs is not None and (not isinstance(jobs, int) or jobs < 1):
+        raise ConfigError(f"--jobs {jobs!r} is not valid; expected a positive integer")
+    paths = {p.stem: p for p in sorted(notebooks_dir.glob("*.ipynb")) if p.stem != SUMMARY}
+    for name in only or []:
+        if name not in paths:
+            raise ConfigError(f"unknown notebook {name!r} in --only{did_you_mean(name, paths)}; "
+                              f"valid: {listing(paths)}")
+    chosen = [str(p.resolve()) for n, p in paths.items() if not only or n in only]
+    failed = []
+    jobs = jobs or default_jobs()
+    tqdm.set_lock(threading.RLock())        # not tqdm's multiprocessing lock: it leaves a semaphore behind
+    refresh = functools.partial(refresh_notebook, threads=kernel_threads("local", jobs, None))
+    with LocalExecutor(jobs) as ex, tqdm(total=len(chosen), unit="notebook", desc="notebooks", file=out) as bar:
+        for path, outcome in ex.imap(refresh, chosen):
+            if isinstance(outcome, BaseException) or outcome.status != "ok":
+                error = describe_error(outcome) if isinstance(outcome, BaseException) else outcome.error
+                failed.append(f"{Path(path).stem} ({_short(error)})")
+            bar.update()
+    print(f"notebooks: {len(chosen)} executed, {len(failed)} failed" + (": " + ", ".join(failed) if failed else ""))
+    return 1 if failed else 0
+
+
+def list_notebooks(params_dir=None, notebooks_dir=None) -> int:
+    params = load_params(Path(params_dir or REPO_ROOT / "params"), Path(notebooks_dir or REPO_ROOT / "notebooks"))
+    header = ["notebook", *PROFILES, "presets", "title"]
+    rows = []
+    for nb in params.values():
+        counts = {label: len(expand(block["matrix"])) for label, block in nb.blocks.items()}
+        presets = " ".join(f"{label.split(' ', 1)[1]}:{n}" for label, n in counts.items()
+                           if label.startswith("preset "))
+        rows.append([nb.name, *(str(counts[f"profile {p}"]) for p in PROFILES), presets or "-", nb.title])
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+    print("runs per profile/preset; run one with: python -m lenet_lib report --profile quick|default|full "
+          "or --preset NAME")
+    return 0

@@ -1,0 +1,142 @@
+"""The reproduction scorecard: each number a seed report published, against our runs under its protocol.
+
+The figures live beside each preset in params/<notebook>.yaml (`published:`). For each one the
+scorecard takes our values under the same preset, one per seed (per timing round for a time ratio),
+and the 95 % prediction interval for one new run, mean +- t * sd * sqrt(1 + 1/n). A published single
+run inside it is "reproduced"; outside, "not reproduced" with its distance in our standard deviations.
+A figure printed rounded (e.g. "98 %") stands for the interval it rounds from. Times are compared as
+ratios between a report's own variants (our timing measurement with torch's layers), never as seconds.
+"""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from lenet_lib.analysis.stats import prediction_factor, prediction_interval
+from lenet_lib.analysis.tidy import Tables, at_epoch, matches, protocol_rows, table_of
+from lenet_lib.analysis.time_ratios import forward_log_ratios, timing_log_ratios
+
+REPRODUCED, NOT_REPRODUCED = "reproduced", "not reproduced"
+COLUMNS = ["report", "figure", "published", "ours (mean)", "95 % prediction interval", "n", "result", "note"]
+NUMBERS = ["metric", "value", "value_low", "value_high", "mean", "low", "high", "half_width_sd"]
+
+
+def figure_values(figure: dict, tables: Tables, notebook: str, preset: str) -> pd.Series:
+    """Our values of one published figure: one per model (seed), timing round, repeat or run."""
+    metric, where = figure["metric"], figure.get("where", {})
+    if metric == "time_ratio":
+        return timing_log_ratios(table_of(tables.timing, notebook, preset), where, figure["versus"])
+    if metric == "forward_ratio":
+        return forward_log_ratios(table_of(tables.forward_times, notebook, preset))
+    if metric == "parameters":
+        layers = table_of(tables.layers, notebook, preset)
+        if layers.empty:
+            return pd.Series(dtype=float)
+        picked = layers[matches(layers, where)]
+        return picked.groupby(["run_id", "model"])["parameters"].sum().astype(float)
+    rows = protocol_rows(tables.results, notebook, preset, dataset=None)
+    if rows.empty:
+        return pd.Series(dtype=float)
+    rows, epoch = rows[matches(rows, where)], figure.get("epoch", "final")
+    if epoch == "best":     # each model's best epoch
+        return rows.groupby(["run_id", "model_id"])[metric].max().astype(float)
+    return at_epoch(rows, epoch)[metric].astype(float)
+
+
+def published_value(figure: dict) -> tuple[float, float, float]:
+    """(value, low, high) of the figure on the scale it is compared on (log for ratios); low and high
+    bound the interval a rounded figure stands for."""
+    if figure["metric"] in ("time_ratio", "forward_ratio"):
+        value = math.log(figure["value"] / figure["reference"])
+        return value, value, value
+    half = figure.get("rounded", 0) / 2
+    return figure["value"], figure["value"] - half, figure["value"] + half
+
+
+def score(figure: dict, values: pd.Series) -> dict:
+    """mean, interval, n and the result for one figure and our values."""
+    ratio = figure["metric"] in ("time_ratio", "forward_ratio")
+    mean, sd, lo, hi = prediction_interval(values)
+    value, low, high = published_value(figure)
+    n = int(values.notna().sum())
+    if n == 0:
+        return {"mean": math.nan, "lo": math.nan, "hi": math.nan, "n": 0,
+                "result": "not covered: no run of this preset has these models or epochs"}
+    exact = figure["metric"] == "parameters" or sd == 0
+    if n < 2 and not exact:
+        return {"mean": mean, "lo": lo, "hi": hi, "n": n, "result": "not scored: needs 2 or more values"}
+    if exact:       # deterministic (a parameter count): equal or not
+        same = low - 1e-9 <= mean <= high + 1e-9
+        return {"mean": mean, "lo": mean, "hi": mean, "n": n,
+                "result": REPRODUCED if same else f"{NOT_REPRODUCED} (exactly {_fmt(figure, mean)} here)"}
+    if high >= lo and low <= hi:
+        return {"mean": mean, "lo": lo, "hi": hi, "n": n, "result": REPRODUCED}
+    nearest = low if low > hi else high
+    distance = (nearest - mean) / sd
+    unit = " (log ratio)" if ratio else ""
+    return {"mean": mean, "lo": lo, "hi": hi, "n": n,
+            "result": f"{NOT_REPRODUCED} ({distance:+.1f} sd{unit})"}
+
+
+def _fmt(figure: dict, value: float) -> str:
+    if math.isnan(value):
+        return "—"
+    metric = figure["metric"]
+    if metric in ("time_ratio", "forward_ratio"):
+        return f"{math.exp(value):.3f}x"
+    if metric == "parameters":
+        return f"{value:,.0f}"
+    return f"{value:.4f}"
+
+
+def _published_text(figure: dict) -> str:
+    if figure["metric"] in ("time_ratio", "forward_ratio"):
+        return f"{figure['value'] / figure['reference']:.3f}x ({figure['value']:g} / {figure['reference']:g})"
+    if figure["metric"] == "parameters":
+        return f"{figure['value']:,.0f}"
+    text = f"{figure['value']:.4g}"
+    return text + (f" (printed rounded: ±{figure['rounded'] / 2:g})" if figure.get("rounded") else "")
+
+
+def scorecard(tables: Tables, protocols: dict, skipped: dict | None = None) -> pd.DataFrame:
+    """One row per published figure of the presets in `protocols` ({preset: {notebook: {"reading",
+    "published"}}}, as the runner writes them into index.json); skipped: {preset: why it did not run}."""
+    rows = []
+    for preset in sorted(protocols):
+        for notebook, info in protocols[preset].items():
+            for figure in info.get("published", []):
+                if (skipped or {}).get(preset):
+                    result = {"mean": math.nan, "lo": math.nan, "hi": math.nan, "n": 0,
+                              "result": f"not covered: {skipped[preset]}"}
+                else:
+                    result = score(figure, figure_values(figure, tables, notebook, preset))
+                low, high = result["lo"], result["hi"]
+                if figure["metric"].endswith("_acc"):       # an accuracy cannot leave [0, 1]
+                    low, high = max(low, 0.0), min(high, 1.0)
+                interval = "—" if math.isnan(low) else f"[{_fmt(figure, low)}, {_fmt(figure, high)}]"
+                value, low, high = published_value(figure)
+                rows.append({"report": preset, "figure": figure["figure"], "published": _published_text(figure),
+                             "ours (mean)": _fmt(figure, result["mean"]), "95 % prediction interval": interval,
+                             "n": result["n"], "result": result["result"],
+                             "note": f"{notebook}" + (f"; {figure['note']}" if figure.get("note") else ""),
+                             # the numbers behind the text, for plots.scorecard (log scale for ratios)
+                             "metric": figure["metric"], "value": value, "value_low": low, "value_high": high,
+                             "mean": result["mean"], "low": result["lo"], "high": result["hi"],
+                             "half_width_sd": prediction_factor(result["n"])})
+    return pd.DataFrame(rows, columns=COLUMNS + NUMBERS)
+
+
+def tally(card: pd.DataFrame) -> dict:
+    """How many figures were reproduced, not reproduced, and not scored."""
+    result = card["result"].astype(str)
+    return {REPRODUCED: int((result == REPRODUCED).sum()),
+            NOT_REPRODUCED: int(result.str.startswith(NOT_REPRODUCED).sum()),
+            "not scored": int((~result.str.startswith((REPRODUCED, NOT_REPRODUCED))).sum())}
+
+
+
+def readings(protocols: dict) -> list[str]:
+    """"R1 (bn_dropout_grid): <how the preset reads what the report left open>" for each preset."""
+    return [f"{preset} ({notebook}): {info['reading']}" for preset in sorted(protocols)
+            for notebook, info in protocols[preset].items() if info.get("reading")]

@@ -1,0 +1,386 @@
+"""The seed reports' claims (../shared/SEEDS.md), each judged only on runs under its report's own protocol.
+
+A claim is a few tests (parts) on tidy results and the fair timing tables. Its verdict is one of
+  supported     every part is shown, at the 5 % level;
+  contradicted  some part is shown false;
+  inconclusive  neither: the row says how many seeds (or timing rounds) would likely decide it.
+A claim whose runs are missing is "not judged", saying why; a smoke run (the quick profile) gives none.
+
+Tests, by the kind of claim:
+- equality ("the same accuracy"): two one-sided tests (TOST) on each pair against EQUIVALENCE_MARGIN; all
+  pairs must pass (an intersection-union test); a pair shown outside the margin (Holm over the pairs)
+  contradicts.
+- order and "better": one-sided Welch tests over seeds, Holm-corrected across the pairs a claim makes.
+- thresholds ("< 1 point", "> 10 % more time", ">= 2x"): on the 95 % confidence interval of the difference
+  or ratio: entirely on the claimed side supports, entirely on the other side contradicts.
+Time ratios come from timing.py's measurement with torch's own layers (what the reports ran), paired by
+round; lenet_lib's fast path is shown beside them, never judged.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from itertools import combinations
+
+import numpy as np
+import pandas as pd
+
+from lenet_lib.analysis.stats import ALPHA, Estimate, difference, holm, outside_margin, tost
+from lenet_lib.analysis.tidy import TABLES, Tables, at_epoch, matches, protocol_rows, table_of
+from lenet_lib.analysis.time_ratios import SHOWN_IMPLEMENTATION, forward_ratio, timing_ratio
+
+SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive"
+NOT_JUDGED, SMOKE = "not judged", "smoke run — no verdicts"
+VERDICTS = (SUPPORTED, CONTRADICTED, INCONCLUSIVE)
+EQUIVALENCE_MARGIN = 0.002      # "the same accuracy": within 0.2 accuracy points
+
+
+@dataclass
+class Part:
+    """One test of a claim: the estimate, what the claim says about it, and how it is decided."""
+    label: str
+    estimate: Estimate
+    kind: str               # "greater" / "less" than threshold, or "within" +-threshold (TOST)
+    threshold: float
+    scale: str              # "points" (an accuracy difference) or "ratio" (a log ratio)
+    test: str
+    family: str = ""        # parts of one family are Holm-corrected together ("" : on their own)
+    alpha: float = ALPHA
+    p_claim: float = math.nan
+    p_against: float = math.nan
+    outcome: str = INCONCLUSIVE
+
+    def p_values(self) -> tuple[float, float]:
+        e = self.estimate
+        if self.kind == "greater":
+            return e.p_above(self.threshold), e.p_below(self.threshold)
+        if self.kind == "less":
+            return e.p_below(self.threshold), e.p_above(self.threshold)
+        return tost(e, self.threshold), outside_margin(e, self.threshold)
+
+    def points_to_claim(self) -> bool:
+        v = self.estimate.value
+        return {"greater": v > self.threshold, "less": v < self.threshold,
+                "within": abs(v) < self.threshold}[self.kind]
+
+    def gap(self) -> float:
+        v, t = self.estimate.value, self.threshold
+        return abs(abs(v) - t) if self.kind == "within" else abs(v - t)
+
+    def effect(self) -> str:
+        lo, hi = self.estimate.ci()
+        if self.scale == "ratio":
+            value, lo, hi = (math.exp(x) if not math.isnan(x) else x for x in (self.estimate.value, lo, hi))
+            return f"{self.label}: {value:.3f}x" + ("" if math.isnan(lo) else f" [{lo:.3f}, {hi:.3f}]")
+        value = 100 * self.estimate.value
+        ci = "" if math.isnan(lo) else f" [{100 * lo:+.2f}, {100 * hi:+.2f}]"
+        return f"{self.label}: {value:+.2f} points{ci}"
+
+
+@dataclass
+class Judgement:
+    verdict: str
+    parts: list[Part] = field(default_factory=list)
+    note: str = ""          # why not judged, or what else was measured
+    to_decide: str = ""
+
+
+def decide(parts: list[Part]) -> Judgement:
+    """Each part's outcome (Holm within its family), then the claim's: contradicted if any part is,
+    supported if all are, else inconclusive with the seeds or rounds that would likely decide it."""
+    for part in parts:
+        part.p_claim, part.p_against = part.p_values()
+    for family in {p.family for p in parts}:
+        members = [p for p in parts if p.family == family]
+        corrected = bool(family) and len(members) > 1
+        claim = holm(np.array([p.p_claim for p in members])) if corrected else [p.p_claim for p in members]
+        against = holm(np.array([p.p_against for p in members])) if corrected else [p.p_against for p in members]
+        for part, p_claim, p_against in zip(members, claim, against):
+            if part.kind == "within":       # intersection-union: each pair's TOST at alpha
+                p_claim = part.p_claim
+            part.p_claim, part.p_against = float(p_claim), float(p_against)
+            part.outcome = (SUPPORTED if part.p_claim < part.alpha else
+                            CONTRADICTED if part.p_against < part.alpha else INCONCLUSIVE)
+    outcomes = [p.outcome for p in parts]
+    verdict = (CONTRADICTED if CONTRADICTED in outcomes else
+               SUPPORTED if all(o == SUPPORTED for o in outcomes) else INCONCLUSIVE)
+    return Judgement(verdict, parts, to_decide=_to_decide(parts) if verdict == INCONCLUSIVE else "")
+
+
+def _to_decide(parts: list[Part]) -> str:
+    """How many seeds (rounds, for timing parts) would likely decide the claim, from the observed spread."""
+    open_parts = [p for p in parts if p.outcome == INCONCLUSIVE]
+    against = [p for p in open_parts if not p.points_to_claim()]
+    needed = []
+    for part in against or open_parts:
+        family = max(1, sum(q.family == part.family for q in parts)) if part.family else 1
+        needed.append(part.estimate.units_needed(part.gap(), part.alpha / family))
+    unit = "timing rounds" if all(p.estimate.paired for p in open_parts) else "seeds per variant"
+    now = min(p.estimate.n for p in open_parts)
+    known = [n for n in needed if n is not None]
+    if against:     # one part shown false decides the claim: the easiest one
+        if not known:
+            return f"no likely number of {unit} decides it: the effect sits at the claim's threshold"
+        return f"about {min(known)} {unit} (now {now}) would likely contradict it"
+    if None in needed:
+        return f"no likely number of {unit} decides it: the effect sits at the claim's threshold"
+    return f"about {max(known)} {unit} (now {now}) would likely support it"
+
+
+def _accuracy(rows: pd.DataFrame, epoch="final", **where) -> pd.Series:
+    picked = at_epoch(rows[matches(rows, where)], epoch)
+    return picked["test_acc"]
+
+
+def accuracy_difference(rows, a: dict, b: dict, epoch="final") -> Estimate:
+    return difference(_accuracy(rows, epoch, **a), _accuracy(rows, epoch, **b))
+
+
+# ---------------------------------------------------------------- the claims
+@dataclass(frozen=True)
+class Claim:
+    report: str
+    text: str
+    protocol: str           # the preset whose runs may judge it
+    notebook: str           # the notebook of those runs
+    dataset: str
+    check: object           # (rows, tables of the same runs) -> Judgement, or None when data is missing
+    needs: str              # what the check needs, said when it is missing
+
+    @property
+    def where(self) -> str:
+        return f"preset {self.protocol} · {self.notebook} · {self.dataset}"
+
+
+def _variants_present(rows, names) -> bool:
+    return "variant" in rows and set(names) <= set(rows["variant"])
+
+
+def r1_same_accuracy(rows, tables):
+    variants = ["plain", "BN", "dropout", "BN+dropout"]
+    if not _variants_present(rows, variants):
+        return None
+    parts = [Part(f"{a} − {b}", accuracy_difference(rows, {"variant": a}, {"variant": b}), "within",
+                  EQUIVALENCE_MARGIN, "points", f"TOST, margin ±{100 * EQUIVALENCE_MARGIN:.1f} points",
+                  family="pairs") for a, b in combinations(variants, 2)]
+    return decide(parts)
+
+
+def r1_bn_better_after_epoch_1(rows, tables):
+    if not _variants_present(rows, ["plain", "BN", "dropout", "BN+dropout"]):
+        return None
+    parts = [Part(f"{a} − {b}, epoch 1", accuracy_difference(rows, {"variant": a}, {"variant": b}, epoch=1),
+                  "greater", 0.0, "points", "one-sided Welch, Holm", family="pairs")
+             for a, b in (("BN", "plain"), ("BN+dropout", "dropout"))]
+    return decide(parts)
+
+
+def _time_parts(timing, pairs, kind, threshold, family, test):
+    """Ratio parts from the timing table: (label, where, versus) each."""
+    parts = []
+    for label, where, versus in pairs:
+        estimate = timing_ratio(timing, where, versus)
+        if estimate.n == 0:
+            return None
+        parts.append(Part(label, estimate, kind, threshold, "ratio", test, family=family))
+    return parts
+
+
+def _fast_path_note(timing, pairs) -> str:
+    shown = []
+    for label, where, versus in pairs:
+        e = timing_ratio(timing, where, versus, SHOWN_IMPLEMENTATION)
+        if e.n:
+            shown.append(f"{label} {math.exp(e.value):.3f}x")
+    return ("lenet_lib's fast path, same measurement: " + ", ".join(shown)) if shown else ""
+
+
+def _timed(timing, pairs, kind, threshold, family, test):
+    parts = _time_parts(timing, pairs, kind, threshold, family, test)
+    if parts is None:
+        return None
+    judgement = decide(parts)
+    judgement.note = _fast_path_note(timing, pairs)
+    return judgement
+
+
+def r1_plain_fastest(rows, tables):
+    pairs = [(f"{v} / plain", {"variant": v}, {"variant": "plain"}) for v in ("BN", "dropout", "BN+dropout")]
+    return _timed(tables.timing, pairs, "greater", 0.0, "pairs",
+                  "training-step time in turns (torch's layers), one-sided t on log ratios, Holm")
+
+
+R2_ORDER = ["adam", "rmsprop", "adagrad", "sgd", "gd"]
+
+
+def r2_optimizer_order(rows, tables):
+    if "stage" in rows:
+        rows = rows[rows["stage"] == "compare"]
+    if "optimizer" not in rows or not set(R2_ORDER) <= set(rows["optimizer"]):
+        return None
+    parts = [Part(f"{a} − {b}", accuracy_difference(rows, {"optimizer": a}, {"optimizer": b}), "greater", 0.0,
+                  "points", "one-sided Welch, Holm", family="order") for a, b in zip(R2_ORDER, R2_ORDER[1:])]
+    return decide(parts)
+
+
+def r3_plain_best(rows, tables):
+    if not _variants_present(rows, ["plain", "dropout", "BN+dropout"]):
+        return None
+    parts = [Part(f"plain − {v}", accuracy_difference(rows, {"variant": "plain"}, {"variant": v}), "greater",
+                  0.0, "points", "one-sided Welch, Holm", family="pairs") for v in ("dropout", "BN+dropout")]
+    return decide(parts)
+
+
+def r3_conv_dropout_hurts(rows, tables):
+    if not _variants_present(rows, ["plain", "dropout"]):
+        return None
+    return decide([Part("conv dropout − plain", accuracy_difference(rows, {"variant": "dropout"},
+                                                                     {"variant": "plain"}),
+                        "less", 0.0, "points", "one-sided Welch")])
+
+
+def r4_bn_marginal_but_slower(rows, tables):
+    if not _variants_present(rows, ["plain", "BN"]):
+        return None
+    gain = accuracy_difference(rows, {"variant": "BN"}, {"variant": "plain"})
+    ci_test = "95 % CI against the threshold"
+    parts = [Part("BN − plain", gain, "greater", 0.0, "points", ci_test, alpha=ALPHA / 2),
+             Part("BN − plain", gain, "less", 0.01, "points", ci_test, alpha=ALPHA / 2)]
+    pairs = [("BN / plain time", {"variant": "BN"}, {"variant": "plain"})]
+    time_parts = _time_parts(tables.timing, pairs, "greater", math.log(1.10), "",
+                             "training-step time in turns (torch's layers), 95 % CI against 1.10x")
+    if time_parts is None:
+        return None
+    for part in time_parts:
+        part.alpha = ALPHA / 2
+    judgement = decide(parts + time_parts)
+    judgement.note = _fast_path_note(tables.timing, pairs)
+    return judgement
+
+
+def _dropout_rates(rows) -> list[float]:
+    return sorted(float(p) for p in rows.loc[rows["dropout"] > 0, "dropout"].unique()) if "dropout" in rows else []
+
+
+def r4_dropout_cuts_time(rows, tables):
+    rates = _dropout_rates(rows)
+    if not rates:
+        return None
+    pairs = [(f"dropout p={p:g} / plain", {"variant": "dropout", "dropout": p}, {"variant": "plain"})
+             for p in rates]
+    return _timed(tables.timing, pairs, "less", 0.0, "rates",
+                  "training-step time in turns (torch's layers), one-sided t on log ratios, Holm")
+
+
+def r4_higher_p_faster_small_cost(rows, tables):
+    rates = _dropout_rates(rows)
+    if len(rates) < 2:
+        return None
+    low, high = rates[0], rates[-1]
+    timing = tables.timing
+    pairs = [(f"{v} p={high:g} / p={low:g} time", {"variant": v, "dropout": high}, {"variant": v, "dropout": low})
+             for v in ("dropout", "BN+dropout")]
+    time_parts = _time_parts(timing, pairs, "less", 0.0, "time",
+                             "training-step time in turns (torch's layers), one-sided t on log ratios, Holm")
+    if time_parts is None:
+        return None
+    cost = [Part(f"{v} accuracy p={low:g} − p={high:g} (< 2 points)",
+                 accuracy_difference(rows, {"variant": v, "dropout": low}, {"variant": v, "dropout": high}),
+                 "less", 0.02, "points", "95 % CI against the threshold", alpha=ALPHA / 2)
+            for v in ("dropout", "BN+dropout")]
+    judgement = decide(time_parts + cost)
+    judgement.note = _fast_path_note(timing, pairs)
+    return judgement
+
+
+def r5_framework_faster(rows, tables):
+    estimate = forward_ratio(tables.forward_times)
+    if estimate.n == 0:
+        return None
+    return decide([Part("NumPy / torch forward time per image", estimate, "greater", math.log(2.0), "ratio",
+                        "per-layer forward times in turns, 95 % CI against 2x", alpha=ALPHA / 2)])
+
+
+def r5_batch_64_best(rows, tables):
+    if "arch" in rows:
+        rows = rows[rows["arch"] == "lenet5"]
+    if "batch_size" not in rows or not {16, 32, 64, 128} <= set(rows["batch_size"]):
+        return None
+    parts = [Part(f"batch 64 − batch {b}", accuracy_difference(rows, {"batch_size": 64}, {"batch_size": b}),
+                  "greater", 0.0, "points", "one-sided Welch, Holm", family="batches") for b in (16, 32, 128)]
+    return decide(parts)
+
+
+_GRID4 = "the four BN x dropout variants"
+CLAIMS = [
+    Claim("R1", "All four BN/dropout variants reach the same final accuracy", "R1", "bn_dropout_grid", "mnist",
+          r1_same_accuracy, _GRID4),
+    Claim("R1", "BN variants are better after the first epoch", "R1", "bn_dropout_grid", "mnist",
+          r1_bn_better_after_epoch_1, _GRID4),
+    Claim("R1", "The plain network trains fastest", "R1", "bn_dropout_grid", "mnist", r1_plain_fastest,
+          "the timing table of the four variants"),
+    Claim("R2", "Adam is best, then RMSprop, AdaGrad, SGD, GD (part I)", "R2", "optimizers", "mnist",
+          r2_optimizer_order, "adam, rmsprop, adagrad, sgd and gd"),
+    Claim("R3", "On CIFAR-10 the plain network is best", "R3", "bn_dropout_grid", "cifar10", r3_plain_best,
+          "plain, conv-dropout and conv-dropout+BN models"),
+    Claim("R3", "Dropout after a conv layer hurts (CIFAR-10)", "R3", "bn_dropout_grid", "cifar10",
+          r3_conv_dropout_hurts, "plain and conv-dropout models"),
+    Claim("R4", "BN improves accuracy marginally (< 1 point) at > 10 % more training time", "R4", "dropout_sweep",
+          "mnist", r4_bn_marginal_but_slower, "baseline and BN models and their timing table"),
+    Claim("R4", "Dropout alone cuts training time", "R4", "dropout_sweep", "mnist", r4_dropout_cuts_time,
+          "dropout models and their timing table"),
+    Claim("R4", "Higher dropout p trains faster at a small accuracy cost (< 2 points)", "R4", "dropout_sweep",
+          "mnist", r4_higher_p_faster_small_cost, "two or more dropout rates and their timing table"),
+    Claim("R5", "The framework is several times (>= 2x) faster than NumPy", "R5", "numpy_vs_torch", "mnist",
+          r5_framework_faster, "the per-layer forward times"),
+    Claim("R5", "Batch 64 gives the best test accuracy", "R5", "batch_size", "mnist", r5_batch_64_best,
+          "LeNet-5 at batch sizes 16, 32, 64 and 128"),
+]
+COLUMNS = ["report", "claim", "protocol", "verdict", "n", "effect (95 % CI)", "test", "to decide", "note"]
+
+
+def sample_sizes(parts: list[Part]) -> str:
+    """e.g. "3 seeds; 30 rounds": the smallest group behind the claim's accuracy and its timing parts."""
+    seeds = [p.estimate.n for p in parts if not p.estimate.paired]
+    rounds = [p.estimate.n for p in parts if p.estimate.paired and p.scale == "ratio"]
+    text = [f"{min(seeds)} seeds" for _ in seeds[:1]] + [f"{min(rounds)} rounds" for _ in rounds[:1]]
+    return "; ".join(text)
+
+
+def judge_claim(claim: Claim, tables: Tables, protocol: str | None) -> Judgement:
+    rows = protocol_rows(tables.results, claim.notebook, protocol, claim.dataset)
+    if rows.empty:
+        where = f"runs of preset {claim.protocol}" if protocol else "runs"
+        return Judgement(NOT_JUDGED, note=f"no {where} of {claim.notebook} on {claim.dataset} in this report")
+    scoped = Tables(rows, *(table_of(getattr(tables, name), claim.notebook, protocol) for name in TABLES))
+    judgement = claim.check(rows, scoped)
+    if judgement is None:
+        return Judgement(NOT_JUDGED, note=f"needs {claim.needs} ({claim.notebook}, preset {claim.protocol})")
+    return judgement
+
+
+def judge(tables: Tables | pd.DataFrame, reports=None, *, smoke: bool = False, skipped: dict | None = None,
+          any_protocol: bool = False) -> pd.DataFrame:
+    """One row per claim (optionally only the given reports), columns COLUMNS.
+
+    smoke: a quick-profile report; the numbers are computed, the verdict says "smoke run — no verdicts".
+    skipped: {preset: why} for presets whose runs could not run here (e.g. no CIFAR-10).
+    any_protocol: judge whatever runs are given (a notebook looking at its own run), not only preset runs.
+    """
+    tables = tables if isinstance(tables, Tables) else Tables(tables)
+    rows = []
+    for claim in CLAIMS:
+        if reports and claim.report not in reports:
+            continue
+        if (skipped or {}).get(claim.protocol):
+            judgement = Judgement(NOT_JUDGED, note=skipped[claim.protocol])
+        else:
+            judgement = judge_claim(claim, tables, None if any_protocol else claim.protocol)
+        verdict = SMOKE if smoke and judgement.verdict in VERDICTS else judgement.verdict
+        parts = judgement.parts
+        rows.append({"report": claim.report, "claim": claim.text, "protocol": claim.where, "verdict": verdict,
+                     "n": sample_sizes(parts),
+                     "effect (95 % CI)": "; ".join(dict.fromkeys(p.effect() for p in parts)),
+                     "test": "; ".join(dict.fromkeys(p.test for p in parts)),
+                     "to decide": judgement.to_decide, "note": judgement.note})
+    return pd.DataFrame(rows, columns=COLUMNS)
