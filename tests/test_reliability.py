@@ -49,8 +49,11 @@ def start(dirs, *extra, env=None) -> subprocess.Popen:
     """The CLI in its own process, as a user starts it."""
     argv = [sys.executable, "-m", "lenet_lib", "report", "--params", str(dirs["params"]), "--notebooks",
             str(dirs["notebooks"]), "--outputs", str(dirs["outputs"]), *extra]
+    # As from a terminal: Ctrl-C delivered. A test run started in the background (nohup, `cmd &` in a
+    # script) inherits SIGINT ignored, and Python then never turns it into KeyboardInterrupt.
     return subprocess.Popen(argv, cwd=REPO, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def finish(proc, timeout=300) -> tuple[int, str, str]:
