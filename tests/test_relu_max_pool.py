@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import lenet_lib.core.train as train_module
+from lenet_lib.base import kernel_path
 from lenet_lib.fast import c_kernels, layers as fast_layers
 from lenet_lib.fast.layers import ReLUMaxPool2d, fuse_relu_max_pool, relu_max_pool_2x2
 from lenet_lib.core.models import build_model
@@ -147,7 +148,7 @@ def test_kernels_build_once_and_are_cached(tmp_path, monkeypatch):
 
 def test_without_kernels_load_returns_none_and_describe_says_why(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setattr(c_kernels.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(kernel_path.platform, "machine", lambda: "x86_64")
     monkeypatch.setenv("CC", "no-such-compiler")
     c_kernels.load.cache_clear()
     try:
@@ -156,7 +157,7 @@ def test_without_kernels_load_returns_none_and_describe_says_why(tmp_path, monke
         monkeypatch.setenv("CC", "false")                     # a compiler that fails
         c_kernels.load.cache_clear()
         assert c_kernels.load() is None and "failed" in c_kernels.describe()
-        monkeypatch.setattr(c_kernels.platform, "machine", lambda: "arm64")
+        monkeypatch.setattr(kernel_path.platform, "machine", lambda: "arm64")
         c_kernels.load.cache_clear()
         assert c_kernels.load() is None and "arm64" in c_kernels.describe()
         monkeypatch.setenv("LENET_C_KERNELS", "0")

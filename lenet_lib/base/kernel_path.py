@@ -15,13 +15,20 @@ import shutil
 KERNEL_PATHS = ("c", "pytorch", "cuda")
 
 
+def why_no_c_kernels(environ=os.environ) -> str | None:
+    """Why the C kernels cannot run here (fast/c_kernels.py says it), or None when they can be built."""
+    if environ.get("LENET_C_KERNELS", "1") == "0":
+        return "switched off by LENET_C_KERNELS=0"
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return f"the kernels use SSE2, which this {platform.machine()} CPU lacks"
+    if shutil.which(environ.get("CC", "cc")) is None:
+        return f"no C compiler found (looked for {environ.get('CC', 'cc')!r}; set CC)"
+    return None
+
+
 def cpu_kernel_path(environ=os.environ) -> str:
     """"c" where the C kernels can be built and are not switched off, else "pytorch"."""
-    if environ.get("LENET_C_KERNELS", "1") == "0":
-        return "pytorch"
-    if platform.machine().lower() not in ("x86_64", "amd64") or shutil.which(environ.get("CC", "cc")) is None:
-        return "pytorch"
-    return "c"
+    return "pytorch" if why_no_c_kernels(environ) else "c"
 
 
 def planned_kernel_path(device: str = "auto", environ=os.environ) -> str:

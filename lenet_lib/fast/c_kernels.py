@@ -12,13 +12,13 @@ import ctypes
 import functools
 import hashlib
 import os
-import platform
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from lenet_lib.base.files import atomic_write
+from lenet_lib.base.kernel_path import why_no_c_kernels
 
 SOURCES = sorted(Path(__file__).with_name("csrc").glob("*.c"))   # compiled together into one library
 HEADERS = sorted(Path(__file__).with_name("csrc").glob("*.h"))   # included by them: part of the build's key
@@ -52,11 +52,7 @@ def _compile_command(compiler: str, sources: list[Path], target: Path) -> list[s
 
 def _build() -> Path:
     """Path of the compiled library, compiling it if this source and command have not been built yet."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        raise RuntimeError(f"the kernels use SSE2, which this {platform.machine()} CPU lacks")
     compiler = shutil.which(os.environ.get("CC", "cc"))
-    if compiler is None:
-        raise RuntimeError(f"no C compiler found (looked for {os.environ.get('CC', 'cc')!r}; set CC)")
     # the sources' text and the command without its paths: every checkout of the same code shares one build
     command = " ".join(_compile_command(compiler, [Path(s.name) for s in SOURCES], Path("lenet_kernels.so")))
     key = hashlib.sha256(b"".join(s.name.encode() + s.read_bytes() for s in [*SOURCES, *HEADERS]) + command.encode())
@@ -80,8 +76,9 @@ _why_not: list[str] = []   # why load() returned None, for describe()
 def load():
     """The kernels as a ctypes library, or None when they cannot be had (describe() says why)."""
     _why_not.clear()
-    if os.environ.get("LENET_C_KERNELS", "1") == "0":   # base/kernel_path.py decides the same before a run
-        _why_not.append("switched off by LENET_C_KERNELS=0")
+    why = why_no_c_kernels()   # the same rule plans runs (base/kernel_path.py)
+    if why:
+        _why_not.append(why)
         return None
     try:
         import torch  # noqa: F401  (loaded first, so the kernels bind to torch's libgomp)

@@ -13,7 +13,7 @@ Tests, by the kind of claim:
 - order and "better": one-sided Welch tests over seeds, Holm-corrected across the pairs a claim makes.
 - thresholds ("< 1 point", "> 10 % more time", ">= 2x"): on the 95 % confidence interval of the difference
   or ratio: entirely on the claimed side supports, entirely on the other side contradicts.
-Time ratios come from timing.py's measurement with torch's own layers (what the reports ran), paired by
+Time ratios come from core/timing.py's measurement with torch's own layers (what the reports ran), paired by
 round; lenet_lib's fast path is shown beside them, never judged.
 """
 from __future__ import annotations
