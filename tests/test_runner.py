@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 import time
 from pathlib import Path
 
@@ -116,8 +117,11 @@ def test_report_end_to_end_cache_force_resume_and_failure(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_notebooks_command_refreshes_stored_outputs_in_place(tmp_path, capsys):
+def test_notebooks_command_refreshes_stored_outputs_in_place(tmp_path, capsys, monkeypatch):
     dirs = make_project(tmp_path)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))      # where the workers' log folder goes
     summary_before = (dirs["notebooks"] / "summary.ipynb").read_text()
     assert main(["notebooks", "--notebooks", str(dirs["notebooks"]), "--jobs", "1"]) == 0
     assert "notebooks: 1 executed, 0 failed" in _out(capsys)
@@ -126,6 +130,7 @@ def test_notebooks_command_refreshes_stored_outputs_in_place(tmp_path, capsys):
     assert "papermill" not in nb.metadata and not any("execution" in c.metadata for c in nb.cells)
     assert (dirs["notebooks"] / "summary.ipynb").read_text() == summary_before   # it needs an index
     assert not dirs["outputs"].exists()                        # defaults: output_dir None, nothing written
+    assert list(scratch.iterdir()) == []                       # the workers' temporary log folder is gone
 
 
 def test_failed_or_unfinished_runs_are_not_done(tmp_path):

@@ -62,14 +62,22 @@ def test_report_reads_runs_back(tmp_path):
     lost = tmp_path / "runs" / "bn_dropout_grid" / "r9"
     runs.append({"notebook": "bn_dropout_grid", "run_id": "r9", "run_dir": str(lost), "status": "missing",
                  "error": "worker lost"})
+    runs.append({"notebook": "bn_dropout_grid", "run_id": "r8", "run_dir": str(tmp_path / "runs" / "r8"),
+                 "status": "skipped", "preset": "R3", "error": "needs CIFAR-10"})      # never started: no manifest
     write_json({"profile": "quick", "runs": runs}, tmp_path / "index.json")
     index, results, table = report.load_index(tmp_path / "index.json")
     assert index["profile"] == "quick" and len(results) == 32
     trouble = report.problems(table).set_index("run_id")
     assert trouble.loc["r1", "status"] == "failed" and trouble.loc["r9", "error"] == "worker lost"
+    assert tuple(trouble.loc["r8", ["preset", "status", "error"]]) == ("R3", "skipped", "needs CIFAR-10")
     (notebook, protocol, dataset, rows), = list(report.notebook_sections(results))
     assert (notebook, protocol, dataset) == ("bn_dropout_grid", "", "mnist")
     assert set(report.varying_columns(rows)) >= {"bn", "dropout"}
     overview = report.overview(rows)
     assert len(overview) == 4 and set(overview.columns) >= {"config", "n", "test_acc", "val_acc"}
     assert (overview["n"] == 4).all()
+    # a protocol without a validation split (R1's preset): the section has no val_acc column at all
+    (*_, test_only), = list(report.notebook_sections(results.assign(val_acc=float("nan"))))
+    assert "val_acc" not in test_only
+    overview = report.overview(test_only)
+    assert len(overview) == 4 and "val_acc" not in overview and (overview["n"] == 4).all()

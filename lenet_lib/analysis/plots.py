@@ -121,7 +121,9 @@ def scorecard(card: pd.DataFrame, title: str = "Published figures, in our standa
     """Each scored figure as its distance from our mean in our standard deviations (time ratios on the log
     scale), against the band our 95 % prediction interval spans: inside the band, reproduced. Exact
     figures (parameter counts) are left to the table."""
-    rows = card[card["low"].notna() & (card["high"] > card["low"])].copy()
+    result = card["result"].astype(str)
+    scored = (result == "reproduced") | result.str.startswith("not reproduced")     # not smoke or uncovered
+    rows = card[scored & card["low"].notna() & (card["high"] > card["low"])].copy()
     if rows.empty:
         return None
     half = rows["half_width_sd"]
@@ -133,13 +135,21 @@ def scorecard(card: pd.DataFrame, title: str = "Published figures, in our standa
     fig, ax = plt.subplots(figsize=(9, 0.26 * len(rows) + 1.4))
     ax.hlines(y, -half, half, color="tab:blue", linewidth=5, alpha=0.35, label="our 95 % prediction interval")
     inside = (rows["result"] == "reproduced").to_numpy()
-    ax.plot(distance[inside], y[inside], "D", color="tab:green", label="published: reproduced")
-    ax.plot(distance[~inside], y[~inside], "D", mfc="none", color="tab:red", label="published: not reproduced")
+    # a figure further than CLIP sd away is drawn at the edge as an arrow head pointing where it lies
+    clip = min(30.0, max(6.0, float(np.nanmax(np.abs(distance))) + 1))
+    shown = np.clip(distance, -clip + 0.5, clip - 0.5)
+    beyond = np.abs(distance.to_numpy()) > clip - 0.5
+    ax.plot(shown[inside], y[inside], "D", color="tab:green", label="published: reproduced")
+    ax.plot(shown[~inside & ~beyond], y[~inside & ~beyond], "D", mfc="none", color="tab:red",
+            label="published: not reproduced")
+    for side, marker in ((1, ">"), (-1, "<")):
+        far = ~inside & beyond & (np.sign(distance.to_numpy()) == side)
+        ax.plot(shown[far], y[far], marker, color="tab:red", label=f"not reproduced, beyond {side * clip:+.0f} sd"
+                if far.any() else None)
     ax.axvline(0, color="gray", linewidth=1)
     ax.set_yticks(y, rows["report"] + ": " + rows["figure"], fontsize=7)
-    limit = max(6.0, float(np.nanmax(np.abs(distance))) + 1) if len(rows) else 6.0
-    ax.set_xlim(-min(limit, 30), min(limit, 30))
-    ax.set_xlabel("published - our mean, in our standard deviations (clipped at 30)")
+    ax.set_xlim(-clip, clip)
+    ax.set_xlabel(f"published - our mean, in our standard deviations (clipped at {clip:.0f})")
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title(title)
     fig.tight_layout()

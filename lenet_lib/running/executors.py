@@ -229,12 +229,17 @@ class LocalExecutor:
 
     def __init__(self, jobs: int, log_dir: str | Path | None = None):
         self.jobs = jobs
+        # without a log folder the workers' logs go to a temporary one, removed on exit (a lost worker's
+        # log tail is kept in its WorkerLost message)
+        self._own_log_dir = log_dir is None
         self.log_dir = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="lenet-workers-"))
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
+        if self._own_log_dir:
+            shutil.rmtree(self.log_dir, ignore_errors=True)
         return False
 
     def describe(self) -> str:

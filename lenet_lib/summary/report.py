@@ -31,6 +31,8 @@ def load_index(index_path: str | Path) -> tuple[dict, pd.DataFrame, pd.DataFrame
                       for row in runs.itertuples()]
     runs["error"] = [row.error if isinstance(row.error, str) else by_dir[row.run_dir].get("error")
                      for row in runs.itertuples()]
+    runs["preset"] = [row.preset if isinstance(row.preset, str) else by_dir[row.run_dir].get("preset")
+                      for row in runs.itertuples()]
     return index, results, runs
 
 
@@ -116,13 +118,16 @@ def notebook_sections(results: pd.DataFrame):
 
 
 def overview(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per config: models, final test and validation accuracy (mean ± 95 % CI), seconds per epoch."""
+    """Per config: models, final test and validation accuracy (mean ± 95 % CI), seconds per epoch.
+    A protocol without a validation split (most presets: the reports held out only the test set) has no
+    val_acc column here."""
     final = final_epoch(rows)
     seconds = seconds_per_epoch(rows, "config", "epoch_seconds")
     diverged = final.groupby("config")["status"].apply(lambda s: int((s == "diverged").sum()))
-    table = (summarize(final, "config", "test_acc")[["config", "n", "mean", "test_acc"]]
-             .merge(summarize(final, "config", "val_acc")[["config", "val_acc"]], on="config")
-             .merge(summarize(seconds, "config", "epoch_seconds")[["config", "epoch_seconds"]], on="config"))
+    table = summarize(final, "config", "test_acc")[["config", "n", "mean", "test_acc"]]
+    if "val_acc" in final:
+        table = table.merge(summarize(final, "config", "val_acc")[["config", "val_acc"]], on="config")
+    table = table.merge(summarize(seconds, "config", "epoch_seconds")[["config", "epoch_seconds"]], on="config")
     table["diverged"] = table["config"].map(diverged).fillna(0).astype(int)
     return table.sort_values("mean", ascending=False).drop(columns="mean").reset_index(drop=True)
 
@@ -130,4 +135,4 @@ def overview(rows: pd.DataFrame) -> pd.DataFrame:
 def problems(runs: pd.DataFrame) -> pd.DataFrame:
     """Runs that did not finish cleanly: failed, missing or diverged, with their error."""
     bad = runs[runs["status"] != "ok"]
-    return bad[["notebook", "run_id", "status", "error"]].reset_index(drop=True)
+    return bad[["notebook", "preset", "run_id", "status", "error"]].reset_index(drop=True)

@@ -4,6 +4,8 @@ The figures live beside each preset in params/<notebook>.yaml (`published:`). Fo
 scorecard takes our values under the same preset, one per seed (per timing round for a time ratio),
 and the 95 % prediction interval for one new run, mean +- t * sd * sqrt(1 + 1/n). A published single
 run inside it is "reproduced"; outside, "not reproduced" with its distance in our standard deviations.
+A smoke run (the quick profile: a few images, one epoch) scores nothing but exact figures (parameter
+counts): its values are shown, marked "smoke run — not scored", since they are not the protocol's.
 A figure printed rounded (e.g. "98 %") stands for the interval it rounds from. Times are compared as
 ratios between a report's own variants (our timing measurement with torch's layers), never as seconds.
 """
@@ -18,6 +20,7 @@ from lenet_lib.analysis.tidy import Tables, at_epoch, matches, protocol_rows, ta
 from lenet_lib.analysis.time_ratios import forward_log_ratios, timing_log_ratios
 
 REPRODUCED, NOT_REPRODUCED = "reproduced", "not reproduced"
+SMOKE = "smoke run — not scored"
 COLUMNS = ["report", "figure", "published", "ours (mean)", "95 % prediction interval", "n", "result", "note"]
 NUMBERS = ["metric", "value", "value_low", "value_high", "mean", "low", "high", "half_width_sd"]
 
@@ -99,9 +102,10 @@ def _published_text(figure: dict) -> str:
     return text + (f" (printed rounded: ±{figure['rounded'] / 2:g})" if figure.get("rounded") else "")
 
 
-def scorecard(tables: Tables, protocols: dict, skipped: dict | None = None) -> pd.DataFrame:
+def scorecard(tables: Tables, protocols: dict, skipped: dict | None = None, smoke: bool = False) -> pd.DataFrame:
     """One row per published figure of the presets in `protocols` ({preset: {notebook: {"reading",
-    "published"}}}, as the runner writes them into index.json); skipped: {preset: why it did not run}."""
+    "published"}}}, as the runner writes them into index.json); skipped: {preset: why it did not run};
+    smoke: the runs are a smoke run, so only exact figures are scored."""
     rows = []
     for preset in sorted(protocols):
         for notebook, info in protocols[preset].items():
@@ -111,6 +115,9 @@ def scorecard(tables: Tables, protocols: dict, skipped: dict | None = None) -> p
                               "result": f"not covered: {skipped[preset]}"}
                 else:
                     result = score(figure, figure_values(figure, tables, notebook, preset))
+                    scored = result["result"].startswith((REPRODUCED, NOT_REPRODUCED))
+                    if smoke and scored and figure["metric"] != "parameters":
+                        result["result"] = SMOKE
                 low, high = result["lo"], result["hi"]
                 if figure["metric"].endswith("_acc"):       # an accuracy cannot leave [0, 1]
                     low, high = max(low, 0.0), min(high, 1.0)
