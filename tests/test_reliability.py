@@ -253,6 +253,9 @@ def test_quick_profile_scales_a_preset():
     p = task.parameters
     assert (p["seeds"], p["epochs"], p["train_size"]) == ([0, 1], 1, 2000)       # profiles.yaml, quick
     assert (p["optimizer"], p["lr"], p["weight_decay"]) == ("momentum", 0.05, 0.0005)   # R1's protocol stays
+    assert p["val_size"] == 0                            # R1 had no validation split; its smoke run has none
+    [batches] = plan(select(params, None, "quick", "R5"), Path("/tmp/unused"), "quick", profiles)[:1]
+    assert batches.parameters["val_size"] == 500         # R5 holds out a split: scaled like the rest
     assert profiles["quick"].verdicts is False
     [default] = plan(select(params, None, "default", "R1"), Path("/tmp/unused"), "default", profiles)
     assert (default.parameters["seeds"], default.parameters["epochs"]) == ([0, 1, 2], 25)

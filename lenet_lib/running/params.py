@@ -316,7 +316,8 @@ def run_parameters(nb: NotebookParams, label: str, profile: str, profiles: dict[
     Merge order: notebook defaults < the file's parameters < the block's parameters < (presets only) the
     profile's protocol_parameters that the notebook has < the preset's own profiles.<profile> < the matrix
     combination. So a preset keeps its protocol and a profile changes only its scale (seeds; data and
-    epochs for the quick smoke run).
+    epochs for the quick smoke run). A protocol without a validation split (val_size 0) keeps none: the
+    smoke run then runs the same code paths as the protocol itself.
     """
     block = nb.blocks[label]
     scale = {}
@@ -325,6 +326,8 @@ def run_parameters(nb: NotebookParams, label: str, profile: str, profiles: dict[
         scale = {k: v for k, v in profiles[profile].protocol_parameters.items() if k in nb.defaults}
         where = f"{nb.file}: {label} at profile {profile}"
         _check_names(where, scale, nb.defaults, nb.path)
+        if {**nb.parameters, **block["parameters"]}.get("val_size") == 0:
+            scale.pop("val_size", None)
         scale.update(own)
     runs = []
     for combination in expand(block["matrix"]):
