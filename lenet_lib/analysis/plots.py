@@ -135,7 +135,7 @@ def scorecard(card: pd.DataFrame, title: str = "Published figures, in our standa
     fig, ax = plt.subplots(figsize=(9, 0.26 * len(rows) + 1.4))
     ax.hlines(y, -half, half, color="tab:blue", linewidth=5, alpha=0.35, label="our 95 % prediction interval")
     inside = (rows["result"] == "reproduced").to_numpy()
-    # a figure further than CLIP sd away is drawn at the edge as an arrow head pointing where it lies
+    # the axis reaches +-clip sd; a figure beyond it is drawn at the edge, an arrow head pointing where it lies
     clip = min(30.0, max(6.0, float(np.nanmax(np.abs(distance))) + 1))
     shown = np.clip(distance, -clip + 0.5, clip - 0.5)
     beyond = np.abs(distance.to_numpy()) > clip - 0.5
@@ -149,7 +149,8 @@ def scorecard(card: pd.DataFrame, title: str = "Published figures, in our standa
     ax.axvline(0, color="gray", linewidth=1)
     ax.set_yticks(y, rows["report"] + ": " + rows["figure"], fontsize=7)
     ax.set_xlim(-clip, clip)
-    ax.set_xlabel(f"published - our mean, in our standard deviations (clipped at {clip:.0f})")
+    ax.set_xlabel("published - our mean, in our standard deviations"
+                  + (f" (beyond ±{clip:.0f}: at the edge)" if beyond.any() else ""))
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title(title)
     fig.tight_layout()

@@ -29,10 +29,9 @@ def load_index(index_path: str | Path) -> tuple[dict, pd.DataFrame, pd.DataFrame
     # The index knows about runs lost before they wrote a manifest (e.g. a killed worker): keep its word.
     runs["status"] = [row.status if row.status != "missing" else by_dir[row.run_dir].get("status", "missing")
                       for row in runs.itertuples()]
-    runs["error"] = [row.error if isinstance(row.error, str) else by_dir[row.run_dir].get("error")
-                     for row in runs.itertuples()]
-    runs["preset"] = [row.preset if isinstance(row.preset, str) else by_dir[row.run_dir].get("preset")
-                      for row in runs.itertuples()]
+    for column in ("error", "preset"):      # a run without a manifest (lost, skipped) has them in the index
+        runs[column] = [value if isinstance(value, str) else by_dir[run_dir].get(column)
+                        for value, run_dir in zip(runs[column], runs["run_dir"])]
     return index, results, runs
 
 
