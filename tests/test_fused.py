@@ -103,9 +103,11 @@ def test_training_steps_stay_with_torchs_layers(label):
 @pytest.mark.parametrize("settings", [{"bn": True, "dropout": 0.5}, {"bn": True, "bn_layers": "conv"},
                                       {"activation": "tanh", "pool": "avg"}])
 def test_whole_training_on_mnist_matches_torchs_layers(mnist_small, monkeypatch, settings):
-    """Two epochs on real digits, fused vs torch's own layers: the same curves within 2 points. Not equal:
-    rounding differences grow in early training (R1's BN + dropout: losses 2.3388 / 2.3388 at step 1,
-    1.6313 / 1.6316 at step 16; val accuracy 0.654 / 0.638 after epoch 1 on 500 images, 0.858 / 0.856 after 2)."""
+    """Two epochs on real digits, fused vs torch's own layers: the same curves within 3 points. Not equal:
+    rounding differences grow in early training, and how they grow depends on the thread count, which
+    changes the summation order (R1's BN + dropout: losses 2.3388 / 2.3388 at step 1, 1.6313 / 1.6316 at
+    step 16; val accuracy on 500 images after epochs 1 and 2: 0.654 / 0.638 and 0.858 / 0.856 on 2 threads,
+    0.654 / 0.646 and 0.858 / 0.838 on one). A broken layer moves them far more (BN dropped: 5-38 points)."""
     import lenet_lib.core.train as train_module
     spec = TrainSpec(optimizer="momentum", lr=0.05, momentum=0.9, epochs=2, seed=3, **settings)
     fused_run = train_module.train(spec, mnist_small, device="cpu", progress=False)
@@ -113,7 +115,7 @@ def test_whole_training_on_mnist_matches_torchs_layers(mnist_small, monkeypatch,
     torch_run = train_module.train(spec, mnist_small, device="cpu", progress=False)
     for column in ("train_loss", "val_acc", "test_acc"):
         a, b = fused_run.history[column].to_numpy(), torch_run.history[column].to_numpy()
-        assert abs(a - b).max() <= 0.02, (column, a, b)
+        assert abs(a - b).max() <= 0.03, (column, a, b)
 
 
 def test_eval_mode_and_no_grad_match_torch():

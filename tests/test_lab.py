@@ -75,8 +75,10 @@ async def run_cells(base, token, kernel_id, sources, timeout=240):
             "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
             "content": {"code": source, "silent": False, "store_history": True, "user_expressions": {},
                         "allow_stdin": False, "stop_on_error": True}}))
-        outputs, status = [], None
-        while status is None:
+        # The reply (shell channel) can come before the cell's last output (iopub): a cell is done when
+        # both its reply and iopub's "idle" for it have come, which follows all its outputs.
+        outputs, status, idle = [], None, False
+        while status is None or not idle:
             message = json.loads(await asyncio.wait_for(ws.read_message(), timeout))
             if message.get("parent_header", {}).get("msg_id") != msg_id:
                 continue
@@ -85,6 +87,8 @@ async def run_cells(base, token, kernel_id, sources, timeout=240):
                 outputs.append(message["content"])
             elif kind == "execute_reply":
                 status = message["content"]["status"]
+            elif kind == "status":
+                idle = message["content"]["execution_state"] == "idle"
         replies.append((status, outputs))
         if status != "ok":
             break
