@@ -23,3 +23,19 @@ def test_time_split_says_where_the_epoch_goes():
         "reports' epoch 10.00 s = DataLoaders 4.00 s + model 6.00 s (torch's layers, test set included); "
         "lenet_lib's epoch 2.00 s, 3.00x the reports' model part alone. Data at no cost and torch's layers "
         "would give 1.67x; 3x needs lenet_lib's epoch <= 3.33 s.")
+
+
+def test_variant_table_times_both_layers_on_the_threads_asked_and_says_the_spread():
+    """Two variants, a few rounds: a row each, on the thread count asked (and the process's restored after);
+    the ratio is the geometric mean of the per-round ratios, so it lies inside its own CI."""
+    before = torch.get_num_threads()
+    variants = {name: bench.VARIANTS[name] for name in ("plain, batch 16", "sigmoid FC, batch 16 (R5)")}
+    table = bench.variant_table(rounds=3, calls=2, variants=variants, threads=1)
+    assert torch.get_num_threads() == before
+    assert list(table["variant"]) == list(variants) and (table["threads"] == 1).all()
+    assert (table["batch"] == 16).all()
+    assert (table[["lenet_lib_images_per_s", "torch_images_per_s"]] > 0).all().all()
+    assert ((table["ci_low"] <= table["ratio"]) & (table["ratio"] <= table["ci_high"])).all()
+    line = bench.spread_line(table.assign(ratio=[1.5, 1.8]))
+    assert line.startswith("lenet_lib / torch speed: min 1.50x (plain, batch 16), max 1.80x (sigmoid FC, batch 16 "
+                           "(R5)), spread 20%")

@@ -161,10 +161,21 @@ def _random_images(channels: int, size: int, n: int) -> DataSplits:
     return DataSplits(x, y, *empty, *empty, info={"in_channels": channels, "input_size": size, "num_classes": 10})
 
 
-def variant_table(rounds: int = 20, calls: int = 5, variants: dict | None = None) -> pd.DataFrame:
+def variant_table(rounds: int = 20, calls: int = 5, variants: dict | None = None,
+                  threads: int | None = None) -> pd.DataFrame:
     """Per variant: training images/s with lenet_lib's layers and torch's, and lenet_lib / torch speed with
-    its 95 % CI (per-round ratios of one run in turns, CPU)."""
-    variants = variants or VARIANTS
+    its 95 % CI (per-round ratios of one run in turns, CPU), on `threads` threads (None: as set now)."""
+    if threads is None:
+        return _variant_table(rounds, calls, variants or VARIANTS)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)   # the C kernels share torch's OpenMP pool, so this sets theirs too
+    try:
+        return _variant_table(rounds, calls, variants or VARIANTS)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _variant_table(rounds: int, calls: int, variants: dict) -> pd.DataFrame:
     functions, keys, sizes = {}, {}, {}
     for label, (settings, batch, channels, size) in variants.items():
         spec = TrainSpec(batch_size=batch, **settings)
@@ -184,7 +195,7 @@ def variant_table(rounds: int = 20, calls: int = 5, variants: dict | None = None
         logs = paired_log_ratios(own, "implementation", "seconds", "lenet_lib")["log_ratio"]   # log(torch / ours)
         lo, hi = t_interval(logs)
         seconds = own.groupby("implementation")["seconds"].median()
-        rows.append({"variant": label, "batch": sizes[label],
+        rows.append({"variant": label, "batch": sizes[label], "threads": torch.get_num_threads(),
                      "lenet_lib_images_per_s": sizes[label] / seconds["lenet_lib"],
                      "torch_images_per_s": sizes[label] / seconds["torch"], "ratio": float(np.exp(logs.mean())),
                      "ci_low": float(np.exp(lo)), "ci_high": float(np.exp(hi))})
@@ -212,10 +223,14 @@ def main(argv=None) -> None:
     print(table.to_string(index=False, float_format="%.2f"))
     print(time_split(table, train_size or 60000))
     rounds, calls = (6, 3) if args.quick else (20, 5)
-    print(f"\n== Per variant: training steps, lenet_lib's layers vs torch's, in turns ({rounds} rounds of {calls}) ==")
-    variants = variant_table(rounds, calls)
-    print(variants.to_string(index=False, float_format="%.2f"))
-    print(spread_line(variants))
+    # On every thread this process has, and on one: what each of a report's two kernels gets on 2 cores
+    # (running.runner.kernel_threads), so the relative costs that its runs' epoch seconds show.
+    for threads in sorted({torch.get_num_threads(), 1}, reverse=True):
+        print(f"\n== Per variant, {threads} thread(s): training steps, lenet_lib's layers vs torch's, in turns "
+              f"({rounds} rounds of {calls}) ==")
+        variants = variant_table(rounds, calls, threads=threads)
+        print(variants.to_string(index=False, float_format="%.2f"))
+        print(spread_line(variants))
     print("\n== Many models: batched ensemble vs one at a time ==")
     print(bench_ensemble.run(quick=args.quick).to_string(index=False, float_format="%.2f"))
 

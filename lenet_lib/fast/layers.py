@@ -30,11 +30,13 @@ Measured on a 2-core CPU, batch 128 (`make bench` shows the effect on whole epoc
 - Dropout's noise (fused.Dropout, csrc/dropout_rng.c): torch's own mt19937 stream drawn 20x faster, the
   same bits, checked against torch's bernoulli_ once per process (else torch draws).
 - Measured with `make bench` (per-variant table, training steps in turns, this 2-core CPU, 12 rounds):
-  lenet_lib / torch's own layers 1.41x (R5 sigmoid FC, batch 64) to 2.27x (R3 BN + conv dropout); plain
-  1.66x, R1 BN 1.91x, R4 BN 2.15x, R2 part I tanh 1.78x, avg-pool 1.75x. Every variant >= 1.3x, but the
-  spread is ~60 %, not 10 %: BN's tails gain most because ATen's BN is the slowest layer there. So training
-  seconds from runs are never used to compare variants: time claims come from timing.time_variants, which
-  times every variant with torch's own layers in turns.
+  on 2 threads lenet_lib / torch's own layers 1.54x (R5 sigmoid FC, batch 64) to 2.53x (R3 BN + conv
+  dropout), plain 1.59x, R1 BN 2.16x, R4 BN 2.42x: spread 64 %; on one thread (each kernel of a report on
+  2 cores) 1.54x (R5, batch 16) to 2.21x (R3), plain 1.91x, R1 BN 1.95x, R4 BN 1.97x, R2 part II 1.66x:
+  spread 43 %. Every variant >= 1.3x, but not within 10 %: BN's tails gain most because ATen's BN is the
+  slowest layer there, and at batch 16-64 with Adam the shared parts (FC layers, loss, optimizer: ATen's
+  in both) weigh more. So training seconds from runs are never used to compare variants: time claims come
+  from timing.time_variants, which times every variant with torch's own layers in turns.
 - Not sped up: the MLP (Linear layers only: ATen's BLAS matmuls, nothing to fuse) and the FC part of
   LeNet-5 (c5/f6/out, the same); CUDA, where the layers call torch's own kernels (there one fused kernel
   beats several small ones).
