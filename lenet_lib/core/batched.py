@@ -242,7 +242,9 @@ class StackedOptimizer:
             views = [p.detach()[a:b] for p in self.params]
             self.views += [(p, a, b, v) for p, v in zip(self.params, views)]
             groups.append({"params": views, **hyperparameters[a]})
-        self.optimizer = make_optimizer(name, groups, **hyperparameters[0])
+        # fused on CPU, as train() has it: the same update element by element as for one model alone
+        self.optimizer = make_optimizer(name, groups, fused=self.params[0].device.type == "cpu",
+                                        **hyperparameters[0])
 
     def zero_grad(self) -> None:
         for p in self.params:

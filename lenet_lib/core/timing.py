@@ -74,7 +74,9 @@ def training_step(spec: TrainSpec, data: DataSplits, implementation: str, batche
         net = with_torch_layers(model)
     else:   # what train() runs: the fused ReLU + max-pool on CPU
         net = fuse_relu_max_pool(model) if data.device.type == "cpu" else model
-    optimizer = make_optimizer(spec.optimizer, model.parameters(), **spec.hyperparameters())
+    # lenet_lib's optimizer as train() makes it (fused on CPU); torch's default for the reports' way
+    fused = implementation == "lenet_lib" and data.device.type == "cpu"
+    optimizer = make_optimizer(spec.optimizer, model.parameters(), fused=fused, **spec.hyperparameters())
     net.train()
     batch = itertools.cycle(batches)
 

@@ -126,7 +126,8 @@ def train(spec: TrainSpec, data: DataSplits, *, device: str | torch.device = "au
     model = build_for(spec, data).to(device)
     # On CPU each conv tail runs fused (fast/layers.py): torch's numbers to float rounding; `net` shares model's layers.
     net = fuse_relu_max_pool(model) if device.type == "cpu" else model
-    optimizer = make_optimizer(spec.optimizer, model.parameters(), **spec.hyperparameters())
+    optimizer = make_optimizer(spec.optimizer, model.parameters(), fused=device.type == "cpu",   # optim.FUSED
+                               **spec.hyperparameters())
     full_batch = spec.optimizer == "gd"
     base = base_columns(spec, data, device, precision)
     n = len(data.y_train)

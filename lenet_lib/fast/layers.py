@@ -29,6 +29,8 @@ Measured on a 2-core CPU, batch 128 (`make bench` shows the effect on whole epoc
   6 output maps and at batch 16-64; larger c3 keeps oneDNN forward and forward-convolution backward.
 - Dropout's noise (fused.Dropout, csrc/dropout_rng.c): torch's own mt19937 stream drawn 20x faster, the
   same bits, checked against torch's bernoulli_ once per process (else torch draws).
+- Not a layer, but the same kind of trick: on CPU train() steps torch's fused optimizers (core/optim.FUSED:
+  SGD, Adagrad, Adam, AdamW in one pass; 2-10 % of a step, the same numbers to float rounding).
 - Measured with `make bench` (per-variant table, training steps in turns, this 2-core CPU, 12 rounds):
   on 2 threads lenet_lib / torch's own layers 1.54x (R5 sigmoid FC, batch 64) to 2.53x (R3 BN + conv
   dropout), plain 1.59x, R1 BN 2.16x, R4 BN 2.42x: spread 64 %; on one thread (each kernel of a report on
