@@ -31,14 +31,16 @@ Measured on a 2-core CPU, batch 128 (`make bench` shows the effect on whole epoc
   same bits, checked against torch's bernoulli_ once per process (else torch draws).
 - Not a layer, but the same kind of trick: on CPU train() steps torch's fused optimizers (core/optim.FUSED:
   SGD, Adagrad, Adam, AdamW in one pass; 2-10 % of a step, the same numbers to float rounding).
-- Measured with `make bench` (per-variant table, training steps in turns, this 2-core CPU, 12 rounds):
-  on 2 threads lenet_lib / torch's own layers 1.54x (R5 sigmoid FC, batch 64) to 2.53x (R3 BN + conv
-  dropout), plain 1.59x, R1 BN 2.16x, R4 BN 2.42x: spread 64 %; on one thread (each kernel of a report on
-  2 cores) 1.54x (R5, batch 16) to 2.21x (R3), plain 1.91x, R1 BN 1.95x, R4 BN 1.97x, R2 part II 1.66x:
-  spread 43 %. Every variant >= 1.3x, but not within 10 %: BN's tails gain most because ATen's BN is the
-  slowest layer there, and at batch 16-64 with Adam the shared parts (FC layers, loss, optimizer: ATen's
-  in both) weigh more. So training seconds from runs are never used to compare variants: time claims come
-  from timing.time_variants, which times every variant with torch's own layers in turns.
+- Measured with `make bench` (per-variant table, training steps in turns, this 2-core CPU, 12 rounds,
+  fused optimizers included): on one thread (each kernel of a report on 2 cores) lenet_lib / torch's own
+  layers 1.71x (R5 sigmoid FC, batch 16) to 2.16x (R3 BN before act + conv dropout), plain 1.91x, R1 BN
+  1.92x, R4 BN 1.94x, R2 part II 1.78x, tanh 1.77x: spread 26 %; on 2 threads 1.63x (R2 part I tanh) to
+  2.42x (R3): spread 49 %. Every variant >= 1.3x, but not within 10 %: BN's tails gain most because
+  ATen's BN is the slowest layer there, and at batch 16-64 the per-call costs that both sides share
+  (autograd, FC layers, loss, the optimizer's Python) weigh more; the C convolutions already run near
+  this CPU's peak (c3's input gradient at batch 16: ~75 GFLOP/s on one core). So training seconds from
+  runs are never used to compare variants: time claims come from timing.time_variants, which times
+  every variant with torch's own layers in turns.
 - Not sped up: the MLP (Linear layers only: ATen's BLAS matmuls, nothing to fuse) and the FC part of
   LeNet-5 (c5/f6/out, the same); CUDA, where the layers call torch's own kernels (there one fused kernel
   beats several small ones).
@@ -52,7 +54,8 @@ Measured and left out (whole epochs of the standard LeNet-5 unless said):
   The fused kernel in plain C left to gcc's auto-vectorizer: 0.85x per step; SSE2 by hand is what pays.
   Its planes split over Python threads instead of OpenMP: 1.22x per step against 1.31x. For scale,
   ReLU and pooling that cost nothing (wrong numbers, right shapes) would give 1.41x.
-- Optimizer foreach, OMP_WAIT_POLICY=ACTIVE, glibc malloc thresholds: no measurable change.
+- Optimizer foreach (Adam 241 -> 182 us per step; fused, above, is what pays), OMP_WAIT_POLICY=ACTIVE,
+  glibc malloc thresholds: no measurable change in whole epochs.
 """
 from __future__ import annotations
 
