@@ -100,6 +100,10 @@ def test_penultimate_embedding_and_separation(lenet):
     assert points.shape == (40, 2)
     mixed = rng.normal(size=(40, 5))
     assert inside.class_separation(apart, labels) > 0.5 > inside.class_separation(mixed, labels)
+    # a diverged model's saturated (identical) or non-finite activations: a clear error, not a segfault
+    for degenerate in (np.ones((40, 5)), np.where(apart > 5, np.nan, apart)):
+        with pytest.raises(ValueError, match="t-SNE needs finite features"):
+            inside.tsne(degenerate, seed=0)
 
 
 def test_class_names_cover_every_dataset():

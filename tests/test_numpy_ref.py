@@ -321,12 +321,16 @@ def test_numpy_training_follows_torch_from_the_same_start(mnist_small):
     """Same initial weights, same batches, float32 on both sides: the same losses up to rounding."""
     data = subset(mnist_small, 512, 200)
     spec = TrainSpec(optimizer="adam", batch_size=64, epochs=2, activation="tanh", seed=3)
+    epochs_done = []
     with threads(1):
-        ours = train_numpy(spec, data)
+        ours = train_numpy(spec, data, on_epoch=lambda *args: epochs_done.append(args))
         theirs = torch_train(spec, data, device="cpu", progress=False).history
     for col in ("train_loss", "val_loss", "test_loss"):
         np.testing.assert_allclose(ours[col], theirs[col], rtol=1e-4)
     assert set(theirs.columns) <= set(ours.columns)
+    # provenance: NumPy did the arithmetic, not torch's kernels; progress counted as torch's training does
+    assert set(ours["kernels"]) == {"numpy"} and set(theirs["kernels"]) <= {"c", "pytorch"}
+    assert epochs_done == [(spec.model_id, 1, 2), (spec.model_id, 2, 2)]
 
 
 def test_gd_steps_once_per_epoch_and_divergence_is_a_status():

@@ -3,6 +3,7 @@ real signals, and what happens now."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from fixtures.runner_project import add_broken, add_sleepy, make_project, run_dirs, staging_dirs
 
 from lenet_lib.base import datafiles
@@ -111,11 +113,57 @@ def test_diverged_models_are_recorded_shown_and_the_run_goes_on(tmp_path):
     assert "KeyboardInterrupt" not in err and "Traceback" not in err
 
 
+# 1, every notebook: a learning rate of 1000 in each notebook's quick block, as a user would set it
+SMALL = {"train_size": 256, "val_size": 64, "test_size": 128, "epochs": 2}
+DIVERGING = {
+    "bn_dropout_grid": {**SMALL, "seeds": [0], "lr": 1000.0, "timing_rounds": 1, "timing_calls": 1},
+    "dropout_sweep": {**SMALL, "seeds": [0], "lr": 1000.0, "dropouts": [0.5], "timing_rounds": 1,
+                      "timing_calls": 1},
+    "batch_size": {**SMALL, "seeds": [0], "lr": 1000.0, "batch_sizes": [32, 64], "claimed_best": 64},
+    "optimizers": {**SMALL, "seeds": [0], "optimizers": ["gd", "adam"], "tune": False, "lr_factors": [1e4]},
+    "inside_lenet": {**SMALL, "seeds": [0], "lr": 1000.0, "mlp_lr": 1000.0, "tsne_points": 64},
+    "numpy_vs_torch": {**SMALL, "lr": 1000.0, "timing_repeats": 1, "optimizers": ["gd", "adam"],
+                       "r2_train_size": 256, "r2_epochs": 1},
+}
+
+
+def test_every_notebook_records_divergence_and_goes_on(tmp_path):
+    params = tmp_path / "params"
+    params.mkdir()
+    shutil.copy(REPO / "params" / "profiles.yaml", params)
+    for notebook, parameters in DIVERGING.items():
+        spec = yaml.safe_load((REPO / "params" / f"{notebook}.yaml").read_text())
+        spec.pop("presets", None)                # the notebooks' own quick blocks only
+        spec["profiles"]["quick"] = {"matrix": spec["profiles"]["quick"]["matrix"], "parameters": parameters}
+        (params / f"{notebook}.yaml").write_text(yaml.safe_dump(spec))
+    dirs = {"params": params, "notebooks": REPO / "notebooks", "outputs": tmp_path / "out"}
+    code, out, err = finish(start(dirs, "--profile", "quick"), timeout=900)
+    assert code == 0, (out, err[-3000:])
+    index = json.loads((dirs["outputs"] / "index.json").read_text())
+    statuses = {e["notebook"]: e["status"] for e in index["runs"]}
+    assert statuses == {notebook: "diverged" for notebook in DIVERGING}, statuses
+    html = (dirs["outputs"] / "report.html").read_text()
+    for notebook in DIVERGING:
+        [run] = run_dirs(dirs["outputs"], notebook)
+        table = results.read_table(run / "results.parquet")
+        assert (table["status"] == "diverged").any(), notebook      # the diverged rows are kept
+    assert all(e["run_id"] in html for e in index["runs"])           # and listed in the report
+
+
 def test_gd_at_a_huge_learning_rate_diverges(mnist_small):
     from lenet_lib.core.specs import TrainSpec
     from lenet_lib.core.train import train
     result = train(TrainSpec(optimizer="gd", lr=1000.0, epochs=3), mnist_small, progress=False)
     assert result.status == "diverged" and result.history["status"].iloc[-1] == "diverged"
+
+
+def test_a_huge_finite_loss_is_divergence():
+    """Only NaN/inf counted once: gd at lr 1e3 sat at a finite 3.8e21 with status ok."""
+    from lenet_lib.base.choices import diverged
+    assert diverged(3.8e21) and diverged(float("nan")) and diverged(float("inf"))
+    assert diverged(100 * math.log(10) + 1) and not diverged(100 * math.log(10) - 1)
+    assert not diverged(2.3) and not diverged(0.0)
+    assert diverged(100 * math.log(100) + 1, num_classes=100) is True
 
 
 # 2 no results at all: the real summary still writes a report
@@ -217,6 +265,27 @@ def test_threads_are_part_of_a_runs_identity(tmp_path):
     one, two = (plan(chosen, dirs["outputs"], "quick", profiles, threads) for threads in (1, 2))
     assert [t.threads for t in one] == [1] * 3 and [t.threads for t in two] == [2] * 3
     assert not {t.run_id for t in one} & {t.run_id for t in two}
+
+
+# 6 and 7 as a user meets them: R1's preset in the quick profile, once per thread count, from the CLI
+def test_a_quick_preset_run_is_scaled_recorded_and_keyed_by_threads(tmp_path):
+    dirs = {"params": REPO / "params", "notebooks": REPO / "notebooks", "outputs": tmp_path / "out"}
+    runs = {}
+    for threads in (1, 2):
+        code, out, err = finish(start(dirs, "--profile", "quick", "--preset", "R1", "--only", "bn_dropout_grid",
+                                      "--threads", str(threads), "--no-report"))
+        assert code == 0 and "1 ok (0 cached)" in out, (out, err[-2000:])     # a new thread count: a new run
+        index = json.loads((dirs["outputs"] / "index.json").read_text())
+        [entry] = index["runs"]
+        runs[threads] = results.read_manifest(Path(entry["run_dir"]))
+    assert runs[1]["run_id"] != runs[2]["run_id"]
+    for threads, manifest in runs.items():
+        p = manifest["parameters"]
+        assert manifest["threads"] == threads and (manifest["profile"], manifest["preset"]) == ("quick", "R1")
+        # the quick profile scales R1's seeds, data and epochs; R1's protocol (optimizer, rate, decay) stays
+        assert (p["seeds"], p["epochs"], p["train_size"], p["val_size"]) == ([0, 1], 1, 2000, 0)
+        assert (p["optimizer"], p["lr"], p["momentum"], p["weight_decay"], p["batch_size"]) == (
+            "momentum", 0.05, 0.9, 0.0005, 128)
 
 
 def test_the_kernel_path_is_part_of_a_runs_identity(tmp_path, monkeypatch):

@@ -81,3 +81,9 @@ def test_report_reads_runs_back(tmp_path):
     assert "val_acc" not in test_only
     overview = report.overview(test_only)
     assert len(overview) == 4 and "val_acc" not in overview and (overview["n"] == 4).all()
+    # every model diverged (no finite validation loss): the figure says so instead of failing the summary
+    from lenet_lib.analysis import plots
+    (*_, blown_up), = list(report.notebook_sections(results.assign(val_loss=float("inf"))))
+    figure = plots.overview(blown_up)
+    assert [t.get_text() for t in figure.axes[0].texts] == ["no finite validation loss"]
+    assert figure.axes[1].get_ylabel() == "validation accuracy"

@@ -213,6 +213,10 @@ def overview(rows: pd.DataFrame, hue: str = "config", title: str = ""):
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.9), gridspec_kw={"width_ratios": [2, 2, 2]})
     split = held_out(rows)
     for ax, metric in zip(axes[:2], (f"{split}_loss", f"{split}_acc")):
+        if metric not in rows or not np.isfinite(rows[metric].astype(float)).any():     # e.g. every model diverged
+            ax.text(0.5, 0.5, f"no finite {LABELS[metric]}", ha="center", va="center", transform=ax.transAxes)
+            ax.set_axis_off()
+            continue
         sns.lineplot(data=rows, x="epoch", y=metric, hue=hue, errorbar=_ci, marker="o", ax=ax, legend=False)
         ax.set_ylabel(LABELS[metric])
         ax.xaxis.get_major_locator().set_params(integer=True)

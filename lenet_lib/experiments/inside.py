@@ -274,6 +274,9 @@ def tsne(features, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
     """2-D t-SNE of the rows of features. Perplexity must stay below the number of points: it is capped
     at (n - 1) / 3, so that a small subset still works."""
     features = np.asarray(torch.as_tensor(features).detach().float().cpu().flatten(1))
+    if not np.isfinite(features).all() or not features.std(axis=0).any():
+        # scikit-learn's t-SNE crashes the process (segmentation fault) on identical points
+        raise ValueError("t-SNE needs finite features that differ between points (a diverged model's do not)")
     perplexity = min(perplexity, (len(features) - 1) / 3)
     return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(features)
 

@@ -51,18 +51,23 @@ def twin(spec: TrainSpec, data: DataSplits, dtype=np.float32):
     return net, model
 
 
-def train_numpy(spec: TrainSpec, data: DataSplits, dtype=np.float32, batching: str = "shuffle") -> pd.DataFrame:
-    """Train spec's model in NumPy from torch's initial weights; rows with lenet_lib.core.train's columns.
+def train_numpy(spec: TrainSpec, data: DataSplits, dtype=np.float32, batching: str = "shuffle",
+                on_epoch=None) -> pd.DataFrame:
+    """Train spec's model in NumPy from torch's initial weights; rows with lenet_lib.core.train's columns
+    (`kernels` says "numpy"). on_epoch(model_id, epoch, epochs) as in lenet_lib.core.train.train.
 
     batching "shuffle" takes lenet_lib.core.data.epoch_order's permutation, so NumPy sees torch's batches;
     "contiguous" is R2's random contiguous mini-batches.
     """
     net, _ = twin(spec, data, dtype)
     precision = {np.dtype(np.float32): "fp32", np.dtype(np.float64): "fp64"}[np.dtype(dtype)]
-    base = {**base_columns(spec, data, torch.device("cpu"), precision), "batching": batching, "stacked_models": 1}
+    base = {**base_columns(spec, data, torch.device("cpu"), precision), "kernels": "numpy", "batching": batching,
+            "stacked_models": 1}
     order = lambda n, seed, epoch: epoch_order(n, seed, epoch).numpy()  # noqa: E731
     rows = train_loop(net, numpy_splits(data, dtype), spec.optimizer, spec.epochs, spec.batch_size, spec.seed,
-                      batching, order, base, **spec.hyperparameters())
+                      batching, order, base,
+                      on_epoch=on_epoch and (lambda epoch, epochs: on_epoch(spec.model_id, epoch, epochs)),
+                      **spec.hyperparameters())
     return pd.DataFrame(rows)
 
 

@@ -60,12 +60,13 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, batching: str 
 
 def train(net: Sequential, data, optimizer: str = "adam", epochs: int = 1, batch_size: int = 64, seed: int = 0,
           batching: str = "shuffle", order: Callable | None = None, base: dict | None = None,
-          **hyperparameters) -> list[dict]:
+          on_epoch: Callable | None = None, **hyperparameters) -> list[dict]:
     """Train net in place; return one row per epoch: base columns, epoch, measures, status.
 
     As lenet_lib.core.train: "gd" is full-batch gradient descent (gradients of all batches weighted by size,
-    one step per epoch, every example exactly once whatever `batching` says); a non-finite training loss
-    ends training after that epoch with status "diverged" and never raises.
+    one step per epoch, every example exactly once whatever `batching` says); a diverged training loss
+    (base.choices.diverged) ends training after that epoch with status "diverged" and never raises.
+    on_epoch(epoch, epochs) is called after each epoch (the runner's progress bar).
     """
     check_positive_int("epochs", epochs)
     check_positive_int("batch_size", batch_size)
@@ -107,6 +108,8 @@ def train(net: Sequential, data, optimizer: str = "adam", epochs: int = 1, batch
                      "val_loss": val[0], "val_acc": val[1], "test_loss": test[0], "test_acc": test[1],
                      "train_seconds": train_seconds, "epoch_seconds": time.perf_counter() - start,
                      "status": status})
+        if on_epoch:
+            on_epoch(epoch, epochs)
         if status == "diverged":
             break
     return rows
