@@ -12,7 +12,7 @@ from torch import nn
 import lenet_lib.core.models as tm
 import lenet_lib.core.optim as topt
 import lenet_lib.numpy_ref as nr
-from lenet_lib.base.choices import EXTRA_DEFAULTS
+from lenet_lib.base.choices import EXTRA_DEFAULTS, OPTIMIZER_NAMES
 from lenet_lib.core.data import DataSplits
 from lenet_lib.numpy_ref import layers as L, net as nn_np, optim as nopt
 from lenet_lib.numpy_ref.compare import numpy_splits, numpy_state, threads, train_numpy
@@ -243,14 +243,19 @@ def test_load_torch_state_names_what_does_not_fit():
 
 def test_both_frameworks_build_the_same_layer_kinds():
     assert set(nn_np.POOLS) == set(tm.POOLS) and set(L.ACTIVATIONS) == set(tm.ACTIVATIONS)
-    assert nn_np.ARCHS == tm.ARCHS
     with pytest.raises(ValueError, match="pool='min'"):
         nr.build_lenet5(pool="min")
+    for arch in ("lenet5", "mlp"):       # the same architectures, parameter for parameter
+        assert [p["parameters"] for p in nn_np.build_model(arch).parameter_table()] == \
+            tm.layer_table(tm.build_model(arch), (1, 28, 28))["parameters"].tolist()
+    for build in (nn_np.build_model, tm.build_model):
+        with pytest.raises(ValueError, match="arch='resnet'.*lenet5.*mlp"):
+            build("resnet")
 
 
 # ---------------------------------------------------------------- optimizers
-OPTIMIZER_CASES = [(name, {}) for name in nopt.OPTIMIZERS] + [
-    (name, {"weight_decay": 0.01}) for name in nopt.OPTIMIZERS] + [
+OPTIMIZER_CASES = [(name, {}) for name in OPTIMIZER_NAMES] + [
+    (name, {"weight_decay": 0.01}) for name in OPTIMIZER_NAMES] + [
     ("sgd", {"momentum": 0.5, "lr": 0.2}), ("nesterov", {"momentum": 0.7, "weight_decay": 1e-3}),
     ("rmsprop", {"alpha": 0.9, "eps": 1e-6}), ("adam", {"betas": (0.8, 0.99), "lr": 0.01}),
     ("adadelta", {"rho": 0.5, "lr": 0.5}), ("adagrad", {"eps": 1e-6, "lr": 0.1})]
@@ -292,7 +297,7 @@ def test_optimizer_updates_the_networks_own_arrays_with_per_parameter_state():
 def test_optimizer_names_and_extra_arguments_are_torchs():
     """The NumPy optimizers cover torch's, and every extra argument choices.py allows (with its default)
     is one torch.optim's class takes, with the same default."""
-    assert set(nopt.OPTIMIZERS) == set(topt.OPTIMIZERS)
+    assert set(topt.OPTIMIZERS) == set(OPTIMIZER_NAMES)     # core/optim's classes cover every name
     for name, (cls, _, _) in topt.OPTIMIZERS.items():
         extras = EXTRA_DEFAULTS.get(name, {})
         defaults = cls([torch.zeros(1)]).defaults

@@ -20,6 +20,7 @@ DROPOUT_AT = ("f6", "c5", "c5_f6")  # FC dropout after f6 only (R1, R2), after c
 PADDINGS = ("auto", "same", "valid")
 INPUT_SIZES = (28, 32)              # a dataset's own size, or 28x28 digits padded / resized to 32x32
 RESIZE_MODES = ("pad", "interpolate")   # LeCun's zero padding to 32x32, or R2's Resize(32)
+ARCHS = ("lenet5", "mlp")          # LeNet-5 and the MLP baseline (R5), in torch and in NumPy
 DROPOUT_SITES = ("fc", "conv")      # the notebooks' dropout in the FC part (R1, R4) or after c3 (R3)
 BATCHINGS = ("shuffle", "contiguous")   # NumPy training: epoch_order's batches, or R2's contiguous ones
 

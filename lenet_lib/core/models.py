@@ -18,12 +18,11 @@ import torch
 from torch import nn
 
 from lenet_lib.fast.layers import Conv2d, MaxPool2d, conv2d   # torch's layers, faster training on CPU
-from lenet_lib.base.choices import C3_TABLE, MODEL_DEFAULTS, lenet5_geometry
+from lenet_lib.base.choices import ARCHS, C3_TABLE, MODEL_DEFAULTS, lenet5_geometry
 from lenet_lib.base.checks import check_choice, check_range
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 POOLS = {"max": MaxPool2d, "avg": nn.AvgPool2d}
-ARCHS = ("lenet5", "mlp")
 
 class SparseConv2d(Conv2d):
     """C3 with LeCun's connection table: weights outside the table are held at zero by a fixed mask."""

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from lenet_lib.base.choices import C3_TABLE, MODEL_DEFAULTS, lenet5_geometry
+from lenet_lib.base.choices import ARCHS, C3_TABLE, MODEL_DEFAULTS, lenet5_geometry
 from lenet_lib.base.checks import check_choice, check_range
 from lenet_lib.numpy_ref.layers import (ACTIVATIONS, AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, Layer, Linear,
                                         MaxPool2d)
 
 # The same choices as lenet_lib.core.models: both take them from lenet_lib.base.choices.
 POOLS = {"max": MaxPool2d, "avg": AvgPool2d}
-ARCHS = ("lenet5", "mlp")
 
 
 class Sequential:

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lenet_lib.base.choices import OPTIMIZER_NAMES, resolve_hyperparameters
-
-OPTIMIZERS = OPTIMIZER_NAMES
+from lenet_lib.base.choices import resolve_hyperparameters
 
 
 class Optimizer:
