@@ -12,7 +12,7 @@ MAY_IMPORT = {
     "base": {"base"},
     "fast": {"base", "fast"},
     "core": {"base", "fast", "core"},
-    "numpy_ref": {"base", "core", "numpy_ref"},
+    "numpy_ref": {"base", "fast", "core", "numpy_ref"},
     "analysis": {"base", "analysis"},
     "experiments": {"base", "core", "analysis", "experiments"},
     "summary": {"base", "analysis", "summary"},

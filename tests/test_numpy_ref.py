@@ -16,6 +16,7 @@ from lenet_lib.base.choices import EXTRA_DEFAULTS, OPTIMIZER_NAMES
 from lenet_lib.core.data import DataSplits
 from lenet_lib.numpy_ref import layers as L, net as nn_np, optim as nopt
 from lenet_lib.numpy_ref.compare import numpy_splits, numpy_state, threads, train_numpy
+from lenet_lib.numpy_ref.compare import twin as nr_twin
 from lenet_lib.analysis.results import MEASURES
 from lenet_lib.core.specs import TrainSpec
 from lenet_lib.core.train import train as torch_train
@@ -310,6 +311,21 @@ def subset(data: DataSplits, n_train: int, n_eval: int) -> DataSplits:
     return DataSplits(data.x_train[:n_train], data.y_train[:n_train], data.x_val[:n_eval], data.y_val[:n_eval],
                       data.x_test[:n_eval], data.y_test[:n_eval], {**data.info, "train_size": n_train,
                                                                    "val_size": n_eval, "test_size": n_eval})
+
+
+def test_layer_times_take_torchs_own_layers_and_leave_the_model_alone(mnist_small, monkeypatch):
+    """R5's framework is torch as it comes: the timed copy runs torch's own pooling (lenet_lib's pools
+    never call F.max_pool2d), and the model handed in keeps its layers and its mode."""
+    from lenet_lib.numpy_ref.compare import layer_times
+    import torch.nn.modules.pooling as pooling
+    calls, max_pool2d = [], pooling.F.max_pool2d
+    monkeypatch.setattr(pooling.F, "max_pool2d", lambda *a, **k: calls.append(1) or max_pool2d(*a, **k))
+    spec = TrainSpec(fc_activation="sigmoid", padding="same")
+    net, model = nr_twin(spec, mnist_small)
+    before = [type(layer) for layer in model]
+    times = layer_times(net, model, mnist_small.x_test[:1].numpy(), repeats=2, calls=1)
+    assert len(times) == 2 * len(before) and (times[["numpy_s", "torch_s"]] > 0).all().all()
+    assert calls and [type(layer) for layer in model] == before and model.training
 
 
 def test_numpy_training_learns_mnist(mnist_small):

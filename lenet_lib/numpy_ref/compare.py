@@ -4,6 +4,7 @@ numpy_ref module that does); notebooks/numpy_vs_torch.ipynb calls these.
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 
 import numpy as np
@@ -15,6 +16,7 @@ from threadpoolctl import threadpool_limits
 from lenet_lib.core.data import DataSplits, epoch_order
 from lenet_lib.core.specs import TrainSpec
 from lenet_lib.core.train import base_columns, build_for, set_determinism
+from lenet_lib.fast.layers import with_torch_layers
 from lenet_lib.numpy_ref import net as numpy_net
 from lenet_lib.numpy_ref.layers import cross_entropy
 from lenet_lib.numpy_ref.train import train as train_loop
@@ -117,9 +119,11 @@ def layer_times(net, model: torch.nn.Module, x: np.ndarray, repeats: int = 5, de
     Each layer gets its own input, the previous layer's output, so a row times that layer only. One row
     per repeat and layer: numpy_s and torch_s, each the mean of `calls` calls, the two timed one after
     the other (after one warm-up call each), so a busy moment hits both; `fastest` takes the minimum.
+    The torch side is a copy of model with torch's own layers (fast.layers.with_torch_layers), the
+    framework as R5 used it: lenet_lib's CPU layers are a training speed-up, not the framework.
     """
     device = torch.device(device)
-    model = model.to(device).eval()
+    model = with_torch_layers(copy.deepcopy(model)).to(device).eval()
     net.eval()
     xn, xt = np.asarray(x, dtype=net.dtype), torch.as_tensor(x, dtype=torch.float32, device=device)
     layers = []
@@ -137,7 +141,6 @@ def layer_times(net, model: torch.nn.Module, x: np.ndarray, repeats: int = 5, de
                                  "parameters": np_layer.parameter_count(), "repeat": repeat,
                                  "numpy_s": numpy_s, "torch_s": torch_s})
     net.train()
-    model.train()
     return pd.DataFrame(rows)
 
 
