@@ -255,3 +255,36 @@ def test_list_shows_profiles_presets_and_run_counts(tmp_path, capsys):
     dirs = make_project(tmp_path)
     assert main(["list", "--params", str(dirs["params"]), "--notebooks", str(dirs["notebooks"])]) == 0
     assert re.search(r"^tiny\s+2\s+3\s+4\s+P1:1\s+Tiny fixture$", _out(capsys), re.M)
+
+
+def test_the_bar_counts_training_images_and_estimates_runs_not_started(tmp_path):
+    """The ETA's total: started runs as they planned, the others from their parameters, scaled by what
+    their notebook's (else any) started runs planned per parameter-image; cached runs left out."""
+    import io
+    from lenet_lib.base import progress
+    from lenet_lib.running.executors import RunTask
+
+    def task(notebook, run_id, work):
+        return RunTask(notebook, "nb.ipynb", run_id, str(tmp_path / notebook / run_id), {}, work=work)
+    started, same_notebook, other, cached = (task("grid", "a1", 1000), task("grid", "a2", 3000),
+                                             task("sweep", "b1", 500), task("grid", "c1", 9999))
+    started.staging_dir.mkdir(parents=True)
+    (started.staging_dir / progress.FILE).write_text(json.dumps(
+        {"planned": 8, "done": 2, "current": "BN epoch 2/2", "planned_images": 4000, "done_images": 1000}))
+    out = io.StringIO()
+    bar = progress.ReportBar([started, same_notebook, other, cached], {"c1"}, out, interval=3600)
+    try:
+        # 4 images per parameter-image: a2 3000 x 4, b1 (no started run of its own) 500 x 4
+        assert (bar.bar.total, bar.bar.n) == (4000 + 12000 + 2000, 1000)
+        assert "2 model-epochs, runs 1/4" in out.getvalue() and "grid/a1: BN epoch 2/2" in out.getvalue()
+    finally:
+        bar.close()
+
+
+def test_parameter_images_of_a_run():
+    from lenet_lib.base.progress import parameter_images
+    r1 = {"dataset": "mnist", "seeds": [0, 1, 2], "epochs": 25, "train_size": None, "val_size": 0}
+    assert parameter_images(r1) == 3 * 25 * 60_000
+    assert parameter_images({"dataset": "fashion_mnist", "seeds": [0], "epochs": 2, "train_size": None,
+                             "val_size": 5000}) == 2 * 55_000
+    assert parameter_images({"seed": 0, "epochs": 2, "train_size": 2000, "val_size": 1000}) == 4000

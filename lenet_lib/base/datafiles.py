@@ -20,6 +20,7 @@ LAYOUT = {      # dataset -> (folder below the data folder, files in it)
     "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]),
 }
 TITLES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
+TRAIN_IMAGES = {"mnist": 60_000, "fashion_mnist": 60_000, "cifar10": 50_000}   # before any validation split
 SUMS_FILE = "SHA256SUMS"
 
 # (algorithm, digest, size in bytes) of the files as published: torchvision's raw MNIST and

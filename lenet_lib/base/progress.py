@@ -1,8 +1,13 @@
-"""Progress of a run, for the runner's bar: the kernel writes how many model-epochs it planned and did.
+"""Progress of a run, for the runner's bar: the kernel writes how many model-epochs, and how many training
+images, it planned and did.
 
 Under the runner, $LENET_PROGRESS names a file in the run's staging folder; experiments.runs.run_specs
 updates it after every epoch (atomically, a few bytes), and the runner reads every running run's file.
 Outside the runner nothing is written.
+
+The bar's ETA counts training images, not model-epochs: a preset's model-epoch (60,000 images) costs ten to
+thirty times an exploration's, so a rate in model-epochs swings as the mix of runs changes (a default
+report's ETA said 25, 46, 63, 52 and 41 minutes for a run of 36).
 """
 from __future__ import annotations
 
@@ -10,24 +15,31 @@ import json
 import os
 from pathlib import Path
 
+from lenet_lib.base.datafiles import TRAIN_IMAGES
+
 ENV = "LENET_PROGRESS"
 FILE = "progress.json"
 
 
 class Recorder:
-    """Counts model-epochs planned and done in this kernel, across all its training calls."""
+    """Counts model-epochs and training images planned and done in this kernel, across its training calls."""
 
     def __init__(self):
         self.path = os.environ.get(ENV)
-        self.planned = self.done = 0
+        self.planned = self.done = self.planned_images = self.done_images = 0
+        self.images_per_epoch = 0
         self.current = ""
 
-    def plan(self, model_epochs: int) -> None:
+    def plan(self, model_epochs: int, images_per_epoch: int) -> None:
+        """model_epochs more to train, each on images_per_epoch training images (until the next plan)."""
         self.planned += model_epochs
+        self.planned_images += model_epochs * images_per_epoch
+        self.images_per_epoch = images_per_epoch
         self._write()
 
     def epoch_done(self, model_id: str, epoch: int, epochs: int) -> None:
         self.done += 1
+        self.done_images += self.images_per_epoch
         self.current = f"{model_id} epoch {epoch}/{epochs}"
         self._write()
 
@@ -35,7 +47,8 @@ class Recorder:
         if not self.path:
             return
         tmp = f"{self.path}.tmp"
-        Path(tmp).write_text(json.dumps({"planned": self.planned, "done": self.done, "current": self.current}))
+        Path(tmp).write_text(json.dumps({"planned": self.planned, "done": self.done, "current": self.current,
+                                         "planned_images": self.planned_images, "done_images": self.done_images}))
         os.replace(tmp, self.path)
 
 
@@ -50,12 +63,25 @@ def read(path: str | Path) -> dict | None:
         return None
 
 
-class ReportBar:
-    """The runner's bar: model-epochs done across every run of a report, with an ETA, and a second line
-    naming what the running runs are training now. Refreshed from the runs' progress files by a thread.
+def parameter_images(parameters: dict) -> float:
+    """A run's training images from its parameters (the notebook's defaults included) alone: seeds x epochs
+    x training-set size. The models per seed (variants, optimizers, batch sizes) are the notebook's own, so
+    ReportBar scales this by what the notebook's started runs planned."""
+    seeds = parameters.get("seeds", [parameters.get("seed", 0)])
+    dataset = parameters.get("dataset", "mnist")
+    full = TRAIN_IMAGES.get(dataset, TRAIN_IMAGES["mnist"]) - (parameters.get("val_size") or 0)
+    size = min(parameters.get("train_size") or full, full)
+    return max(len(seeds) if isinstance(seeds, (list, tuple)) else 1, 1) * parameters.get("epochs", 1) * size
 
-    A run that has not started yet counts as the mean work of the started runs of its notebook (of all
-    runs, if none of its notebook has started): the total, and so the ETA, firm up as runs start.
+
+class ReportBar:
+    """The runner's bar: training images done across every run of a report, with an ETA; model-epochs and
+    runs done beside it, and a second line naming what the running runs train now. Refreshed from the runs'
+    progress files by a thread. Cached runs are left out: they cost nothing and would inflate the rate.
+
+    A run that has not started yet is estimated from its parameters (task.work, from parameter_images),
+    scaled by the images per parameter-image that its notebook's started runs planned (all started runs'
+    when none of its notebook has): the total, and so the ETA, firm up as runs start.
     """
 
     def __init__(self, tasks, cached: set, out, interval: float | None = None):
@@ -63,7 +89,7 @@ class ReportBar:
         from tqdm import tqdm
         tqdm.set_lock(threading.RLock())    # not tqdm's multiprocessing lock: it leaves a semaphore behind
         self.tasks, self.cached, self.finished = list(tasks), set(cached), set()
-        self.bar = tqdm(total=0, unit="model-epoch", desc="report", file=out, dynamic_ncols=True)
+        self.bar = tqdm(total=0, unit="img", unit_scale=True, desc="report", file=out, dynamic_ncols=True)
         self.line = tqdm(total=0, bar_format="{desc}", position=1, file=out, leave=False)
         # a terminal is redrawn twice a second; a log file or pipe gets a line every 10 s
         interval = interval or (0.5 if getattr(out, "isatty", lambda: False)() else 10.0)
@@ -73,37 +99,43 @@ class ReportBar:
         self._thread.start()
 
     def _read(self, task) -> dict | None:
-        done_dir = Path(task.run_dir)
-        if task.run_id in self.cached or task.run_id in self.finished:
-            return read(done_dir / FILE) or {"planned": 0, "done": 0, "current": ""}
+        if task.run_id in self.finished:
+            return read(Path(task.run_dir) / FILE) or {"planned": 0, "done": 0, "current": ""}
         return read(task.staging_dir / FILE)
 
-    def refresh(self) -> None:
-        states = {t.run_id: self._read(t) for t in self.tasks}
-        known = [s["planned"] for s in states.values() if s and s["planned"]]
-        by_notebook = {}
-        for t in self.tasks:
-            s = states[t.run_id]
-            if s and s["planned"]:
-                by_notebook.setdefault(t.notebook, []).append(s["planned"])
-        fallback = sum(known) / len(known) if known else 0
-        total = done = 0
-        for t in self.tasks:
-            s = states[t.run_id]
-            if s and s["planned"]:
-                total += max(s["planned"], s["done"])
-                done += s["done"]
+    def totals(self, states: dict) -> dict:
+        """Images planned (started runs as they said, the others estimated) and done, and model-epochs done,
+        over the runs this report executes; states: {run_id: progress or None} of those runs."""
+        todo = [t for t in self.tasks if t.run_id not in self.cached]
+        started = [t for t in todo if states[t.run_id] and states[t.run_id].get("planned_images")]
+        scale = {}
+        for t in started:
+            scale.setdefault(t.notebook, []).append(states[t.run_id]["planned_images"] / max(t.work, 1.0))
+        everyone = [x for xs in scale.values() for x in xs]
+        fallback = sum(everyone) / len(everyone) if everyone else 0.0
+        total = done = model_epochs = 0.0
+        for t in todo:
+            s = states[t.run_id] or {}
+            model_epochs += s.get("done", 0)
+            if t in started:
+                total += max(s["planned_images"], s["done_images"])
+                done += s["done_images"]
             else:
-                mine = by_notebook.get(t.notebook)
-                total += sum(mine) / len(mine) if mine else fallback
+                mine = scale.get(t.notebook)
+                total += t.work * (sum(mine) / len(mine) if mine else fallback)
+        return {"images": total, "images_done": done, "model_epochs_done": int(model_epochs)}
+
+    def refresh(self) -> None:
+        states = {t.run_id: self._read(t) for t in self.tasks if t.run_id not in self.cached}
+        counts = self.totals(states)
         running = [f"{t.label}: {states[t.run_id]['current']}" for t in self.tasks
-                   if t.run_id not in self.cached and t.run_id not in self.finished
-                   and states[t.run_id] and states[t.run_id]["current"]]
+                   if t.run_id in states and t.run_id not in self.finished
+                   and states[t.run_id] and states[t.run_id].get("current")]
         with self.bar.get_lock():
-            self.bar.total = max(int(round(total)), done)
-            self.bar.n = done
-            self.bar.set_postfix_str(f"runs {len(self.cached) + len(self.finished)}/{len(self.tasks)}",
-                                     refresh=False)
+            self.bar.total = max(int(round(counts["images"])), int(counts["images_done"]))
+            self.bar.n = int(counts["images_done"])
+            self.bar.set_postfix_str(f"{counts['model_epochs_done']} model-epochs, runs "
+                                     f"{len(self.cached) + len(self.finished)}/{len(self.tasks)}", refresh=False)
             self.bar.refresh()
             self.line.set_description_str("  now: " + ("; ".join(running) if running else "starting"))
 

@@ -18,7 +18,7 @@ def run_specs(specs: list[TrainSpec], data: DataSplits, *, device="auto", precis
     if len(set(ids)) != len(ids):
         raise ValueError(f"model_id values must be unique within a run; repeated: "
                          f"{sorted({i for i in ids if ids.count(i) > 1})}")
-    run_progress.RECORDER.plan(sum(s.epochs for s in specs))
+    run_progress.RECORDER.plan(sum(s.epochs for s in specs), images_per_epoch=len(data.y_train))
     results = train_many(specs, data, device=device, precision=precision, progress=progress,
                          on_epoch=run_progress.RECORDER.epoch_done)
     history = pd.concat([r.history for r in results], ignore_index=True)

@@ -61,6 +61,7 @@ class RunTask:
     env: dict = field(default_factory=dict)     # set for the kernel, e.g. LENET_DATA as an absolute path
     threads: int = 1                # CPU threads of the kernel: part of the run's identity (see runner)
     kernels: str = "c"              # the kernel path planned (base/kernel_path.py): also part of it
+    work: float = 0.0               # training images its parameters imply (progress.parameter_images): the ETA
 
     @property
     def label(self) -> str:

@@ -84,7 +84,8 @@ def plan(selected, outputs: Path, profile, profiles, threads: int = 1) -> list[R
             run_dir = (outputs / "runs" / nb.name / run_id).resolve()
             injected = {**parameters, "output_dir": str(run_dir), "run_id": run_id}
             tasks.append(RunTask(nb.name, str(nb.path.resolve()), run_id, str(run_dir), injected,
-                                 profile, preset, env, threads, kernels))
+                                 profile, preset, env, threads, kernels,
+                                 progress.parameter_images({**nb.defaults, **parameters})))
     return tasks
 
 
