@@ -2,8 +2,9 @@
 
 "c": lenet_lib's C kernels (fast/csrc) on the CPU; "pytorch": the CPU layers' PyTorch form, when the
 kernels cannot be built (not x86-64, no C compiler) or LENET_C_KERNELS=0; "cuda": torch's own kernels
-on a GPU; "numpy": the NumPy reference network (numpy_ref), which uses none of them. The paths agree to float rounding, not bit for bit, so cached runs of one are never reused for
-another (running/runner.py puts the path in the run id; core/train.py records the path that ran).
+on a GPU; "numpy" in the rows the NumPy reference network (numpy_ref) trained, which uses none of them.
+The paths agree to float rounding, not bit for bit, so cached runs of one are never reused for another
+(running/runner.py puts the path in the run id; core/train.py records the path that ran).
 """
 from __future__ import annotations
 

@@ -107,23 +107,25 @@ class ReportBar:
         """Images planned (started runs as they said, the others estimated) and done, and model-epochs done,
         over the runs this report executes; states: {run_id: progress or None} of those runs."""
         todo = [t for t in self.tasks if t.run_id not in self.cached]
-        started = [t for t in todo if states[t.run_id] and states[t.run_id].get("planned_images")]
+        started = {t.run_id for t in todo if states[t.run_id] and states[t.run_id].get("planned_images")}
         scale = {}
-        for t in started:
-            scale.setdefault(t.notebook, []).append(states[t.run_id]["planned_images"] / max(t.work, 1.0))
+        for t in todo:
+            if t.run_id in started:
+                scale.setdefault(t.notebook, []).append(states[t.run_id]["planned_images"] / max(t.work, 1.0))
         everyone = [x for xs in scale.values() for x in xs]
         fallback = sum(everyone) / len(everyone) if everyone else 0.0
-        total = done = model_epochs = 0.0
+        total = done = 0.0
+        model_epochs = 0
         for t in todo:
             s = states[t.run_id] or {}
             model_epochs += s.get("done", 0)
-            if t in started:
+            if t.run_id in started:
                 total += max(s["planned_images"], s["done_images"])
                 done += s["done_images"]
             else:
                 mine = scale.get(t.notebook)
                 total += t.work * (sum(mine) / len(mine) if mine else fallback)
-        return {"images": total, "images_done": done, "model_epochs_done": int(model_epochs)}
+        return {"images": total, "images_done": done, "model_epochs_done": model_epochs}
 
     def refresh(self) -> None:
         states = {t.run_id: self._read(t) for t in self.tasks if t.run_id not in self.cached}
