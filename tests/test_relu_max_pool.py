@@ -1,5 +1,6 @@
 """The fused ReLU + max-pool (C kernels, or the PyTorch fallback) gives torch.relu + F.max_pool2d's numbers
 bit for bit, and training with it gives the same numbers as training without it."""
+import ctypes
 import platform
 import shutil
 
@@ -18,14 +19,21 @@ from lenet_lib.core.specs import TrainSpec
 CAN_BUILD = platform.machine().lower() in ("x86_64", "amd64") and shutil.which("cc") is not None
 
 
-@pytest.fixture(params=["c_kernels", "pytorch"])
+@pytest.fixture(params=["c_kernels", "c_kernels_sse2", "pytorch"])
 def kernels(request, monkeypatch):
-    """Each test runs on the C kernels and on the PyTorch fallback."""
+    """Each test runs on the C kernels (AVX-512 where the CPU has it), on their SSE2 path, and on the
+    PyTorch fallback."""
     if request.param == "pytorch":
         monkeypatch.setattr(fast_layers.c_kernels, "load", lambda: None)
-    elif c_kernels.load() is None:
+        yield request.param
+        return
+    lib = c_kernels.load()
+    if lib is None:
         pytest.skip("no C kernels on this machine (needs x86-64 and a C compiler)")
-    return request.param
+    baseline_only = ctypes.c_int.in_dll(lib, "relu_maxpool_baseline_only")
+    baseline_only.value = request.param == "c_kernels_sse2"
+    yield "c_kernels"
+    baseline_only.value = 0
 
 
 def _awkward_input(shape, nan: bool):
@@ -47,14 +55,16 @@ def _both(x, grad):
     return (ours, ours_in.grad), (theirs, theirs_in.grad)
 
 
-@pytest.mark.parametrize("shape", [(8, 6, 28, 28), (4, 16, 10, 10), (3, 2, 7, 9), (2, 3, 4, 4)])
+# c1 and c3 maps of every preset; odd sides; rows of more than 16 windows (AVX-512 takes 16 at a time)
+@pytest.mark.parametrize("shape", [(8, 6, 28, 28), (4, 16, 10, 10), (3, 2, 7, 9), (2, 3, 4, 4), (2, 6, 24, 24),
+                                   (2, 16, 8, 8), (2, 6, 32, 32), (2, 3, 40, 37), (1, 2, 2, 66)])
 def test_values_and_gradients_bit_for_bit(kernels, shape):
     grad = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2)
     (ours, ours_grad), (theirs, theirs_grad) = _both(_awkward_input(shape, nan=False), grad)
     assert torch.equal(ours, theirs) and torch.equal(ours_grad, theirs_grad)
 
 
-@pytest.mark.parametrize("shape", [(4, 16, 10, 10), (3, 2, 7, 9)])
+@pytest.mark.parametrize("shape", [(4, 16, 10, 10), (3, 2, 7, 9), (2, 3, 40, 37)])
 def test_nan_like_torch(kernels, shape):
     """NaN propagates on both paths; the C kernels also send its gradient where ATen does (the NaN)."""
     grad = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2)
