@@ -30,7 +30,7 @@ def kernels(request, monkeypatch):
     lib = c_kernels.load()
     if lib is None:
         pytest.skip("no C kernels on this machine (needs x86-64 and a C compiler)")
-    baseline_only = ctypes.c_int.in_dll(lib, "relu_maxpool_baseline_only")
+    baseline_only = ctypes.c_int.in_dll(lib, "lenet_sse2_only")
     baseline_only.value = request.param == "c_kernels_sse2"
     yield "c_kernels"
     baseline_only.value = 0

@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <emmintrin.h>
+#include "pool16.h"
 
 enum { MEAN, INVSTD, ALPHA, BETA, BN_FIELDS };
 
@@ -67,16 +68,57 @@ static void set_affine(float *b, float mean, float invstd, float weight, float b
     b[BETA] = fma ? fmaf(-mean, b[ALPHA], bias) : bias - mean * b[ALPHA];
 }
 
+#ifdef HAVE_POOL16
+/* plane_sum with AVX-512: 16 floats per step into four 8-lane double sums. What it buys: the two passes
+ * of BatchNorm's statistics took 0.37 ns per element each with SSE2, more than the fused tail itself. */
+INLINE16 __m512 maybe_relu16(__m512 v, int relu) {
+    return relu ? _mm512_maskz_mov_ps((__mmask16)~_mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OS), v) : v;
+}
+
+AVX512 static double plane_sum16(const float *x, int64_t hw, int relu, int squares, float mean) {
+    __m512d s0 = _mm512_setzero_pd(), s1 = s0, s2 = s0, s3 = s0;
+    const __m512 m = _mm512_set1_ps(mean);
+    int64_t i = 0;
+    for (; i + 32 <= hw; i += 32) {
+        __m512 a = maybe_relu16(_mm512_loadu_ps(x + i), relu), b = maybe_relu16(_mm512_loadu_ps(x + i + 16), relu);
+        if (squares) {   /* ATen: (x - mean) * (x - mean) in float, summed in double */
+            a = _mm512_sub_ps(a, m); a = _mm512_mul_ps(a, a);
+            b = _mm512_sub_ps(b, m); b = _mm512_mul_ps(b, b);
+        }
+        s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm512_castps512_ps256(a)));
+        s1 = _mm512_add_pd(s1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1))));
+        s2 = _mm512_add_pd(s2, _mm512_cvtps_pd(_mm512_castps512_ps256(b)));
+        s3 = _mm512_add_pd(s3, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(b), 1))));
+    }
+    double s = _mm512_reduce_add_pd(_mm512_add_pd(_mm512_add_pd(s0, s1), _mm512_add_pd(s2, s3)));
+    for (; i < hw; i++) {
+        float v = x[i];
+        v = relu && v < 0 ? 0.0f : v;
+        if (squares) { v = v - mean; v = v * v; }
+        s += v;
+    }
+    return s;
+}
+#endif
+
+static double any_plane_sum(const float *x, int64_t hw, int relu, int squares, float mean, int wide) {
+#ifdef HAVE_POOL16
+    if (wide) return plane_sum16(x, hw, relu, squares, mean);
+#endif
+    return plane_sum(x, hw, relu, squares, mean);
+}
+
 void bn_batch_stats(const float *x, float *bn, const float *weight, const float *bias, float *running_mean,
                     float *running_var, double momentum, double eps, int64_t n, int64_t c, int64_t hw,
                     int relu_first) {
     const int64_t planes = n * c, count = n * hw;
     double *part = malloc(sizeof(double) * planes);
+    const int wide = lenet_use_avx512();
     float *var_sum = malloc(sizeof(float) * c);
     #pragma omp parallel
     {
         #pragma omp for schedule(static)
-        for (int64_t p = 0; p < planes; p++) part[p] = plane_sum(x + p * hw, hw, relu_first, 0, 0.0f);
+        for (int64_t p = 0; p < planes; p++) part[p] = any_plane_sum(x + p * hw, hw, relu_first, 0, 0.0f, wide);
         #pragma omp single
         for (int64_t ch = 0; ch < c; ch++) {
             double s = 0;
@@ -85,7 +127,7 @@ void bn_batch_stats(const float *x, float *bn, const float *weight, const float 
         }
         #pragma omp for schedule(static)
         for (int64_t p = 0; p < planes; p++)
-            part[p] = plane_sum(x + p * hw, hw, relu_first, 1, bn[(p % c) * BN_FIELDS + MEAN]);
+            part[p] = any_plane_sum(x + p * hw, hw, relu_first, 1, bn[(p % c) * BN_FIELDS + MEAN], wide);
         #pragma omp single
         for (int64_t ch = 0; ch < c; ch++) {
             double s = 0;

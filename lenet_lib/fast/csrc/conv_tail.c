@@ -30,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <emmintrin.h>
+#include "pool16.h"
 
 enum { RELU = 1, TANH = 2, SIGMOID = 4, BN_BEFORE = 8, BN_AFTER = 16, NOISE = 32, AVG = 64, BN_TRAIN = 128 };
 enum { MEAN, INVSTD, ALPHA, BETA, BN_FIELDS };
@@ -139,6 +140,192 @@ void bn_eval_constants(float *bn, const float *weight, const float *bias, const 
 void bn_backward_terms(const double *psum, const double *pdot, const float *bn, int64_t n, int64_t c,
                        int64_t count, int train, float *gm, float *k, float *grad_weight, float *grad_bias);
 
+#ifdef HAVE_POOL16
+/* -- the same tails with AVX-512, a row's windows 16 at a time (pool16.h) ------------------------------
+ * What it buys: SSE2's four windows per step are compute-bound (about 0.7 ns per input element each way);
+ * 16 masked windows take a whole LeNet-5 row at once. Each helper below is its SSE2 twin above written for
+ * 16 lanes, operation for operation, so the values are the same; BatchNorm's backward sums run over 16
+ * lanes instead of 4 (another summation order: float rounding, as in every BatchNorm sum here). */
+typedef struct { __m512 a, b, mean, invstd, w, gm, k; } consts16;
+
+INLINE16 void widen_consts(consts16 *z, const consts *k) {
+    z->a = _mm512_broadcast_f32x4(k->a); z->b = _mm512_broadcast_f32x4(k->b);
+    z->mean = _mm512_broadcast_f32x4(k->mean); z->invstd = _mm512_broadcast_f32x4(k->invstd);
+    z->w = _mm512_broadcast_f32x4(k->w); z->gm = _mm512_broadcast_f32x4(k->gm); z->k = _mm512_broadcast_f32x4(k->k);
+}
+
+INLINE16 __m512 relu16(__m512 v) {   /* torch.relu: NaN and -0 pass */
+    return _mm512_maskz_mov_ps((__mmask16)~_mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OS), v);
+}
+INLINE16 __m512 madd16(__m512 a, __m512 b, __m512 c) { return _mm512_add_ps(_mm512_mul_ps(a, b), c); }
+INLINE16 __m512 lanes_if(__mmask16 keep, __m512 v) { return _mm512_maskz_mov_ps(keep, v); }
+
+/* dropout's scale where n windows' keep bytes (2n per row) say 1, else 0: nz[q] in corner order */
+INLINE16 void load_noise16(const uint8_t *k0, const uint8_t *k1, int64_t n, __m512 scale, __m512 nz[4]) {
+    const __mmask32 bytes = n >= 16 ? 0xFFFFFFFFu : (__mmask32)((1u << (2 * n)) - 1);
+    const uint8_t *rows[2] = {k0, k1};
+    for (int r = 0; r < 2; r++) {
+        __m256i b = _mm256_maskz_loadu_epi8(bytes, rows[r]);
+        __m512i lo = _mm512_cvtepu8_epi32(_mm256_castsi256_si128(b)), hi = _mm512_cvtepu8_epi32(_mm256_extracti128_si256(b, 1));
+        __m512i e = _mm512_permutex2var_epi32(lo, even_lanes(), hi), o = _mm512_permutex2var_epi32(lo, odd_lanes(), hi);
+        nz[2 * r] = lanes_if(_mm512_test_epi32_mask(e, e), scale);
+        nz[2 * r + 1] = lanes_if(_mm512_test_epi32_mask(o, o), scale);
+    }
+}
+
+INLINE16 __m512 chain_forward16(__m512 v, __m512 nz, const consts16 *k, int flags) {
+    if (flags & BN_BEFORE) v = madd16(v, k->a, k->b);
+    if (flags & RELU) v = relu16(v);
+    if (flags & BN_AFTER) v = madd16(v, k->a, k->b);
+    if (flags & NOISE) v = _mm512_mul_ps(v, nz);
+    return v;
+}
+
+INLINE16 void bn_point16(__m512 x, __m512 dv, __m512 nz, const consts16 *k, int flags, __m512 *dy, __m512 *in) {
+    if (flags & NOISE) dv = _mm512_mul_ps(dv, nz);
+    if (flags & BN_BEFORE) {
+        if (flags & RELU) dv = lanes_if(_mm512_cmp_ps_mask(madd16(x, k->a, k->b), _mm512_setzero_ps(), _CMP_NLE_US), dv);
+        *in = x;
+    } else {
+        *in = (flags & RELU) ? relu16(x) : x;
+    }
+    *dy = dv;
+}
+
+INLINE16 __m512 bn_backward16(__m512 dy, __m512 in, const consts16 *k) {
+    __m512 dx = _mm512_mul_ps(_mm512_sub_ps(in, k->mean), k->k);
+    return _mm512_mul_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_sub_ps(dy, k->gm), dx), k->invstd), k->w);
+}
+
+INLINE16 __m512 chain_backward16(__m512 x, __m512 dv, __m512 nz, const consts16 *k, int flags) {
+    const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f);
+    if (flags & NOISE) dv = _mm512_mul_ps(dv, nz);
+    __m512 t = (flags & BN_BEFORE) ? madd16(x, k->a, k->b) : x;
+    if (flags & BN_AFTER) dv = bn_backward16(dv, (flags & RELU) ? relu16(t) : t, k);
+    if (flags & RELU) dv = lanes_if(_mm512_cmp_ps_mask(t, zero, _CMP_NLE_US), dv);
+    if (flags & TANH) dv = _mm512_mul_ps(dv, _mm512_sub_ps(one, _mm512_mul_ps(x, x)));
+    if (flags & SIGMOID) dv = _mm512_mul_ps(_mm512_mul_ps(dv, _mm512_sub_ps(one, x)), x);
+    if (flags & BN_BEFORE) dv = bn_backward16(dv, x, k);
+    return dv;
+}
+
+/* the pool's input gradient of n windows: as pool_grads */
+INLINE16 void pool_grads16(const float *g, const uint8_t *a, int64_t n, int flags, __m512 dv[4]) {
+    if (flags & AVG) {
+        __m512 gv = _mm512_maskz_loadu_ps(first_lanes(n), g);
+        dv[0] = dv[1] = dv[2] = dv[3] = _mm512_add_ps(_mm512_setzero_ps(), _mm512_mul_ps(gv, _mm512_set1_ps(0.25f)));
+        return;
+    }
+    corner_grads16(g, a, n, dv);
+}
+
+INLINE16 void forward_plane16(const float *x, float *out, uint8_t *arg, const uint8_t *keep, __m512 scale,
+                              const consts16 *k, int64_t h, int64_t w, int flags) {
+    const int64_t ho = h / 2, wo = w / 2;
+    const __m512 zero = _mm512_setzero_ps();
+    for (int64_t i = 0; i < ho; i++)
+        for (int64_t j = 0; j < wo; j += 16) {
+            const int64_t n = wo - j < 16 ? wo - j : 16;
+            const float *r0 = x + 2 * i * w + 2 * j;
+            __m512 v[4], nz[4] = {zero, zero, zero, zero}, m;
+            load_corners16(r0, r0 + w, n, v);
+            if (flags & NOISE) load_noise16(keep + 2 * i * w + 2 * j, keep + (2 * i + 1) * w + 2 * j, n, scale, nz);
+            for (int q = 0; q < 4; q++) v[q] = chain_forward16(v[q], nz[q], k, flags);
+            float *o = out + i * wo + j;
+            if (flags & AVG) {
+                if (flags & NOISE)   /* as ATen: dropout's product rounded before the pool adds it (no FMA) */
+                    for (int q = 0; q < 4; q++) __asm__("" : "+v"(v[q]));
+                m = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(_mm512_add_ps(zero, v[0]), v[1]), v[2]), v[3]);
+                _mm512_mask_storeu_ps(o, first_lanes(n), _mm512_mul_ps(m, _mm512_set1_ps(0.25f)));
+                continue;
+            }
+            __m512i idx;
+            m = max_corner16(v, &idx);
+            _mm512_mask_storeu_ps(o, first_lanes(n), m);
+            if (arg) _mm512_mask_cvtepi32_storeu_epi8(arg + i * wo + j, first_lanes(n), idx);
+        }
+}
+
+/* BatchNorm's sums (grad_x NULL) or the input gradient of one plane */
+INLINE16 void backward_plane16(const float *x, const float *grad, const uint8_t *arg, const uint8_t *keep,
+                               __m512 scale, const consts16 *k, float *grad_x, int64_t h, int64_t w, int flags,
+                               double *sum, double *dot) {
+    const int64_t ho = h / 2, wo = w / 2;
+    double s = 0, d = 0;
+    for (int64_t i = 0; i < ho; i++) {
+        __m512 vs = _mm512_setzero_ps(), vd = _mm512_setzero_ps();
+        for (int64_t j = 0; j < wo; j += 16) {
+            const int64_t n = wo - j < 16 ? wo - j : 16;
+            const float *r0 = x + 2 * i * w + 2 * j;
+            __m512 v[4], nz[4], dv[4], dy, in;
+            load_corners16(r0, r0 + w, n, v);
+            if (flags & NOISE) load_noise16(keep + 2 * i * w + 2 * j, keep + (2 * i + 1) * w + 2 * j, n, scale, nz);
+            pool_grads16(grad + i * wo + j, (flags & AVG) ? NULL : arg + i * wo + j, n, flags, dv);
+            if (grad_x) {
+                for (int q = 0; q < 4; q++) dv[q] = chain_backward16(v[q], dv[q], nz[q], k, flags);
+                store_corners16(grad_x + 2 * i * w + 2 * j, grad_x + (2 * i + 1) * w + 2 * j, n, dv);
+                continue;
+            }
+            for (int q = 0; q < 4; q++) {   /* lanes past n: zero gradient, nothing added */
+                bn_point16(v[q], dv[q], nz[q], k, flags, &dy, &in);
+                vs = _mm512_add_ps(vs, dy);
+                vd = _mm512_add_ps(vd, _mm512_mul_ps(_mm512_sub_ps(in, k->mean), dy));
+            }
+        }
+        if (!grad_x) { s += _mm512_reduce_add_ps(vs); d += _mm512_reduce_add_ps(vd); }
+    }
+    if (!grad_x) { *sum = s; *dot = d; }
+}
+
+AVX512 static void tail_forward16(const float *x, float *out, uint8_t *arg, const uint8_t *keep, float scale,
+                                  const float *bn, int64_t n, int64_t c, int64_t h, int64_t w, int flags) {
+    const __m512 vscale = _mm512_set1_ps(scale);
+    #pragma omp parallel for schedule(static)
+    for (int64_t p = 0; p < n * c; p++) {
+        consts k;
+        consts16 k16;
+        memset(&k, 0, sizeof k);
+        if (flags & (BN_BEFORE | BN_AFTER)) plane_consts(&k, bn, NULL, NULL, NULL, p % c);
+        widen_consts(&k16, &k);
+        float *o = out + p * (h / 2) * (w / 2);
+        uint8_t *a = arg ? arg + p * (h / 2) * (w / 2) : NULL;
+        const uint8_t *kp = keep ? keep + p * h * w : NULL;
+        switch (flags & SPECIALIZED) {
+#define FORWARD16(f) case f: forward_plane16(x + p * h * w, o, a, kp, vscale, &k16, h, w, f); break;
+            TAILS(FORWARD16)
+            default: forward_plane16(x + p * h * w, o, a, kp, vscale, &k16, h, w, flags);
+        }
+    }
+}
+
+/* one plane's sums or input gradient (tail_backward's two passes) */
+AVX512 static void backward_pass16(const float *x, const float *grad, const uint8_t *arg, const uint8_t *keep,
+                                   float scale, const float *bn, const float *weight, const float *gm,
+                                   const float *kk, float *grad_x, int64_t n, int64_t c, int64_t h, int64_t w,
+                                   int flags, double *psum, double *pdot) {
+    const int64_t planes = n * c, ho = h / 2, wo = w / 2;
+    const int has_bn = (flags & (BN_BEFORE | BN_AFTER)) != 0;
+    const __m512 vscale = _mm512_set1_ps(scale);
+    #pragma omp parallel for schedule(static)
+    for (int64_t p = 0; p < planes; p++) {
+        consts k;
+        consts16 k16;
+        memset(&k, 0, sizeof k);
+        if (has_bn) plane_consts(&k, bn, weight, gm, kk, p % c);
+        widen_consts(&k16, &k);
+        const float *xp = x + p * h * w, *gp = grad + p * ho * wo;
+        const uint8_t *ap = arg ? arg + p * ho * wo : NULL, *kp = keep ? keep + p * h * w : NULL;
+        float *dp = grad_x ? grad_x + p * h * w : NULL;
+        double *s = psum ? psum + p : NULL, *d = pdot ? pdot + p : NULL;
+        switch (flags & SPECIALIZED) {
+#define BACKWARD16(f) case f: backward_plane16(xp, gp, ap, kp, vscale, &k16, dp, h, w, f, s, d); break;
+            TAILS(BACKWARD16)
+            default: backward_plane16(xp, gp, ap, kp, vscale, &k16, dp, h, w, flags, s, d);
+        }
+    }
+}
+#endif
+
 /* four windows: rows r0, r1 (8 floats each), keep bytes k0, k1 -> 4 outputs, 4 arg bytes */
 INLINE void forward4(const float *r0, const float *r1, const uint8_t *k0, const uint8_t *k1, __m128 scale,
                      const consts *k, float *out, uint8_t *arg, int flags) {
@@ -148,6 +335,8 @@ INLINE void forward4(const float *r0, const float *r1, const uint8_t *k0, const 
     if (flags & NOISE) load_noise(k0, k1, scale, nz);
     for (int q = 0; q < 4; q++) v[q] = chain_forward(v[q], nz[q], k, flags);
     if (flags & AVG) {
+        if (flags & NOISE)   /* as ATen: dropout's product rounded before the pool adds it (no FMA) */
+            for (int q = 0; q < 4; q++) __asm__("" : "+x"(v[q]));
         m = _mm_add_ps(_mm_add_ps(_mm_add_ps(_mm_add_ps(zero, v[0]), v[1]), v[2]), v[3]);
         _mm_storeu_ps(out, _mm_mul_ps(m, _mm_set1_ps(0.25f)));
         return;
@@ -223,6 +412,9 @@ void tail_forward(const float *x, float *out, uint8_t *arg, const uint8_t *keep,
         else
             bn_eval_constants(bn, weight, bias, running_mean, running_var, eps, c);
     }
+#ifdef HAVE_POOL16
+    if (lenet_use_avx512()) { tail_forward16(x, out, arg, keep, scale, bn, n, c, h, w, flags); return; }
+#endif
     const __m128 vscale = _mm_set1_ps(scale);
     #pragma omp parallel for schedule(static)
     for (int64_t p = 0; p < n * c; p++) {
@@ -329,6 +521,19 @@ void tail_backward(const float *x, const float *grad, const uint8_t *arg, const 
     const __m128 vscale = _mm_set1_ps(scale);
     double *psum = NULL, *pdot = NULL;
     float *gm = NULL, *kk = NULL;
+#ifdef HAVE_POOL16
+    if (lenet_use_avx512()) {
+        if (has_bn) {
+            psum = malloc(sizeof(double) * 2 * planes); pdot = psum + planes;
+            gm = malloc(sizeof(float) * 2 * c); kk = gm + c;
+            backward_pass16(x, grad, arg, keep, scale, bn, weight, NULL, NULL, NULL, n, c, h, w, flags, psum, pdot);
+            bn_backward_terms(psum, pdot, bn, n, c, n * h * w, (flags & BN_TRAIN) != 0, gm, kk, grad_weight, grad_bias);
+        }
+        backward_pass16(x, grad, arg, keep, scale, bn, weight, gm, kk, grad_x, n, c, h, w, flags, NULL, NULL);
+        free(psum); free(gm);
+        return;
+    }
+#endif
     if (has_bn) {   /* BatchNorm's two sums over its output gradient, per plane, then per channel */
         psum = malloc(sizeof(double) * 2 * planes); pdot = psum + planes;
         gm = malloc(sizeof(float) * 2 * c); kk = gm + c;

@@ -18,14 +18,14 @@
 #include <stdint.h>
 #include <string.h>
 #include <emmintrin.h>
-#include <immintrin.h>
+#include "pool16.h"
 
-/* 1: the SSE2 path even on AVX-512 CPUs (the tests compare both) */
-int relu_maxpool_baseline_only = 0;
+/* 1: the SSE2 paths even on AVX-512 CPUs, here and in conv_tail.c (the tests compare both) */
+int lenet_sse2_only = 0;
 
-static int use_avx512(void) {
+int lenet_use_avx512(void) {
 #if defined(__GNUC__) && defined(__x86_64__)
-    return !relu_maxpool_baseline_only && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+    return !lenet_sse2_only && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
            && __builtin_cpu_supports("avx512vl");
 #else
     return 0;
@@ -47,54 +47,28 @@ static inline __m128 select_ps(__m128 mask, __m128 a, __m128 b) {   /* mask ? a 
 }
 
 
-#if defined(__GNUC__) && defined(__x86_64__)
-#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
-
-/* lanes [0, n) of a 16-lane mask (none for n <= 0) */
-AVX512 static inline __mmask16 first_lanes(int64_t n) {
-    return n >= 16 ? 0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
-}
-
+#ifdef HAVE_POOL16
 /* one output row, 16 windows at a time: the same rule as window_scalar, lane by lane */
 AVX512 static void forward_row_avx512(const float *r0, const float *r1, float *o, uint8_t *a, int64_t wo) {
-    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-    const __m512 zero = _mm512_setzero_ps();
     for (int64_t j = 0; j < wo; j += 16) {
         const int64_t n = wo - j < 16 ? wo - j : 16;
-        const __mmask16 lo = first_lanes(2 * n), hi = first_lanes(2 * n - 16), out = first_lanes(n);
-        __m512 t0 = _mm512_maskz_loadu_ps(lo, r0 + 2 * j), t1 = _mm512_maskz_loadu_ps(hi, r0 + 2 * j + 16);
-        __m512 b0 = _mm512_maskz_loadu_ps(lo, r1 + 2 * j), b1 = _mm512_maskz_loadu_ps(hi, r1 + 2 * j + 16);
-        __m512 v[4] = {_mm512_permutex2var_ps(t0, even, t1), _mm512_permutex2var_ps(t0, odd, t1),
-                       _mm512_permutex2var_ps(b0, even, b1), _mm512_permutex2var_ps(b0, odd, b1)};
-        __m512 m = v[0];
-        __m512i k = _mm512_setzero_si512();
-        for (int q = 1; q < 4; q++) {   /* ATen's rule: take v when v > max so far or v is NaN */
-            __mmask16 take = _mm512_cmp_ps_mask(v[q], m, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v[q], v[q], _CMP_UNORD_Q);
-            m = _mm512_mask_mov_ps(m, take, v[q]);
-            k = _mm512_mask_mov_epi32(k, take, _mm512_set1_epi32(q));
-        }
-        __mmask16 pass = _mm512_cmp_ps_mask(m, zero, _CMP_NLE_UQ);   /* not <= 0: NaN passes */
-        _mm512_mask_storeu_ps(o + j, out, _mm512_maskz_mov_ps(pass, m));
-        _mm512_mask_cvtepi32_storeu_epi8(a + j, out, _mm512_mask_mov_epi32(_mm512_set1_epi32(4), pass, k));
+        __m512 v[4];
+        __m512i k;
+        load_corners16(r0 + 2 * j, r1 + 2 * j, n, v);
+        __m512 m = max_corner16(v, &k);
+        __mmask16 pass = _mm512_cmp_ps_mask(m, _mm512_setzero_ps(), _CMP_NLE_UQ);   /* not <= 0: NaN passes */
+        _mm512_mask_storeu_ps(o + j, first_lanes(n), _mm512_maskz_mov_ps(pass, m));
+        _mm512_mask_cvtepi32_storeu_epi8(a + j, first_lanes(n), _mm512_mask_mov_epi32(_mm512_set1_epi32(4), pass, k));
     }
 }
 
 /* one output row's gradient into its two input rows, 16 windows at a time */
 AVX512 static void backward_row_avx512(const float *g, const uint8_t *a, float *r0, float *r1, int64_t wo) {
-    const __m512i first = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-    const __m512i second = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
     for (int64_t j = 0; j < wo; j += 16) {
         const int64_t n = wo - j < 16 ? wo - j : 16;
-        const __mmask16 lo = first_lanes(2 * n), hi = first_lanes(2 * n - 16), in = first_lanes(n);
-        __m512 gv = _mm512_maskz_loadu_ps(in, g + j);
-        __m512i k = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(in, a + j));
-        __m512 v[4];
-        for (int q = 0; q < 4; q++) v[q] = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(k, _mm512_set1_epi32(q)), gv);
-        _mm512_mask_storeu_ps(r0 + 2 * j, lo, _mm512_permutex2var_ps(v[0], first, v[1]));
-        _mm512_mask_storeu_ps(r0 + 2 * j + 16, hi, _mm512_permutex2var_ps(v[0], second, v[1]));
-        _mm512_mask_storeu_ps(r1 + 2 * j, lo, _mm512_permutex2var_ps(v[2], first, v[3]));
-        _mm512_mask_storeu_ps(r1 + 2 * j + 16, hi, _mm512_permutex2var_ps(v[2], second, v[3]));
+        __m512 dv[4];
+        corner_grads16(g + j, a + j, n, dv);
+        store_corners16(r0 + 2 * j, r1 + 2 * j, n, dv);
     }
 }
 
@@ -126,7 +100,7 @@ static void backward_avx512(const float *grad, const uint8_t *arg, float *grad_i
 
 void relu_maxpool2x2_forward(const float *x, float *out, uint8_t *arg, int64_t planes, int64_t h,
                              int64_t w) {
-    if (use_avx512()) { forward_avx512(x, out, arg, planes, h, w); return; }
+    if (lenet_use_avx512()) { forward_avx512(x, out, arg, planes, h, w); return; }
     const int64_t ho = h / 2, wo = w / 2;
     const __m128 zero = _mm_setzero_ps();
     const __m128 k1 = _mm_castsi128_ps(_mm_set1_epi32(1)), k2 = _mm_castsi128_ps(_mm_set1_epi32(2));
@@ -167,7 +141,7 @@ void relu_maxpool2x2_backward(const float *grad, const uint8_t *arg, float *grad
                               int64_t w) {
     const int64_t ho = h / 2, wo = w / 2;
     if ((h | w) & 1) memset(grad_in, 0, sizeof(float) * planes * h * w);   /* floor mode: leftovers get 0 */
-    if (use_avx512()) { backward_avx512(grad, arg, grad_in, planes, h, w); return; }
+    if (lenet_use_avx512()) { backward_avx512(grad, arg, grad_in, planes, h, w); return; }
     const __m128i zero = _mm_setzero_si128();
     const __m128i c1 = _mm_set1_epi32(1), c2 = _mm_set1_epi32(2), c3 = _mm_set1_epi32(3);
     #pragma omp parallel for schedule(static)

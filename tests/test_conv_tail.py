@@ -1,0 +1,66 @@
+"""fused.ConvTail, layer pattern by layer pattern, on each path of csrc/conv_tail.c (AVX-512 where the CPU
+has it, and SSE2): the forward pass gives torch's own layers' numbers bit for bit, and both paths give the
+same outputs and gradients (bit for bit without BatchNorm; BatchNorm's backward sums in another order)."""
+import ctypes
+
+import pytest
+import torch
+from torch import nn
+
+from lenet_lib.fast import c_kernels
+from lenet_lib.fast.fused import ConvTail
+
+pytestmark = pytest.mark.skipif(c_kernels.load() is None, reason="no C kernels (needs x86-64 and a C compiler)")
+
+PATTERNS = {   # every tail the presets use, and the rarer combinations the kernels allow
+    "relu, max": lambda c: [nn.ReLU(), nn.MaxPool2d(2)],
+    "BN before relu (R3)": lambda c: [nn.BatchNorm2d(c), nn.ReLU(), nn.MaxPool2d(2)],
+    "relu, BN (R1, R4)": lambda c: [nn.ReLU(), nn.BatchNorm2d(c), nn.MaxPool2d(2)],
+    "relu, dropout (R3)": lambda c: [nn.ReLU(), nn.Dropout(0.5), nn.MaxPool2d(2)],
+    "relu, BN, dropout": lambda c: [nn.ReLU(), nn.BatchNorm2d(c), nn.Dropout(0.3), nn.MaxPool2d(2)],
+    "tanh, avg (classic)": lambda c: [nn.Tanh(), nn.AvgPool2d(2)],
+    "tanh, max (R2 I)": lambda c: [nn.Tanh(), nn.MaxPool2d(2)],
+    "sigmoid, BN, dropout, avg": lambda c: [nn.Sigmoid(), nn.BatchNorm2d(c), nn.Dropout(0.4), nn.AvgPool2d(2)],
+}
+# c1 and c3 maps (28, 32 and 24 wide), and rows of more than 16 windows
+SHAPES = [(8, 6, 28, 28), (8, 16, 10, 10), (4, 6, 24, 24), (4, 16, 8, 8), (2, 6, 32, 32), (2, 3, 40, 36)]
+
+
+def _run(pattern, shape, sse2_only: bool, fused: bool = True):
+    """Output, input gradient, BatchNorm's parameter gradients and running statistics."""
+    torch.manual_seed(0)
+    layers = PATTERNS[pattern](shape[1])
+    for layer in layers:
+        if isinstance(layer, nn.BatchNorm2d):
+            nn.init.uniform_(layer.weight, 0.5, 1.5)
+            nn.init.uniform_(layer.bias, -0.5, 0.5)
+    x = (torch.randn(shape, generator=torch.Generator().manual_seed(1)) * 2).requires_grad_()
+    grad = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2, generator=torch.Generator().manual_seed(2))
+    flag = ctypes.c_int.in_dll(c_kernels.load(), "lenet_sse2_only")
+    flag.value = sse2_only
+    try:
+        torch.manual_seed(3)    # dropout's noise
+        out = ConvTail(layers)(x) if fused else nn.Sequential(*layers)(x)
+        out.backward(grad)
+    finally:
+        flag.value = 0
+    bn = [layer for layer in layers if isinstance(layer, nn.BatchNorm2d)]
+    extra = [t for b in bn for t in (b.weight.grad, b.bias.grad, b.running_mean, b.running_var)]
+    return out.detach(), x.grad, extra
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("pattern", list(PATTERNS))
+def test_both_paths_agree_and_the_forward_pass_is_torchs(pattern, shape):
+    wide, wide_grad, wide_extra = _run(pattern, shape, sse2_only=False)
+    narrow, narrow_grad, narrow_extra = _run(pattern, shape, sse2_only=True)
+    theirs, theirs_grad, theirs_extra = _run(pattern, shape, sse2_only=False, fused=False)
+    assert torch.equal(wide, narrow) and torch.equal(wide, theirs)
+    if "BN" in pattern:
+        scale = theirs_grad.abs().max()
+        assert (wide_grad - narrow_grad).abs().max() <= 1e-5 * scale
+        assert (wide_grad - theirs_grad).abs().max() <= 1e-4 * scale
+        for a, b in zip(wide_extra, theirs_extra):
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+    else:
+        assert torch.equal(wide_grad, narrow_grad) and torch.equal(wide_grad, theirs_grad)
