@@ -1,6 +1,7 @@
 """fused.ConvTail, layer pattern by layer pattern, on each path of csrc/conv_tail.c (AVX-512 where the CPU
 has it, and SSE2): the forward pass gives torch's own layers' numbers bit for bit, and both paths give the
-same outputs and gradients (bit for bit without BatchNorm; BatchNorm's backward sums in another order)."""
+same outputs and gradients (bit for bit without BatchNorm; BatchNorm's backward sums in another order).
+fused.BatchNorm (a BatchNorm2d alone, csrc/batch_norm.c) likewise against nn.BatchNorm2d."""
 import ctypes
 
 import pytest
@@ -8,7 +9,9 @@ import torch
 from torch import nn
 
 from lenet_lib.fast import c_kernels
-from lenet_lib.fast.fused import ConvTail
+from lenet_lib.fast.fused import BatchNorm, ConvTail
+from lenet_lib.fast.layers import fuse_relu_max_pool
+from lenet_lib.core.models import build_model
 
 pytestmark = pytest.mark.skipif(c_kernels.load() is None, reason="no C kernels (needs x86-64 and a C compiler)")
 
@@ -64,3 +67,64 @@ def test_both_paths_agree_and_the_forward_pass_is_torchs(pattern, shape):
             assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
     else:
         assert torch.equal(wide_grad, narrow_grad) and torch.equal(wide_grad, theirs_grad)
+
+
+def _batch_norm_run(shape, sse2_only: bool, fused: bool, training: bool, momentum=0.1):
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(shape[1], momentum=momentum)
+    nn.init.uniform_(bn.weight, 0.5, 1.5)
+    nn.init.uniform_(bn.bias, -0.5, 0.5)
+    bn.running_mean.uniform_(-0.2, 0.2)
+    bn.running_var.uniform_(0.5, 2.0)
+    bn.train(training)
+    layer = BatchNorm(bn) if fused else bn
+    g = torch.Generator().manual_seed(1)
+    flag = ctypes.c_int.in_dll(c_kernels.load(), "lenet_sse2_only")
+    flag.value = sse2_only
+    outs, grads = [], []
+    try:
+        for _ in range(3):   # running statistics move from batch to batch
+            x = (torch.randn(shape, generator=g) * 3 + 1).requires_grad_()
+            out = layer(x)
+            out.backward(torch.randn(shape, generator=g))
+            outs.append(out.detach())
+            grads.append((x.grad, bn.weight.grad.clone(), bn.bias.grad.clone()))
+            bn.weight.grad = bn.bias.grad = None
+    finally:
+        flag.value = 0
+    return outs, grads, (bn.running_mean, bn.running_var, bn.num_batches_tracked)
+
+
+# R2 part II's BatchNorm after the first pool (14x14, 6 maps), after the second (5x5, 16), planes not a
+# multiple of 16 floats, and one image
+@pytest.mark.parametrize("shape", [(64, 6, 14, 14), (16, 16, 5, 5), (3, 4, 7, 3), (1, 6, 14, 14)])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("sse2_only", [False, True])
+def test_batch_norm_alone_is_torchs(shape, training, sse2_only):
+    ours, ours_grads, ours_stats = _batch_norm_run(shape, sse2_only, fused=True, training=training)
+    theirs, theirs_grads, theirs_stats = _batch_norm_run(shape, sse2_only, fused=False, training=training)
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a, b)
+    for a, b in zip(ours_stats, theirs_stats):
+        assert torch.equal(a, b)
+    for mine, torchs in zip(ours_grads, theirs_grads):
+        for a, b in zip(mine, torchs):
+            assert (a - b).abs().max() <= 2e-5 * b.abs().max().clamp_min(1.0)
+
+
+def test_batch_norm_momentum_none_and_eval_without_gradients():
+    ours, _, ours_stats = _batch_norm_run((8, 6, 14, 14), False, fused=True, training=True, momentum=None)
+    theirs, _, theirs_stats = _batch_norm_run((8, 6, 14, 14), False, fused=False, training=True, momentum=None)
+    assert all(torch.equal(a, b) for a, b in zip([*ours, *ours_stats], [*theirs, *theirs_stats]))
+    bn = nn.BatchNorm2d(6).eval()
+    x = torch.randn(4, 6, 14, 14)
+    with torch.inference_mode():
+        assert torch.equal(BatchNorm(bn)(x), bn(x))
+
+
+def test_batch_norm_after_the_pool_is_fused():
+    net = fuse_relu_max_pool(build_model(bn=True, bn_position="after_pool"))
+    assert isinstance(net.s2_bn, BatchNorm)
+    net = fuse_relu_max_pool(build_model(bn=True, bn_position="after_pool", bn_layers="conv"))
+    assert isinstance(net.s2_bn, BatchNorm) and isinstance(net.s4_bn, BatchNorm)
+    assert not [m for name, m in net.named_children() if type(m) is nn.BatchNorm2d]

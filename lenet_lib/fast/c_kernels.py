@@ -36,6 +36,8 @@ KERNELS = {   # name: argument types (csrc/*.c say what each does)
     "conv3_forward": [_P] * 4 + [_I64] * 6,
     "conv3_input_grad": [_P] * 3 + [_I64] * 6,
     "conv3_weight_grad": [_P] * 4 + [_I64] * 6,
+    "bn_forward": [_P] * 7 + [_D] * 2 + [_I64] * 3 + [_I],
+    "bn_backward": [_P] * 7 + [_I64] * 3 + [_I],
 }
 
 

@@ -130,6 +130,15 @@ def fusable_bn(layer) -> bool:
     return type(layer) is nn.BatchNorm2d and layer.affine and layer.track_running_stats
 
 
+def _batch_statistics(bn: nn.BatchNorm2d) -> tuple[bool, float]:
+    """(normalize by the batch's statistics, running statistics' momentum), as nn.BatchNorm2d.forward decides
+    them for a fusable_bn; a training batch is counted, as there."""
+    if not bn.training:
+        return False, 0.0
+    bn.num_batches_tracked.add_(1)
+    return True, 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+
+
 def _tail_forward(x: torch.Tensor, bn: nn.BatchNorm2d | None, flags: int, keep, scale: float,
                   momentum: float, with_arg: bool):
     """The kernel's forward pass: (output, where each max came from, BatchNorm's per-channel numbers,
@@ -207,11 +216,8 @@ class ConvTail(nn.Module):
         drop = self.layers[self._drop] if self._drop is not None else None
         if not _kernels_take(x) or (bn is not None and (x.shape[1] != bn.num_features or bn.weight.dtype != x.dtype)):
             return self._one_by_one(x)
-        flags, momentum = self.flags, 0.0
-        if bn is not None and bn.training:   # as nn.BatchNorm2d.forward
-            flags |= BN_TRAIN
-            bn.num_batches_tracked.add_(1)
-            momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+        train, momentum = _batch_statistics(bn) if bn is not None else (False, 0.0)
+        flags = self.flags | (BN_TRAIN if train else 0)
         keep, scale = None, 0.0
         if drop is not None and drop.training and drop.p > 0:
             if drop.p >= 1:
@@ -222,3 +228,55 @@ class ConvTail(nn.Module):
         if torch.is_grad_enabled() and (x.requires_grad or (bn is not None and bn.weight.requires_grad)):
             return _Tail.apply(x, weight, bias, bn, flags, keep, scale, momentum)
         return _tail_forward(x, bn, flags, keep, scale, momentum, with_arg=False)[0]
+
+
+# -- BatchNorm on its own --------------------------------------------------------------------------------
+
+def _bn_forward(x: torch.Tensor, bn: nn.BatchNorm2d, train: bool, momentum: float):
+    """csrc/batch_norm.c's forward pass: (output, BatchNorm's per-channel numbers for the backward pass)."""
+    n, c = x.shape[:2]
+    out, stats = empty(*x.shape), empty(c, BN_FIELDS)
+    c_kernels.load().bn_forward(x.data_ptr(), out.data_ptr(), stats.data_ptr(), bn.weight.data_ptr(),
+                                bn.bias.data_ptr(), bn.running_mean.data_ptr(), bn.running_var.data_ptr(), momentum,
+                                bn.eps, n, c, x[0, 0].numel(), int(train))
+    return out, stats
+
+
+class _BatchNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, bn, train, momentum):
+        out, stats = _bn_forward(x, bn, train, momentum)
+        ctx.saved, ctx.train = (x, stats, weight), train
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, stats, weight = ctx.saved
+        n, c = x.shape[:2]
+        grad = grad.contiguous()
+        grad_x, grad_w, grad_b = empty(*x.shape), empty(c), empty(c)
+        c_kernels.load().bn_backward(x.data_ptr(), grad.data_ptr(), stats.data_ptr(), weight.data_ptr(),
+                                     grad_x.data_ptr(), grad_w.data_ptr(), grad_b.data_ptr(), n, c, x[0, 0].numel(),
+                                     int(ctx.train))
+        return (grad_x, grad_w if ctx.needs_input_grad[1] else None, grad_b if ctx.needs_input_grad[2] else None,
+                None, None, None)
+
+
+class BatchNorm(nn.Module):
+    """The model's nn.BatchNorm2d (a fusable_bn outside a conv tail: R2 part II's, after the pool) through
+    csrc/batch_norm.c: the same outputs and running statistics, gradients to float rounding."""
+
+    def __init__(self, bn: nn.BatchNorm2d):
+        super().__init__()
+        self.bn = bn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bn = self.bn
+        if not (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and x.is_contiguous()
+                and x.numel() > 0 and x.shape[1] == bn.num_features and bn.weight.dtype == x.dtype
+                and c_kernels.load() is not None):
+            return bn(x)
+        train, momentum = _batch_statistics(bn)
+        if torch.is_grad_enabled() and (x.requires_grad or bn.weight.requires_grad):
+            return _BatchNorm.apply(x, bn.weight, bn.bias, bn, train, momentum)
+        return _bn_forward(x, bn, train, momentum)[0]

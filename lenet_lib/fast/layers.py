@@ -66,7 +66,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from lenet_lib.fast import c_kernels
-from lenet_lib.fast.fused import ACTIVATIONS, ConvTail, Dropout, empty, fusable_bn
+from lenet_lib.fast.fused import ACTIVATIONS, BatchNorm, ConvTail, Dropout, empty, fusable_bn
 
 
 class _MaxPool2x2(torch.autograd.Function):
@@ -289,7 +289,8 @@ def _tail_at(children: list[tuple[str, nn.Module]], i: int) -> int:
 
 
 def fuse_relu_max_pool(model: nn.Module) -> nn.Module:
-    """model for training on CPU: each conv layer's tail as one layer, each other dropout drawing faster.
+    """model for training on CPU: each conv layer's tail as one layer, each other dropout drawing faster,
+    each other BatchNorm2d (R2 part II's, after the pool) through the C kernels (fused.BatchNorm).
 
     A tail is [BatchNorm] activation [BatchNorm] [dropout] then a 2x2 max or average pool (fused.ConvTail;
     a ReLU right before a max-pool alone: ReLUMaxPool2d). Returns a new nn.Sequential holding model's own
@@ -311,8 +312,9 @@ def fuse_relu_max_pool(model: nn.Module) -> nn.Module:
             layers += [(n, one if k == count - 1 else nn.Identity()) for k, (n, _) in enumerate(children[i:i + count])]
             fused, i = True, i + count
             continue
-        layers.append((name, Dropout(layer) if type(layer) is nn.Dropout else layer))
-        fused |= type(layer) is nn.Dropout
+        layers.append((name, Dropout(layer) if type(layer) is nn.Dropout else BatchNorm(layer) if fusable_bn(layer)
+                       else layer))
+        fused |= type(layer) is nn.Dropout or fusable_bn(layer)
         i += 1
     return nn.Sequential(OrderedDict(layers)) if fused else model
 
