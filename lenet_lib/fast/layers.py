@@ -119,15 +119,7 @@ class _Conv2dForwardBackward(torch.autograd.Function):
         ctx.save_for_backward(x, weight)
         ctx.padding, ctx.has_bias = padding, bias is not None
         ctx.c1, ctx.c3 = _c1_kernels_take(x, weight, padding), _c3_kernels_take(x, weight, padding)
-        n, c, h, w = x.shape
-        k = weight.shape[-1]
-        if ctx.c1 or (ctx.c3 and _small(x, weight)):
-            out = empty(n, weight.shape[0], h + 2 * padding - k + 1, w + 2 * padding - k + 1)
-            run = c_kernels.load().conv1_forward if ctx.c1 else c_kernels.load().conv3_forward
-            run(x.data_ptr(), weight.contiguous().data_ptr(), None if bias is None else bias.contiguous().data_ptr(),
-                out.data_ptr(), n, c, h, w, k, padding if ctx.c1 else weight.shape[0])
-            return out
-        return F.conv2d(x, weight, bias, padding=padding)
+        return _forward(x, weight, bias, padding, ctx.c1, ctx.c3)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -158,6 +150,19 @@ class _Conv2dForwardBackward(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad.sum((0, 2, 3))
         return grad_x, grad_weight, grad_bias, None
+
+
+def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int, c1: bool, c3: bool):
+    """The convolution's output: csrc/conv1.c for c1, csrc/conv3.c for a small c3, else ATen's."""
+    n, c, h, w = x.shape
+    k = weight.shape[-1]
+    if c1 or (c3 and _small(x, weight)):
+        out = empty(n, weight.shape[0], h + 2 * padding - k + 1, w + 2 * padding - k + 1)
+        run = c_kernels.load().conv1_forward if c1 else c_kernels.load().conv3_forward
+        run(x.data_ptr(), weight.contiguous().data_ptr(), None if bias is None else bias.contiguous().data_ptr(),
+            out.data_ptr(), n, c, h, w, k, padding if c1 else weight.shape[0])
+        return out
+    return F.conv2d(x, weight, bias, padding=padding)
 
 
 FAST_BACKWARD_MIN_IN_CHANNELS = 6   # below this (c1: 1 or 3 channels) ATen's backward beats forward convolutions
@@ -192,6 +197,9 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pad
             and not torch.is_autocast_enabled("cpu")
             and (weight.shape[1] >= FAST_BACKWARD_MIN_IN_CHANNELS or _c1_kernels_take(x, weight, padding))):
         return _Conv2dForwardBackward.apply(x, weight, bias, padding)
+    if x.device.type == "cpu" and not torch.is_autocast_enabled("cpu") and _c1_kernels_take(x, weight, padding):
+        # evaluation: c1's forward as in training, about 2x oneDNN's at batch 256 (-40 ms per 10,000 images)
+        return _forward(x, weight, bias, padding, c1=True, c3=False)
     return F.conv2d(x, weight, bias, padding=padding)
 
 
