@@ -111,37 +111,55 @@ void conv3_forward(const float *x, const float *w, const float *b, float *out, i
     }
 }
 
+/* grad_x (rows of xs floats) from u[r][p]: col2im, one grad_x row (16 columns) at a time in a register. For
+ * row y, the taps (ki, kj) whose output row i = y - ki exists, in order, each u row shifted by kj with its wo
+ * lanes kept. What it buys: adding each tap's rows in place (overlapping 16-float read-modify-writes, one per
+ * tap and row) stalled on store-to-load forwarding; here the sums are the same, in the same order.
+ * u needs slack: the shifted loads start up to k - 1 floats before a row and end up to w + 15 after. */
+INLINE void col2im(const float *u, const geometry *g, float *gx, int64_t xs) {
+    const int64_t k = g->k;
+    for (int64_t x0 = 0; x0 < g->w; x0 += 16) {
+        i16 keep[32];   /* per kj (k <= 20): lanes l with 0 <= x0 + l - kj < wo */
+        for (int64_t kj = 0; kj < k; kj++)
+            for (int l = 0; l < 16; l++) keep[kj][l] = (x0 + l - kj >= 0 && x0 + l - kj < g->wo) ? -1 : 0;
+        for (int64_t c = 0; c < g->cin; c++)
+            for (int64_t y = 0; y < g->h; y++) {
+                v16 acc = (v16){0};
+                for (int64_t ki = 0; ki < k; ki++) {
+                    const int64_t i = y - ki;
+                    if (i < 0 || i >= g->ho) continue;
+                    const float *ur = u + (c * k + ki) * k * g->pv + i * g->wo + x0;
+                    for (int64_t kj = 0; kj < k; kj++)
+                        acc += (v16)((i16)load16(ur + kj * (g->pv - 1)) & keep[kj]);
+                }
+                store16(gx + (c * g->h + y) * xs + x0, acc);
+            }
+    }
+}
+
 /* grad: n x maps x ho x wo -> grad_x: n x cin x h x w */
 VECTOR_CLONES
 void conv3_input_grad(const float *grad, const float *w, float *grad_x, int64_t n, int64_t cin, int64_t h,
                       int64_t wd, int64_t k, int64_t maps) {
     const geometry g = geometry_of(cin, h, wd, k, maps);
     const int wide = __builtin_cpu_supports("avx512f");
-    const int64_t xs = wd + 16;   /* grad_x rows with room for 16-float adds at any kj */
-    i16 row_mask;                 /* the wo lanes of one output row */
-    for (int l = 0; l < 16; l++) row_mask[l] = l < g.wo ? -1 : 0;
+    const int64_t xs = (wd + 15) / 16 * 16;   /* grad_x rows in whole vectors */
     #pragma omp parallel
     {
-        float *gp = calloc((size_t)(maps * g.pv + 16), sizeof(float)), *u = malloc(sizeof(float) * g.taps * g.pv);
+        float *gp = calloc((size_t)(maps * g.pv + 16), sizeof(float));
+        /* u with slack for col2im's shifted loads: up to k - 1 < 32 floats before, a row's width after */
+        float *u_mem = calloc((size_t)(g.taps * g.pv + 64 + wd + 16), sizeof(float)), *u = u_mem + 32;
         float *gx = malloc(sizeof(float) * cin * h * xs);
         #pragma omp for schedule(static)
         for (int64_t img = 0; img < n; img++) {
             for (int64_t m = 0; m < maps; m++) copy_image(gp + m * g.pv, grad + (img * maps + m) * g.p, g.p);
             product(w, 1, g.taps, gp, g.pv, maps, g.taps, g.nv, NULL, wide, u, g.pv);
-            memset(gx, 0, sizeof(float) * cin * h * xs);
-            for (int64_t r = 0; r < g.taps; r++) {   /* col2im: each tap's rows added at their offset */
-                const int64_t c = r / (k * k), ki = r / k % k, kj = r % k;
-                for (int64_t i = 0; i < g.ho; i++) {
-                    float *dst = gx + (c * h + i + ki) * xs + kj;
-                    v16 add = (v16)((i16)load16(u + r * g.pv + i * g.wo) & row_mask);
-                    store16(dst, load16(dst) + add);
-                }
-            }
+            col2im(u, &g, gx, xs);
             for (int64_t c = 0; c < cin; c++)
                 for (int64_t y = 0; y < h; y++)
                     copy_image(grad_x + ((img * cin + c) * h + y) * wd, gx + (c * h + y) * xs, wd);
         }
-        free(gp); free(u); free(gx);
+        free(gp); free(u_mem); free(gx);
     }
 }
 
