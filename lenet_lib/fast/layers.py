@@ -14,33 +14,43 @@ Measured on a 2-core CPU, batch 128 (`make bench` shows the effect on whole epoc
   faster there. So does bf16 autocast, which casts inside ATen's convolution.
 - ReLU + max-pool, fused (fuse_relu_max_pool; train() uses it on CPU): about a quarter of a step went to
   ReLU and pooling as separate ops, each reading and writing a whole activation. C kernels
-  (csrc/relu_maxpool.c: SSE2, OpenMP on torch's own thread pool, compiled on first use by c_kernels)
-  do each direction in one pass: forward + backward for c1's 128x6x28x28 in 0.26 ms against 0.73 ms for
-  ReLU and the tournament. Training steps 1.30-1.40x faster (20-step turns), whole epochs 1.25-1.35x;
-  bit-identical numbers. Without x86-64 or a C compiler: pooling first, then ReLU on a quarter of the
-  values (max-pool commutes with ReLU), 1.08x per step.
+  (csrc/relu_maxpool.c, OpenMP on torch's own thread pool, compiled on first use by c_kernels) do each
+  direction in one pass: forward + backward for c1's 128x6x28x28 in 0.26 ms against 0.73 ms for ReLU and
+  the tournament. Training steps 1.30-1.40x faster (20-step turns), whole epochs 1.25-1.35x; bit-identical
+  numbers. SSE2 takes four windows at a time and is compute-bound (0.7 ns per input element); with
+  AVX-512 (csrc/pool16.h) a whole row's windows go in one masked step: c1's forward at batch 64 310 ->
+  91 us. Without x86-64 or a C compiler: pooling first, then ReLU on a quarter of the values (max-pool
+  commutes with ReLU), 1.08x per step.
 - Every conv layer's tail, fused (fused.ConvTail; csrc/conv_tail.c): [BatchNorm] activation [BatchNorm]
   [dropout] 2x2 max or average pool in one pass each way, BatchNorm's batch statistics included
   (csrc/bn_stats.c). Covers BN after the activation in c1 or both convs (R1, R4), before it (R3), conv
-  dropout, tanh and sigmoid (R2 part I, R5) and avg-pool. BN after the pool (R2 part II) stays torch's
-  layer, on maps a quarter of the size. Same numbers to float rounding (BatchNorm sums in another order;
-  tests/test_fused.py against torch's layers and a float64 reference).
+  dropout, tanh and sigmoid (R2 part I, R5) and avg-pool. AVX-512 as above (R1's BN tail forward +
+  backward 1.54x the SSE2 path, the BN statistics 636 -> 374 us at batch 128). Forward values are
+  torch's bit for bit, gradients to float rounding where BatchNorm sums in another order
+  (tests/test_conv_tail.py: every pattern, both paths; tests/test_fused.py: whole models against torch's
+  layers and a float64 reference).
+- BatchNorm2d outside a tail (R2 part II's, after the pool; fused.BatchNorm, csrc/batch_norm.c): ATen's
+  CPU BatchNorm sums each channel in one sequential double (0.28 ms forward, 0.13 ms backward for R2's
+  64x6x14x14); here 0.09 and 0.13 ms, torch's outputs and running statistics bit for bit.
 - c1 and small c3 convolutions in C (csrc/conv1.c, csrc/conv3.c): oneDNN's per-call overhead dominates at
   6 output maps and at batch 16-64; larger c3 keeps oneDNN forward and forward-convolution backward.
+  c3's input gradient builds each output row in a register (col2im without overlapping read-modify-writes:
+  1.66 -> 1.16 ms at batch 128, same numbers). Evaluation runs c1's forward in C too (about 2x oneDNN).
+- Deterministic mode's NaN fill of every new tensor is off during training (train.set_determinism): ~1 %.
 - Dropout's noise (fused.Dropout, csrc/dropout_rng.c): torch's own mt19937 stream drawn 20x faster, the
   same bits, checked against torch's bernoulli_ once per process (else torch draws).
 - Not a layer, but the same kind of trick: on CPU train() steps torch's fused optimizers (core/optim.FUSED:
   SGD, Adagrad, Adam, AdamW in one pass; 2-10 % of a step, the same numbers to float rounding).
-- Measured with `make bench` (per-variant table, training steps in turns, this 2-core CPU, 12 rounds,
+- Measured with `make bench` (per-variant table, training steps in turns, this 2-core CPU, 20 rounds,
   fused optimizers included): on one thread (each kernel of a report on 2 cores) lenet_lib / torch's own
-  layers 1.71x (R5 sigmoid FC, batch 16) to 2.16x (R3 BN before act + conv dropout), plain 1.91x, R1 BN
-  1.92x, R4 BN 1.94x, R2 part II 1.78x, tanh 1.77x: spread 26 %; on 2 threads 1.63x (R2 part I tanh) to
-  2.42x (R3): spread 49 %. Every variant >= 1.3x, but not within 10 %: BN's tails gain most because
-  ATen's BN is the slowest layer there, and at batch 16-64 the per-call costs that both sides share
-  (autograd, FC layers, loss, the optimizer's Python) weigh more; the C convolutions already run near
-  this CPU's peak (c3's input gradient at batch 16: ~75 GFLOP/s on one core). So training seconds from
-  runs are never used to compare variants: time claims come from timing.time_variants, which times
-  every variant with torch's own layers in turns.
+  layers 1.63x (R5 sigmoid FC, batch 16) to 2.33x (R3 BN before act + conv dropout), plain 2.13x, R1 BN
+  2.00x, R4 BN 2.13x, R2 part II 1.97x, R2 part I tanh 1.64x: spread 43 %; on 2 threads 1.51x (R2 part I
+  tanh) to 2.23x (R3): spread 47 %. Every variant >= 1.5x, but not within 10 %: the variants whose torch
+  layers are slow (ATen's max-pool and BatchNorm) gain most, those whose torch layers are already fast
+  (tanh, average pool) least, and at batch 16 the per-call costs both sides share (autograd, FC layers,
+  loss, the optimizer) weigh more; the C convolutions run at 40-70 GFLOP/s per core (MKL's large sgemm:
+  ~140). So training seconds from runs are never used to compare variants: time claims come from
+  timing.time_variants, which times every variant with torch's own layers in turns.
 - Not sped up: the MLP (Linear layers only: ATen's BLAS matmuls, nothing to fuse) and the FC part of
   LeNet-5 (c5/f6/out, the same); CUDA, where the layers call torch's own kernels (there one fused kernel
   beats several small ones).
