@@ -11,17 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bn_stats.h"
 #include "vec16.h"
-
-enum { MEAN, INVSTD, ALPHA, BETA, BN_FIELDS };
-
-void bn_batch_stats(const float *x, float *bn, const float *weight, const float *bias, float *running_mean,
-                    float *running_var, double momentum, double eps, int64_t n, int64_t c, int64_t hw,
-                    int relu_first);
-void bn_eval_constants(float *bn, const float *weight, const float *bias, const float *running_mean,
-                       const float *running_var, double eps, int64_t c);
-void bn_backward_terms(const double *psum, const double *pdot, const float *bn, int64_t n, int64_t c,
-                       int64_t count, int train, float *gm, float *k, float *grad_weight, float *grad_bias);
 
 INLINE v16 splat(float f) { return (v16){0} + f; }
 

@@ -13,8 +13,8 @@
 #include <stdlib.h>
 #include <emmintrin.h>
 #include "pool16.h"
+#include "bn_stats.h"
 
-enum { MEAN, INVSTD, ALPHA, BETA, BN_FIELDS };
 
 static int have_fma(void) {
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
@@ -39,6 +39,17 @@ static double total(__m128d a, __m128d b, __m128d c, __m128d d) {
     return f[0] + f[1];
 }
 
+/* the plane's elements from i on, one at a time, added to s */
+static double rest_sum(double s, const float *x, int64_t i, int64_t hw, int relu, int squares, float mean) {
+    for (; i < hw; i++) {
+        float v = x[i];
+        v = relu && v < 0 ? 0.0f : v;
+        if (squares) { v = v - mean; v = v * v; }
+        s += v;
+    }
+    return s;
+}
+
 /* sum of the plane's values (mean < 0: first pass) or of their squared deviations from mean */
 static double plane_sum(const float *x, int64_t hw, int relu, int squares, float mean) {
     __m128d s0 = _mm_setzero_pd(), s1 = s0, s2 = s0, s3 = s0;
@@ -54,13 +65,7 @@ static double plane_sum(const float *x, int64_t hw, int relu, int squares, float
         add_pd(&s2, &s3, b);
     }
     double s = total(s0, s1, s2, s3);
-    for (; i < hw; i++) {
-        float v = x[i];
-        v = relu && v < 0 ? 0.0f : v;
-        if (squares) { v = v - mean; v = v * v; }
-        s += v;
-    }
-    return s;
+    return rest_sum(s, x, i, hw, relu, squares, mean);
 }
 
 static void set_affine(float *b, float mean, float invstd, float weight, float bias, int fma) {
@@ -91,13 +96,7 @@ AVX512 static double plane_sum16(const float *x, int64_t hw, int relu, int squar
         s3 = _mm512_add_pd(s3, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(b), 1))));
     }
     double s = _mm512_reduce_add_pd(_mm512_add_pd(_mm512_add_pd(s0, s1), _mm512_add_pd(s2, s3)));
-    for (; i < hw; i++) {
-        float v = x[i];
-        v = relu && v < 0 ? 0.0f : v;
-        if (squares) { v = v - mean; v = v * v; }
-        s += v;
-    }
-    return s;
+    return rest_sum(s, x, i, hw, relu, squares, mean);
 }
 #endif
 

@@ -31,9 +31,9 @@
 #include <string.h>
 #include <emmintrin.h>
 #include "pool16.h"
+#include "bn_stats.h"
 
 enum { RELU = 1, TANH = 2, SIGMOID = 4, BN_BEFORE = 8, BN_AFTER = 16, NOISE = 32, AVG = 64, BN_TRAIN = 128 };
-enum { MEAN, INVSTD, ALPHA, BETA, BN_FIELDS };
 #define SPECIALIZED (RELU | TANH | SIGMOID | BN_BEFORE | BN_AFTER | NOISE | AVG)
 /* The tails compiled with their flags as constants (others run on flags read at run time, ~2x slower):
  * every activation with max or average pool, with or without dropout, BatchNorm before ReLU or after any. */
@@ -131,14 +131,6 @@ INLINE void plane_consts(consts *k, const float *bn, const float *weight, const 
 
 INLINE __m128 hsum4(__m128 v) { float f[4]; _mm_storeu_ps(f, v); return _mm_set1_ps((f[0] + f[1]) + (f[2] + f[3])); }
 
-/* BatchNorm's batch statistics and constants (bn_stats.c); its backward sums' per-channel terms */
-void bn_batch_stats(const float *x, float *bn, const float *weight, const float *bias, float *running_mean,
-                    float *running_var, double momentum, double eps, int64_t n, int64_t c, int64_t hw,
-                    int relu_first);
-void bn_eval_constants(float *bn, const float *weight, const float *bias, const float *running_mean,
-                       const float *running_var, double eps, int64_t c);
-void bn_backward_terms(const double *psum, const double *pdot, const float *bn, int64_t n, int64_t c,
-                       int64_t count, int train, float *gm, float *k, float *grad_weight, float *grad_bias);
 
 #ifdef HAVE_POOL16
 /* -- the same tails with AVX-512, a row's windows 16 at a time (pool16.h) ------------------------------
