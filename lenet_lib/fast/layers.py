@@ -25,10 +25,10 @@ Measured on a 2-core CPU, batch 128 (`make bench` shows the effect on whole epoc
   [dropout] 2x2 max or average pool in one pass each way, BatchNorm's batch statistics included
   (csrc/bn_stats.c). Covers BN after the activation in c1 or both convs (R1, R4), before it (R3), conv
   dropout, tanh and sigmoid (R2 part I, R5) and avg-pool. AVX-512 as above (R1's BN tail forward +
-  backward 1.54x the SSE2 path, the BN statistics 636 -> 374 us at batch 128). Forward values are
-  torch's bit for bit, gradients to float rounding where BatchNorm sums in another order
-  (tests/test_conv_tail.py: every pattern, both paths; tests/test_fused.py: whole models against torch's
-  layers and a float64 reference).
+  backward 1.54x the SSE2 path; its training forward pass, mostly BN's statistics, 636 -> 374 us at
+  batch 128). Forward values are torch's bit for bit, gradients to float rounding where BatchNorm sums in
+  another order (tests/test_conv_tail.py: every pattern, both paths; tests/test_fused.py: whole models
+  against torch's layers and a float64 reference).
 - BatchNorm2d outside a tail (R2 part II's, after the pool; fused.BatchNorm, csrc/batch_norm.c): ATen's
   CPU BatchNorm sums each channel in one sequential double (0.28 ms forward, 0.13 ms backward for R2's
   64x6x14x14); here 0.09 and 0.13 ms, torch's outputs and running statistics bit for bit.
