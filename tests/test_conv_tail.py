@@ -2,8 +2,6 @@
 has it, and SSE2): the forward pass gives torch's own layers' numbers bit for bit, and both paths give the
 same outputs and gradients (bit for bit without BatchNorm; BatchNorm's backward sums in another order).
 fused.BatchNorm (a BatchNorm2d alone, csrc/batch_norm.c) likewise against nn.BatchNorm2d."""
-import ctypes
-
 import pytest
 import torch
 from torch import nn
@@ -39,14 +37,10 @@ def _run(pattern, shape, sse2_only: bool, fused: bool = True):
             nn.init.uniform_(layer.bias, -0.5, 0.5)
     x = (torch.randn(shape, generator=torch.Generator().manual_seed(1)) * 2).requires_grad_()
     grad = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2, generator=torch.Generator().manual_seed(2))
-    flag = ctypes.c_int.in_dll(c_kernels.load(), "lenet_sse2_only")
-    flag.value = sse2_only
-    try:
+    with c_kernels.sse2_only(sse2_only):
         torch.manual_seed(3)    # dropout's noise
         out = ConvTail(layers)(x) if fused else nn.Sequential(*layers)(x)
         out.backward(grad)
-    finally:
-        flag.value = 0
     bn = [layer for layer in layers if isinstance(layer, nn.BatchNorm2d)]
     extra = [t for b in bn for t in (b.weight.grad, b.bias.grad, b.running_mean, b.running_var)]
     return out.detach(), x.grad, extra
@@ -79,10 +73,8 @@ def _batch_norm_run(shape, sse2_only: bool, fused: bool, training: bool, momentu
     bn.train(training)
     layer = BatchNorm(bn) if fused else bn
     g = torch.Generator().manual_seed(1)
-    flag = ctypes.c_int.in_dll(c_kernels.load(), "lenet_sse2_only")
-    flag.value = sse2_only
     outs, grads = [], []
-    try:
+    with c_kernels.sse2_only(sse2_only):
         for _ in range(3):   # running statistics move from batch to batch
             x = (torch.randn(shape, generator=g) * 3 + 1).requires_grad_()
             out = layer(x)
@@ -90,8 +82,6 @@ def _batch_norm_run(shape, sse2_only: bool, fused: bool, training: bool, momentu
             outs.append(out.detach())
             grads.append((x.grad, bn.weight.grad.clone(), bn.bias.grad.clone()))
             bn.weight.grad = bn.bias.grad = None
-    finally:
-        flag.value = 0
     return outs, grads, (bn.running_mean, bn.running_var, bn.num_batches_tracked)
 
 

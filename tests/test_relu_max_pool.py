@@ -1,6 +1,5 @@
 """The fused ReLU + max-pool (C kernels, or the PyTorch fallback) gives torch.relu + F.max_pool2d's numbers
 bit for bit, and training with it gives the same numbers as training without it."""
-import ctypes
 import platform
 import shutil
 
@@ -27,13 +26,10 @@ def kernels(request, monkeypatch):
         monkeypatch.setattr(fast_layers.c_kernels, "load", lambda: None)
         yield request.param
         return
-    lib = c_kernels.load()
-    if lib is None:
+    if c_kernels.load() is None:
         pytest.skip("no C kernels on this machine (needs x86-64 and a C compiler)")
-    baseline_only = ctypes.c_int.in_dll(lib, "lenet_sse2_only")
-    baseline_only.value = request.param == "c_kernels_sse2"
-    yield "c_kernels"
-    baseline_only.value = 0
+    with c_kernels.sse2_only(request.param == "c_kernels_sse2"):
+        yield "c_kernels"
 
 
 def _awkward_input(shape, nan: bool):

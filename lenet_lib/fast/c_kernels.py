@@ -8,6 +8,7 @@ hash of the source and the compile command, and written atomically, so runs side
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -91,6 +92,17 @@ def load():
     except (OSError, RuntimeError) as exc:
         _why_not.append(str(exc))
         return None
+
+
+@contextlib.contextmanager
+def sse2_only(on: bool = True):
+    """Inside the block the kernels take their SSE2 paths even on an AVX-512 CPU (the tests compare both)."""
+    flag = ctypes.c_int.in_dll(load(), "lenet_sse2_only")
+    before, flag.value = flag.value, int(on)
+    try:
+        yield
+    finally:
+        flag.value = before
 
 
 def describe() -> str:

@@ -41,10 +41,16 @@ def empty(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         torch.utils.deterministic.fill_uninitialized_memory = True
 
 
-def _kernels_take(x: torch.Tensor) -> bool:
-    """Contiguous float32 NCHW on CPU with even height and width, and the C kernels loaded."""
+def _kernels_take(x: torch.Tensor, even_sides: bool = True) -> bool:
+    """Contiguous float32 NCHW on CPU (with even height and width, for a 2x2 pool), and the C kernels loaded."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and x.is_contiguous()
-            and x.numel() > 0 and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0 and c_kernels.load() is not None)
+            and x.numel() > 0 and (not even_sides or (x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0))
+            and c_kernels.load() is not None)
+
+
+def _bn_takes(bn: nn.BatchNorm2d, x: torch.Tensor) -> bool:
+    """bn's parameters fit x: its channels and dtype."""
+    return x.shape[1] == bn.num_features and bn.weight.dtype == x.dtype
 
 
 # -- dropout's noise ---------------------------------------------------------------------------------
@@ -216,7 +222,7 @@ class ConvTail(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bn = self.layers[self._bn] if self._bn is not None else None
         drop = self.layers[self._drop] if self._drop is not None else None
-        if not _kernels_take(x) or (bn is not None and (x.shape[1] != bn.num_features or bn.weight.dtype != x.dtype)):
+        if not _kernels_take(x) or (bn is not None and not _bn_takes(bn, x)):
             return self._one_by_one(x)
         train, momentum = _batch_statistics(bn) if bn is not None else (False, 0.0)
         flags = self.flags | (BN_TRAIN if train else 0)
@@ -274,9 +280,7 @@ class BatchNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bn = self.bn
-        if not (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and x.is_contiguous()
-                and x.numel() > 0 and x.shape[1] == bn.num_features and bn.weight.dtype == x.dtype
-                and c_kernels.load() is not None):
+        if not (_kernels_take(x, even_sides=False) and _bn_takes(bn, x)):
             return bn(x)
         train, momentum = _batch_statistics(bn)
         if torch.is_grad_enabled() and (x.requires_grad or bn.weight.requires_grad):
