@@ -1,10 +1,12 @@
 """The CPU speed tricks in fast/layers.py give torch's numbers: pooling bit for bit, convolution gradients
 to float32 rounding (checked against float64)."""
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from lenet_lib.fast.layers import Conv2d, MaxPool2d, conv2d, max_pool_2x2, with_torch_layers
+from lenet_lib.fast.layers import C3_SMALL, Conv2d, MaxPool2d, conv2d, max_pool_2x2, with_torch_layers
 from lenet_lib.core.models import build_model
 from lenet_lib.core.train import set_determinism
 
@@ -88,3 +90,39 @@ def test_lenet5_trains_like_one_built_from_torchs_layers(kwargs):
     for (name, p), q in zip(ours.named_parameters(), theirs.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
     torch.testing.assert_close(ours(x), theirs(x))
+
+
+def _conv_and_grads(x64, w64, b64, grad64, fn, dtype, sse2_only=False):
+    from lenet_lib.fast import c_kernels
+    leaves = [t.to(dtype).requires_grad_() for t in (x64, w64, b64)]
+    with c_kernels.sse2_only(sse2_only) if c_kernels.load() is not None else contextlib.nullcontext():
+        out = fn(*leaves)
+        return [out.detach()] + list(torch.autograd.grad(out, leaves, grad64.to(dtype)))
+
+
+# c3 at the presets' shapes: 14x14 -> 10x10 (padding "same" c1, or 32x32 inputs), 12x12 -> 8x8 (R2 part I),
+# batch 16 to 128 and a remainder batch; on AVX-512 its forward and weight gradient run direct at every batch
+# (csrc/conv3.c), the input gradient too on 14x14
+@pytest.mark.parametrize("batch, size", [(128, 14), (64, 14), (16, 14), (5, 14), (64, 12), (16, 12)])
+def test_c3_direct_kernels_are_as_close_to_float64_as_torchs(batch, size):
+    from lenet_lib.fast import c_kernels
+    lib = c_kernels.load()
+    if lib is None:
+        pytest.skip("no C kernels (needs x86-64 and a C compiler)")
+    torch.manual_seed(batch + size)
+    x64, w64 = torch.randn(batch, 6, size, size, dtype=torch.float64), torch.randn(16, 6, 5, 5, dtype=torch.float64)
+    b64, grad64 = torch.randn(16, dtype=torch.float64), torch.randn(batch, 16, size - 4, size - 4, dtype=torch.float64)
+    ours = lambda x, w, b: conv2d(x, w, b, 0)                                          # noqa: E731
+    exact = _conv_and_grads(x64, w64, b64, grad64, lambda x, w, b: F.conv2d(x, w, b), torch.float64)
+    theirs = _conv_and_grads(x64, w64, b64, grad64, lambda x, w, b: F.conv2d(x, w, b), torch.float32)
+    wide = _conv_and_grads(x64, w64, b64, grad64, ours, torch.float32)
+    narrow = _conv_and_grads(x64, w64, b64, grad64, ours, torch.float32, sse2_only=True)
+    for name, e, t, a, b in zip(["output", "grad x", "grad w", "grad b"], exact, theirs, wide, narrow):
+        torch_error = (t.double() - e).abs().max()
+        for path, o in (("direct", a), ("sse2", b)):
+            assert (o.double() - e).abs().max() <= 2 * torch_error + 1e-6 * e.abs().max(), (name, path)
+    with c_kernels.sse2_only():
+        assert not lib.conv3_direct(5, size, 16)
+    if lib.conv3_direct(5, size, 16) and batch * (size - 4) ** 2 <= C3_SMALL:
+        # both paths run C here: the direct forward sums the same terms in the same order as im2col's
+        assert torch.equal(wide[0], narrow[0])

@@ -39,7 +39,9 @@ KERNELS = {   # name: argument types (csrc/*.c say what each does)
     "conv3_weight_grad": [_P] * 4 + [_I64] * 6,
     "bn_forward": [_P] * 7 + [_D] * 2 + [_I64] * 3 + [_I],
     "bn_backward": [_P] * 7 + [_I64] * 3 + [_I],
+    "conv3_direct": [_I64] * 3,
 }
+RETURNS = {"conv3_direct": _I}   # the others return nothing
 
 
 def cache_dir() -> Path:
@@ -87,7 +89,7 @@ def load():
         import torch  # noqa: F401  (loaded first, so the kernels bind to torch's libgomp)
         lib = ctypes.CDLL(str(_build()))
         for name, argtypes in KERNELS.items():
-            getattr(lib, name).argtypes, getattr(lib, name).restype = argtypes, None
+            getattr(lib, name).argtypes, getattr(lib, name).restype = argtypes, RETURNS.get(name)
         return lib
     except (OSError, RuntimeError) as exc:
         _why_not.append(str(exc))

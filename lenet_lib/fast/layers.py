@@ -198,7 +198,10 @@ def _c3_kernels_take(x: torch.Tensor, weight: torch.Tensor, padding: int) -> boo
 
 
 def _small(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return x.shape[0] * (x.shape[-2] - weight.shape[-1] + 1) * (x.shape[-1] - weight.shape[-1] + 1) <= C3_SMALL
+    """csrc/conv3.c's forward and weight gradient beat oneDNN's: at every size where they run direct
+    (AVX-512, LeNet-5's c3), else up to C3_SMALL."""
+    return (x.shape[0] * (x.shape[-2] - weight.shape[-1] + 1) * (x.shape[-1] - weight.shape[-1] + 1) <= C3_SMALL
+            or bool(c_kernels.load().conv3_direct(weight.shape[-1], x.shape[-1], weight.shape[0])))
 
 
 def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int) -> torch.Tensor:
