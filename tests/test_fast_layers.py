@@ -126,3 +126,22 @@ def test_c3_direct_kernels_are_as_close_to_float64_as_torchs(batch, size):
     if lib.conv3_direct(5, size, 16) and batch * (size - 4) ** 2 <= C3_SMALL:
         # both paths run C here: the direct forward sums the same terms in the same order as im2col's
         assert torch.equal(wide[0], narrow[0])
+
+
+# c1 at the presets' shapes: on AVX-512 its forward writes whole rows straight into the output (csrc/conv1.c
+# rows_forward); the terms and their order are those of the flat-layout path, so the numbers are too
+@pytest.mark.parametrize("batch, cin, size, padding", [(128, 1, 28, 2), (64, 1, 32, 0), (16, 1, 28, 0), (5, 3, 32, 2)])
+def test_c1_forward_rows_give_the_flat_paths_numbers(batch, cin, size, padding):
+    from lenet_lib.fast import c_kernels
+    if c_kernels.load() is None:
+        pytest.skip("no C kernels (needs x86-64 and a C compiler)")
+    torch.manual_seed(batch)
+    x, w, b = torch.randn(batch, cin, size, size), torch.randn(6, cin, 5, 5), torch.randn(6)
+    with torch.no_grad():
+        wide = conv2d(x, w, b, padding)
+        with c_kernels.sse2_only():
+            narrow = conv2d(x, w, b, padding)
+    assert torch.equal(wide, narrow)
+    exact = F.conv2d(x.double(), w.double(), b.double(), padding=padding)
+    theirs = F.conv2d(x, w, b, padding=padding)
+    assert (wide.double() - exact).abs().max() <= 2 * (theirs.double() - exact).abs().max() + 1e-6
