@@ -316,6 +316,12 @@ AVX512 static void backward_pass16(const float *x, const float *grad, const uint
         }
     }
 }
+#else   /* never called: lenet_use_avx512() is 0 without AVX-512 support */
+static void tail_forward16(const float *x, float *out, uint8_t *arg, const uint8_t *keep, float scale, const float *bn,
+                           int64_t n, int64_t c, int64_t h, int64_t w, int flags) {}
+static void backward_pass16(const float *x, const float *grad, const uint8_t *arg, const uint8_t *keep, float scale,
+                            const float *bn, const float *weight, const float *gm, const float *kk, float *grad_x,
+                            int64_t n, int64_t c, int64_t h, int64_t w, int flags, double *psum, double *pdot) {}
 #endif
 
 /* four windows: rows r0, r1 (8 floats each), keep bytes k0, k1 -> 4 outputs, 4 arg bytes */
@@ -404,9 +410,7 @@ void tail_forward(const float *x, float *out, uint8_t *arg, const uint8_t *keep,
         else
             bn_eval_constants(bn, weight, bias, running_mean, running_var, eps, c);
     }
-#ifdef HAVE_POOL16
     if (lenet_use_avx512()) { tail_forward16(x, out, arg, keep, scale, bn, n, c, h, w, flags); return; }
-#endif
     const __m128 vscale = _mm_set1_ps(scale);
     #pragma omp parallel for schedule(static)
     for (int64_t p = 0; p < n * c; p++) {
@@ -504,45 +508,15 @@ INLINE void backward_plane(const float *x, const float *grad, const uint8_t *arg
     if (!grad_x) { *sum = s; *dot = d; }
 }
 
-FMA_CLONES
-void tail_backward(const float *x, const float *grad, const uint8_t *arg, const uint8_t *keep, float scale,
-                   const float *bn, const float *weight, float *grad_x, float *grad_weight, float *grad_bias,
-                   int64_t n, int64_t c, int64_t h, int64_t w, int flags) {
+/* tail_backward's two passes over the planes, SSE2: BatchNorm's sums of the output gradient (psum, pdot:
+ * grad_x NULL) or the input gradient (grad_x; gm, kk: BatchNorm's terms from the sums). backward_pass16 is
+ * its AVX-512 twin, with the same arguments. */
+INLINE void backward_pass(const float *x, const float *grad, const uint8_t *arg, const uint8_t *keep, float scale,
+                          const float *bn, const float *weight, const float *gm, const float *kk, float *grad_x,
+                          int64_t n, int64_t c, int64_t h, int64_t w, int flags, double *psum, double *pdot) {
     const int64_t planes = n * c, ho = h / 2, wo = w / 2;
     const int has_bn = (flags & (BN_BEFORE | BN_AFTER)) != 0;
     const __m128 vscale = _mm_set1_ps(scale);
-    double *psum = NULL, *pdot = NULL;
-    float *gm = NULL, *kk = NULL;
-#ifdef HAVE_POOL16
-    if (lenet_use_avx512()) {
-        if (has_bn) {
-            psum = malloc(sizeof(double) * 2 * planes); pdot = psum + planes;
-            gm = malloc(sizeof(float) * 2 * c); kk = gm + c;
-            backward_pass16(x, grad, arg, keep, scale, bn, weight, NULL, NULL, NULL, n, c, h, w, flags, psum, pdot);
-            bn_backward_terms(psum, pdot, bn, n, c, n * h * w, (flags & BN_TRAIN) != 0, gm, kk, grad_weight, grad_bias);
-        }
-        backward_pass16(x, grad, arg, keep, scale, bn, weight, gm, kk, grad_x, n, c, h, w, flags, NULL, NULL);
-        free(psum); free(gm);
-        return;
-    }
-#endif
-    if (has_bn) {   /* BatchNorm's two sums over its output gradient, per plane, then per channel */
-        psum = malloc(sizeof(double) * 2 * planes); pdot = psum + planes;
-        gm = malloc(sizeof(float) * 2 * c); kk = gm + c;
-        #pragma omp parallel for schedule(static)
-        for (int64_t p = 0; p < planes; p++) {
-            consts k;
-            plane_consts(&k, bn, weight, NULL, NULL, p % c);
-            const float *xp = x + p * h * w, *gp = grad + p * ho * wo;
-            const uint8_t *ap = arg ? arg + p * ho * wo : NULL, *kp = keep ? keep + p * h * w : NULL;
-            switch (flags & SPECIALIZED) {
-#define SUMS(f) case f: backward_plane(xp, gp, ap, kp, vscale, &k, NULL, h, w, f, p == planes - 1, psum + p, pdot + p); break;
-                TAILS(SUMS)
-                default: backward_plane(xp, gp, ap, kp, vscale, &k, NULL, h, w, flags, p == planes - 1, psum + p, pdot + p);
-            }
-        }
-        bn_backward_terms(psum, pdot, bn, n, c, n * h * w, (flags & BN_TRAIN) != 0, gm, kk, grad_weight, grad_bias);
-    }
     #pragma omp parallel for schedule(static)
     for (int64_t p = 0; p < planes; p++) {
         consts k;
@@ -550,12 +524,34 @@ void tail_backward(const float *x, const float *grad, const uint8_t *arg, const 
         if (has_bn) plane_consts(&k, bn, weight, gm, kk, p % c);
         const float *xp = x + p * h * w, *gp = grad + p * ho * wo;
         const uint8_t *ap = arg ? arg + p * ho * wo : NULL, *kp = keep ? keep + p * h * w : NULL;
-        float *dp = grad_x + p * h * w;
+        float *dp = grad_x ? grad_x + p * h * w : NULL;
+        double *s = psum ? psum + p : NULL, *d = pdot ? pdot + p : NULL;
+        const int last = p == planes - 1;
         switch (flags & SPECIALIZED) {
-#define BACKWARD(f) case f: backward_plane(xp, gp, ap, kp, vscale, &k, dp, h, w, f, p == planes - 1, NULL, NULL); break;
+#define BACKWARD(f) case f: backward_plane(xp, gp, ap, kp, vscale, &k, dp, h, w, f, last, s, d); break;
             TAILS(BACKWARD)
-            default: backward_plane(xp, gp, ap, kp, vscale, &k, dp, h, w, flags, p == planes - 1, NULL, NULL);
+            default: backward_plane(xp, gp, ap, kp, vscale, &k, dp, h, w, flags, last, s, d);
         }
     }
+}
+
+FMA_CLONES
+void tail_backward(const float *x, const float *grad, const uint8_t *arg, const uint8_t *keep, float scale,
+                   const float *bn, const float *weight, float *grad_x, float *grad_weight, float *grad_bias,
+                   int64_t n, int64_t c, int64_t h, int64_t w, int flags) {
+    const int wide = lenet_use_avx512();
+    double *psum = NULL, *pdot = NULL;
+    float *gm = NULL, *kk = NULL;
+    if (flags & (BN_BEFORE | BN_AFTER)) {   /* BatchNorm's sums over its output gradient: per plane, per channel */
+        psum = malloc(sizeof(double) * 2 * n * c); pdot = psum + n * c;
+        gm = malloc(sizeof(float) * 2 * c); kk = gm + c;
+        if (wide)
+            backward_pass16(x, grad, arg, keep, scale, bn, weight, NULL, NULL, NULL, n, c, h, w, flags, psum, pdot);
+        else
+            backward_pass(x, grad, arg, keep, scale, bn, weight, NULL, NULL, NULL, n, c, h, w, flags, psum, pdot);
+        bn_backward_terms(psum, pdot, bn, n, c, n * h * w, (flags & BN_TRAIN) != 0, gm, kk, grad_weight, grad_bias);
+    }
+    if (wide) backward_pass16(x, grad, arg, keep, scale, bn, weight, gm, kk, grad_x, n, c, h, w, flags, NULL, NULL);
+    else backward_pass(x, grad, arg, keep, scale, bn, weight, gm, kk, grad_x, n, c, h, w, flags, NULL, NULL);
     free(psum); free(gm);
 }

@@ -4,6 +4,7 @@
  * files are compiled for the baseline x86-64 and call them only when lenet_use_avx512() says so. */
 #ifndef LENET_POOL16_H
 #define LENET_POOL16_H
+int lenet_use_avx512(void);   /* relu_maxpool.c: the CPU has AVX-512 and the tests have not asked for SSE2 */
 #if defined(__GNUC__) && defined(__x86_64__)
 #define HAVE_POOL16 1
 #include <stdint.h>
@@ -13,7 +14,6 @@
 #define AVX512 __attribute__((target(AVX512_TARGET)))
 #define INLINE16 static inline __attribute__((always_inline, target(AVX512_TARGET)))
 
-int lenet_use_avx512(void);   /* relu_maxpool.c: the CPU has AVX-512 and the tests have not asked for SSE2 */
 
 /* lanes [0, n) of a 16-lane mask (none for n <= 0) */
 INLINE16 __mmask16 first_lanes(int64_t n) { return n >= 16 ? 0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1); }
