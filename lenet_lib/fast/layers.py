@@ -32,10 +32,18 @@ Measured on a 2-core CPU, batch 128 (`make bench` shows the effect on whole epoc
 - BatchNorm2d outside a tail (R2 part II's, after the pool; fused.BatchNorm, csrc/batch_norm.c): ATen's
   CPU BatchNorm sums each channel in one sequential double (0.28 ms forward, 0.13 ms backward for R2's
   64x6x14x14); here 0.09 and 0.13 ms, torch's outputs and running statistics bit for bit.
-- c1 and small c3 convolutions in C (csrc/conv1.c, csrc/conv3.c): oneDNN's per-call overhead dominates at
-  6 output maps and at batch 16-64; larger c3 keeps oneDNN forward and forward-convolution backward.
-  c3's input gradient builds each output row in a register (col2im without overlapping read-modify-writes:
-  1.66 -> 1.16 ms at batch 128, same numbers). Evaluation runs c1's forward in C too (about 2x oneDNN).
+- c1 and c3 convolutions in C (csrc/conv1.c, csrc/conv3.c): oneDNN's per-call overhead dominates at
+  6 output maps and at batch 16-64, and its c3 runs at 30-75 GF/s. With AVX-512 (this CPU, one thread,
+  batch 128, 14x14 -> 10x10), c3 runs direct, each kernel at ~100-120 GF/s against oneDNN's 30-90:
+  forward 0.55 ms (oneDNN 0.67-0.83; the 16 maps are the lanes, x an embedded broadcast, no im2col; the
+  same numbers as the im2col path bit for bit), weight gradient 0.48 (oneDNN 1.4-2.3), input gradient 0.44
+  (oneDNN 1.3; 16 images in the lanes, in and out through 16 x 16 transposes). c1's forward writes whole
+  output rows from its registers: 0.51 -> 0.27-0.36 ms, same numbers bit for bit (the old layout's copy of
+  padded rows cost as much as the arithmetic). Preset-like epochs in turns against the previous main:
+  1.24x less time (R1 BN + dropout 1.46x, R1 plain 1.31x, R2 part II 1.25x, R4 1.25x, R5 batch 16
+  1.12x). Without AVX-512: im2col and small matrix products in registers for c3 up to C3_SMALL, oneDNN
+  above, and c3's input gradient with each col2im row built in a register. Evaluation runs c1's forward in
+  C too (about 2x oneDNN); c3's stays oneDNN's, as fast at batch 256.
 - Deterministic mode's NaN fill of every new tensor is off during training (train.set_determinism): ~1 %.
 - Dropout's noise (fused.Dropout, csrc/dropout_rng.c): torch's own mt19937 stream drawn 20x faster, the
   same bits, checked against torch's bernoulli_ once per process (else torch draws).
@@ -176,7 +184,8 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, p
 
 
 FAST_BACKWARD_MIN_IN_CHANNELS = 6   # below this (c1: 1 or 3 channels) ATen's backward beats forward convolutions
-C3_SMALL = 4096   # images x output positions up to which csrc/conv3.c's forward and weight gradient beat oneDNN's
+# without AVX-512: images x output positions up to which csrc/conv3.c's forward and weight gradient beat oneDNN's
+C3_SMALL = 4096
 
 
 def _c_kernels_take(x: torch.Tensor, weight: torch.Tensor) -> bool:

@@ -312,7 +312,8 @@ DIRECT static void input_grad_direct(const float *grad, const float *w, float *g
                     if (h == 14) row_input_grad(gt, w, maps, c, y, 14, xt + (c * h + y) * h);
                     else row_input_grad(gt, w, maps, c, y, 12, xt + (c * h + y) * h);
                 }
-            for (q = 0; q + 16 <= xsize; q += 16) transpose16(xtf + q * 16, 16, 16, grad_x + first * xsize + q, xsize, count);
+            for (q = 0; q + 16 <= xsize; q += 16)
+                transpose16(xtf + q * 16, 16, 16, grad_x + first * xsize + q, xsize, count);
             for (; q < xsize; q++)
                 for (int l = 0; l < count; l++) grad_x[(first + l) * xsize + q] = xtf[q * 16 + l];
         }
