@@ -321,7 +321,10 @@ def report(profile: str | None = None, preset: str | None = None, only=None, job
     with outputs_lock(outputs, out):
         runnable = [t for t in tasks if t.run_id not in skipped]
         cached = {t.run_id for t in runnable if not force and is_done(t)}
-        todo = [t for t in runnable if t.run_id not in cached]
+        # Longest first (by the training images its parameters imply): the jobs then finish together. In plan
+        # order the default report's last 3 minutes ran on one worker (R2 part I after R4); simulated on its
+        # measured run times, 1790 -> 1694 s on 2 workers.
+        todo = sorted((t for t in runnable if t.run_id not in cached), key=lambda t: -t.work)
         lost = {}
         if todo:
             with make_executor(executor, jobs, scheduler, outputs / ".logs") as ex:
