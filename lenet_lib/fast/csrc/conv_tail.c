@@ -510,10 +510,12 @@ INLINE void backward_plane(const float *x, const float *grad, const uint8_t *arg
 
 /* tail_backward's two passes over the planes, SSE2: BatchNorm's sums of the output gradient (psum, pdot:
  * grad_x NULL) or the input gradient (grad_x; gm, kk: BatchNorm's terms from the sums). backward_pass16 is
- * its AVX-512 twin, with the same arguments. */
-INLINE void backward_pass(const float *x, const float *grad, const uint8_t *arg, const uint8_t *keep, float scale,
-                          const float *bn, const float *weight, const float *gm, const float *kk, float *grad_x,
-                          int64_t n, int64_t c, int64_t h, int64_t w, int flags, double *psum, double *pdot) {
+ * its AVX-512 twin, with the same arguments. Cloned itself, not inlined: its OpenMP body is a function of its
+ * own, and only a cloned one gets the FMA build that gives ATen's roundings (tanh's gradient, for one). */
+FMA_CLONES static void backward_pass(const float *x, const float *grad, const uint8_t *arg, const uint8_t *keep,
+                                     float scale, const float *bn, const float *weight, const float *gm,
+                                     const float *kk, float *grad_x, int64_t n, int64_t c, int64_t h, int64_t w,
+                                     int flags, double *psum, double *pdot) {
     const int64_t planes = n * c, ho = h / 2, wo = w / 2;
     const int has_bn = (flags & (BN_BEFORE | BN_AFTER)) != 0;
     const __m128 vscale = _mm_set1_ps(scale);
@@ -535,7 +537,6 @@ INLINE void backward_pass(const float *x, const float *grad, const uint8_t *arg,
     }
 }
 
-FMA_CLONES
 void tail_backward(const float *x, const float *grad, const uint8_t *arg, const uint8_t *keep, float scale,
                    const float *bn, const float *weight, float *grad_x, float *grad_weight, float *grad_bias,
                    int64_t n, int64_t c, int64_t h, int64_t w, int flags) {
