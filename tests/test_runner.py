@@ -288,3 +288,11 @@ def test_parameter_images_of_a_run():
     assert parameter_images({"dataset": "fashion_mnist", "seeds": [0], "epochs": 2, "train_size": None,
                              "val_size": 5000}) == 2 * 55_000
     assert parameter_images({"seed": 0, "epochs": 2, "train_size": 2000, "val_size": 1000}) == 4000
+
+
+def test_runs_start_longest_first_ties_in_plan_order(tmp_path):
+    from lenet_lib.running.executors import RunTask
+    tasks = [RunTask(notebook=f"nb{i}", notebook_path="x", run_id=str(i), run_dir=str(tmp_path), parameters={},
+                     work=work) for i, work in enumerate([1.0, 5.0, 3.0, 5.0, 0.0])]
+    assert [t.run_id for t in runner.longest_first(tasks)] == ["1", "3", "2", "0", "4"]
+
