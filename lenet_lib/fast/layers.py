@@ -51,13 +51,13 @@ Measured on a 2-core CPU, batch 128 (`make bench` shows the effect on whole epoc
   SGD, Adagrad, Adam, AdamW in one pass; 2-10 % of a step, the same numbers to float rounding).
 - Measured with `make bench` (per-variant table, training steps in turns, this 2-core CPU, 20 rounds,
   fused optimizers included): on one thread (each kernel of a report on 2 cores) lenet_lib / torch's own
-  layers 1.63x (R5 sigmoid FC, batch 16) to 2.33x (R3 BN before act + conv dropout), plain 2.13x, R1 BN
-  2.00x, R4 BN 2.13x, R2 part II 1.97x, R2 part I tanh 1.64x: spread 43 %; on 2 threads 1.51x (R2 part I
-  tanh) to 2.23x (R3): spread 47 %. Every variant >= 1.5x, but not within 10 %: the variants whose torch
-  layers are slow (ATen's max-pool and BatchNorm) gain most, those whose torch layers are already fast
-  (tanh, average pool) least, and at batch 16 the per-call costs both sides share (autograd, FC layers,
-  loss, the optimizer) weigh more; the C convolutions run at 40-70 GFLOP/s per core (MKL's large sgemm:
-  ~140). So training seconds from runs are never used to compare variants: time claims come from
+  layers 2.09x (plain, batch 16) to 3.06x (plain, batch 128); R1 BN + dropout 2.95x, R4 BN 2.88x, R2 part
+  II 2.65x, R2 part I tanh 2.42x, R5 sigmoid FC at batch 16 2.20x: spread 46 %; on 2 threads 2.01x to
+  2.80x (R3): spread 40 %. Every variant >= 2x, but not within 10 %: a variant's ratio is torch's time over
+  ours, and the two do not shrink together. Where torch's layers are slow (ATen's max-pool and BatchNorm)
+  or ours are at their best (batch 128, where the convolutions run at ~100 GF/s) the ratio is high; at
+  batch 16 the per-call costs both sides share (autograd, FC layers, loss, the optimizer) pull it towards
+  1. So training seconds from runs are never used to compare variants: time claims come from
   timing.time_variants, which times every variant with torch's own layers in turns.
 - Not sped up: the MLP (Linear layers only: ATen's BLAS matmuls, nothing to fuse) and the FC part of
   LeNet-5 (c5/f6/out, the same); CUDA, where the layers call torch's own kernels (there one fused kernel
