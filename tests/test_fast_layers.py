@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lenet_lib.fast import c_kernels
 from lenet_lib.fast.layers import C3_SMALL, Conv2d, MaxPool2d, conv2d, max_pool_2x2, with_torch_layers
 from lenet_lib.core.models import build_model
 from lenet_lib.core.train import set_determinism
@@ -36,6 +37,14 @@ def test_max_pool_layer_falls_back_for_other_geometries():
     assert torch.equal(MaxPool2d(2, ceil_mode=True)(x), F.max_pool2d(x, 2, ceil_mode=True))
 
 
+def _conv_and_grads(x64, w64, b64, grad64, fn, dtype, sse2_only=False):
+    """fn's output and its gradients for x, w, b (as dtype), for the output gradient grad64."""
+    leaves = [t.detach().to(dtype).requires_grad_() for t in (x64, w64, b64)]
+    with c_kernels.sse2_only(sse2_only) if c_kernels.load() is not None else contextlib.nullcontext():
+        out = fn(*leaves)
+        return [out.detach()] + list(torch.autograd.grad(out, leaves, grad64.to(dtype)))
+
+
 # c3 (6 -> 16 maps, 14x14) and c1 (1 or 3 -> 6 maps, 28x28 or 32x32), at batch sizes the presets use
 @pytest.mark.parametrize("batch, cin, maps, size, padding", [(32, 6, 16, 14, 0), (32, 6, 16, 14, 2), (128, 6, 16, 14, 0),
                                                             (16, 1, 6, 28, 2), (64, 1, 6, 32, 0), (16, 3, 6, 32, 0)])
@@ -46,15 +55,10 @@ def test_conv_gradients_as_close_to_float64_as_torchs(batch, cin, maps, size, pa
     out = size - 4 + 2 * padding
     grad64 = torch.randn(batch, maps, out, out, dtype=torch.float64)
 
-    def grads(fn, *tensors):
-        leaves = [t.clone().requires_grad_() for t in tensors]
-        out = fn(*leaves)
-        return [out.detach()] + list(torch.autograd.grad(out, leaves, grad64.to(out.dtype)))
-
-    exact = grads(lambda x, w, b: F.conv2d(x, w, b, padding=padding), x64, w64, b64)
-    f32 = [t.float() for t in (x64, w64, b64)]
-    ours = grads(lambda x, w, b: conv2d(x, w, b, padding), *f32)
-    theirs = grads(lambda x, w, b: F.conv2d(x, w, b, padding=padding), *f32)
+    torchs = lambda x, w, b: F.conv2d(x, w, b, padding=padding)                     # noqa: E731
+    exact = _conv_and_grads(x64, w64, b64, grad64, torchs, torch.float64)
+    ours = _conv_and_grads(x64, w64, b64, grad64, lambda x, w, b: conv2d(x, w, b, padding), torch.float32)
+    theirs = _conv_and_grads(x64, w64, b64, grad64, torchs, torch.float32)
     for e, o, t in zip(exact, ours, theirs):    # forward (csrc/conv3.c at small sizes) and both gradients
         ours_error, torch_error = (o.double() - e).abs().max(), (t.double() - e).abs().max()
         assert ours_error <= 2 * torch_error + 1e-6 * e.abs().max()
@@ -92,20 +96,11 @@ def test_lenet5_trains_like_one_built_from_torchs_layers(kwargs):
     torch.testing.assert_close(ours(x), theirs(x))
 
 
-def _conv_and_grads(x64, w64, b64, grad64, fn, dtype, sse2_only=False):
-    from lenet_lib.fast import c_kernels
-    leaves = [t.to(dtype).requires_grad_() for t in (x64, w64, b64)]
-    with c_kernels.sse2_only(sse2_only) if c_kernels.load() is not None else contextlib.nullcontext():
-        out = fn(*leaves)
-        return [out.detach()] + list(torch.autograd.grad(out, leaves, grad64.to(dtype)))
-
-
 # c3 at the presets' shapes: 14x14 -> 10x10 (padding "same" c1, or 32x32 inputs), 12x12 -> 8x8 (R2 part I),
 # batch 16 to 128 and a remainder batch; on AVX-512 its forward and weight gradient run direct at every batch
 # (csrc/conv3.c), the input gradient too on 14x14
 @pytest.mark.parametrize("batch, size", [(128, 14), (64, 14), (16, 14), (5, 14), (64, 12), (16, 12)])
 def test_c3_direct_kernels_are_as_close_to_float64_as_torchs(batch, size):
-    from lenet_lib.fast import c_kernels
     lib = c_kernels.load()
     if lib is None:
         pytest.skip("no C kernels (needs x86-64 and a C compiler)")
@@ -132,7 +127,6 @@ def test_c3_direct_kernels_are_as_close_to_float64_as_torchs(batch, size):
 # rows_forward); the terms and their order are those of the flat-layout path, so the numbers are too
 @pytest.mark.parametrize("batch, cin, size, padding", [(128, 1, 28, 2), (64, 1, 32, 0), (16, 1, 28, 0), (5, 3, 32, 2)])
 def test_c1_forward_rows_give_the_flat_paths_numbers(batch, cin, size, padding):
-    from lenet_lib.fast import c_kernels
     if c_kernels.load() is None:
         pytest.skip("no C kernels (needs x86-64 and a C compiler)")
     torch.manual_seed(batch)

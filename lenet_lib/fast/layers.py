@@ -153,7 +153,7 @@ class _Conv2dForwardBackward(torch.autograd.Function):
                                               n, c, h, w, k, maps)
         elif ctx.needs_input_grad[0]:
             grad_x = F.conv_transpose2d(grad, weight, padding=ctx.padding)
-        if (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]) and (ctx.c1 or (ctx.c3 and _small(x, weight))):
+        if (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]) and (ctx.c1 or (ctx.c3 and _c3_in_c(x, weight))):
             grad_weight, grad_bias = empty(*weight.shape), empty(maps)
             if ctx.c1:
                 c_kernels.load().conv_weight_grad(x.data_ptr(), grad.data_ptr(), grad_weight.data_ptr(),
@@ -174,7 +174,7 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, p
     """The convolution's output: csrc/conv1.c for c1, csrc/conv3.c for a small c3, else ATen's."""
     n, c, h, w = x.shape
     k = weight.shape[-1]
-    if c1 or (c3 and _small(x, weight)):
+    if c1 or (c3 and _c3_in_c(x, weight)):
         out = empty(n, weight.shape[0], h + 2 * padding - k + 1, w + 2 * padding - k + 1)
         run = c_kernels.load().conv1_forward if c1 else c_kernels.load().conv3_forward
         run(x.data_ptr(), weight.contiguous().data_ptr(), None if bias is None else bias.contiguous().data_ptr(),
@@ -206,7 +206,7 @@ def _c3_kernels_take(x: torch.Tensor, weight: torch.Tensor, padding: int) -> boo
             and ho * wo <= 112 and _c_kernels_take(x, weight))
 
 
-def _small(x: torch.Tensor, weight: torch.Tensor) -> bool:
+def _c3_in_c(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """csrc/conv3.c's forward and weight gradient beat oneDNN's: at every size where they run direct
     (AVX-512, LeNet-5's c3), else up to C3_SMALL."""
     return (x.shape[0] * (x.shape[-2] - weight.shape[-1] + 1) * (x.shape[-1] - weight.shape[-1] + 1) <= C3_SMALL

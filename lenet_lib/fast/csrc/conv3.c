@@ -103,7 +103,8 @@ INLINE void copy_image(float *dst, const float *src, int64_t n) {   /* gcc would
 /* gcc's predictive commoning would keep x elements in registers from one tap to the next (a row's x[j + kj]
  * is the next column's x[j + 1 + kj - 1]); with 20-25 accumulators live that spills to the stack and runs
  * at a quarter of the speed. Reading each one again, as an embedded broadcast, costs nothing. */
-#define DIRECT AVX512 __attribute__((optimize("no-predictive-commoning")))
+#define NO_COMMONING __attribute__((optimize("no-predictive-commoning")))
+#define DIRECT AVX512 NO_COMMONING
 #define DIRECT_K 5
 
 /* wt[r]: tap r's weights of every map as one vector (lanes past maps: 0) */
@@ -268,7 +269,7 @@ INLINE16 void transpose16(const float *src, int64_t ss, int src_rows, float *dst
 /* Row y of channel c's input gradient for 16 images at once (one per lane): sum over maps o and the taps
  * (ki, kj) that reach a row and column of g of w[o][c][ki][kj] g[o][y - ki][x - kj]. gt: g with the images
  * in the lanes. The H - 4 vectors of a row of g stay in registers across the 5 taps kj. */
-INLINE16 __attribute__((optimize("no-predictive-commoning")))
+INLINE16 NO_COMMONING
 void row_input_grad(const __m512 *gt, const float *w, int64_t maps, int c, int y, const int H, __m512 *out) {
     enum { K = DIRECT_K };
     const int HO = H - K + 1;
