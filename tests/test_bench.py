@@ -39,3 +39,11 @@ def test_variant_table_times_both_layers_on_the_threads_asked_and_says_the_sprea
     line = bench.spread_line(table.assign(ratio=[1.5, 1.8]))
     assert line.startswith("lenet_lib / torch speed: min 1.50x (plain, batch 16), max 1.80x (sigmoid FC, batch 16 "
                            "(R5)), spread 20%")
+
+
+def test_preset_spread_lines_cover_the_groups_present():
+    table = pd.DataFrame({"variant": bench.PRESET_GROUPS["R5"] + ["plain"], "ratio": [2.0, 2.2, 3.0]})
+    assert bench.preset_spread_lines(table) == [
+        "  within R5's compared variants (sigmoid FC, batch 16 (R5), sigmoid FC, batch 64 (R5)): 2.00x to 2.20x, "
+        "spread 10%"]
+    assert all(set(labels) <= set(bench.VARIANTS) for labels in bench.PRESET_GROUPS.values())

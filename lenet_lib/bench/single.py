@@ -153,6 +153,15 @@ VARIANTS = {
 }
 
 
+# variants whose training times a preset's figures compare with each other (R1's and R4's time ratios, R5's
+# time per epoch by batch size): within each, lenet_lib's relative cost should be torch's
+PRESET_GROUPS = {
+    "R1": ["plain", "dropout f6", "BN after act, c1 (R1)", "BN + dropout (R1)"],
+    "R4": ["plain", "BN both convs (R4)", "BN both + dropout (R4)"],
+    "R5": ["sigmoid FC, batch 16 (R5)", "sigmoid FC, batch 64 (R5)"],
+}
+
+
 def _random_images(channels: int, size: int, n: int) -> DataSplits:
     """Normal noise and random labels shaped like the variant's dataset: timing needs shapes, not digits."""
     g = torch.Generator().manual_seed(0)
@@ -209,6 +218,17 @@ def spread_line(table: pd.DataFrame) -> str:
             f"(target: every variant >= 1.3x, spread <= 10 %)")
 
 
+def preset_spread_lines(table: pd.DataFrame) -> list[str]:
+    """Per PRESET_GROUPS entry whose variants are all in the table: the spread of their ratios."""
+    lines = []
+    for preset, labels in PRESET_GROUPS.items():
+        ratios = table.set_index("variant")["ratio"].reindex(labels)
+        if ratios.notna().all():
+            lines.append(f"  within {preset}'s compared variants ({', '.join(labels)}): {ratios.min():.2f}x to "
+                         f"{ratios.max():.2f}x, spread {ratios.max() / ratios.min() - 1:.0%}")
+    return lines
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a 10k-image subset, 2 epochs (CI-sized)")
@@ -231,6 +251,7 @@ def main(argv=None) -> None:
         variants = variant_table(rounds, calls, threads=threads)
         print(variants.to_string(index=False, float_format="%.2f"))
         print(spread_line(variants))
+        print("\n".join(preset_spread_lines(variants)))
     print("\n== Many models: batched ensemble vs one at a time ==")
     print(bench_ensemble.run(quick=args.quick).to_string(index=False, float_format="%.2f"))
 
