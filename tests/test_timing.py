@@ -65,3 +65,23 @@ def test_time_variants_times_every_variant_and_implementation(mnist_small):
     assert table.loc[table["label"] == "BN", "bn"].all() and (table.loc[table["label"] == "dropout", "dropout"] == 0.5).all()
     with pytest.raises(ValueError, match="implementation='numpy' is not valid"):
         timing.time_variants(variants, mnist_small, implementations=("numpy",), progress=False)
+
+
+def test_time_variants_times_each_batch_size_on_its_own_batches_and_per_image(mnist_small):
+    """Variants of different batch sizes (the batch-size sweep): each steps at its own batch size, and
+    image_seconds compares them per image, as epochs over the same images do."""
+    from lenet_lib.analysis import time_ratios
+    variants = {"batch 16": TrainSpec(batch_size=16), "batch 64": TrainSpec(batch_size=64)}
+    table = timing.time_variants(variants, mnist_small, rounds=3, calls=2, warmup=1, progress=False)
+    assert dict(zip(table["label"], table["batch_size"])) == {"batch 16": 16, "batch 64": 64}
+    assert np.allclose(table["image_seconds"] * table["batch_size"], table["seconds"])
+    table = table.assign(run_id="one run")          # as results.save_table stores it
+    per_epoch = time_ratios.time_ratio_table(table, {"label": "batch 64"}, value="image_seconds")
+    per_step = time_ratios.time_ratio_table(table, {"label": "batch 64"})
+    for implementation in ("torch", "lenet_lib"):
+        epoch_ratio, step_ratio = (t.set_index(["implementation", "label"]).loc[(implementation, "batch 16"), "ratio"]
+                                   for t in (per_epoch, per_step))
+        assert math.isclose(epoch_ratio, step_ratio * 4, rel_tol=1e-9)     # 4x the steps of a quarter the size
+    assert (per_epoch["us_per_image"] > 0).all()
+    with pytest.raises(ValueError, match="batch_size=9999 is not valid for timing on"):
+        timing.time_variants({"huge": TrainSpec(batch_size=9999)}, mnist_small, progress=False)

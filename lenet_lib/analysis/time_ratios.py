@@ -16,33 +16,37 @@ SHOWN_IMPLEMENTATION = "lenet_lib"   # shown beside them, never judged
 
 
 def timing_log_ratios(timing: pd.DataFrame, where: dict, versus: dict,
-                      implementation: str = JUDGING_IMPLEMENTATION) -> pd.Series:
-    """log(seconds of `where`'s variant / seconds of `versus`'s), one value per run and timing round."""
+                      implementation: str = JUDGING_IMPLEMENTATION, value: str = "seconds") -> pd.Series:
+    """log(`value` of `where`'s variant / `value` of `versus`'s), one value per run and timing round.
+    value: "seconds" (per training step) or "image_seconds" (per image: epochs of different batch sizes)."""
     if timing.empty:
         return pd.Series(dtype=float)
     rows = timing[timing["implementation"] == implementation] if "implementation" in timing else timing
     rows = rows.assign(_side=np.where(matches(rows, where), "a", np.where(matches(rows, versus), "b", "")),
                        _pair=rows["run_id"].astype(str) + ":" + rows["round"].astype(str))
-    return paired_log_ratios(rows[rows["_side"] != ""], "_side", "seconds", "b", pair_on="_pair")["log_ratio"]
+    return paired_log_ratios(rows[rows["_side"] != ""], "_side", value, "b", pair_on="_pair")["log_ratio"]
 
 
 def timing_ratio(timing: pd.DataFrame, where: dict, versus: dict,
-                 implementation: str = JUDGING_IMPLEMENTATION) -> Estimate:
+                 implementation: str = JUDGING_IMPLEMENTATION, value: str = "seconds") -> Estimate:
     """The mean log time ratio of timing_log_ratios, paired by run and round."""
-    return mean_estimate(timing_log_ratios(timing, where, versus, implementation))
+    return mean_estimate(timing_log_ratios(timing, where, versus, implementation, value))
 
 
-def time_ratio_table(timing: pd.DataFrame, versus: dict, by: str = "label") -> pd.DataFrame:
-    """Each timed variant's training-step time relative to `versus`'s, per implementation: ratio (the
-    geometric mean over rounds), its 95 % CI, rounds, and ms per step."""
+def time_ratio_table(timing: pd.DataFrame, versus: dict, by: str = "label", value: str = "seconds") -> pd.DataFrame:
+    """Each timed variant's time relative to `versus`'s, per implementation: ratio (the geometric mean over
+    rounds) of `value` (per training step, or "image_seconds": per image, i.e. per epoch), its 95 % CI,
+    rounds, and ms per step (with us per image where the table has them)."""
     rows = []
     for implementation in dict.fromkeys(timing["implementation"]) if len(timing) else []:
         mine = timing[timing["implementation"] == implementation]
         for label in dict.fromkeys(mine[by]):
-            e = timing_ratio(mine, {by: label}, versus, implementation)
+            e = timing_ratio(mine, {by: label}, versus, implementation, value)
             lo, hi = e.ci()
+            own = mine[mine[by] == label]
             rows.append({by: label, "implementation": implementation,
-                         "ms_per_step": 1e3 * mine.loc[mine[by] == label, "seconds"].median(),
+                         "ms_per_step": 1e3 * own["seconds"].median(),
+                         **({"us_per_image": 1e6 * own["image_seconds"].median()} if "image_seconds" in own else {}),
                          "ratio": math.exp(e.value) if e.n else 1.0, "ci_low": math.exp(lo) if e.n > 1 else math.nan,
                          "ci_high": math.exp(hi) if e.n > 1 else math.nan, "rounds": e.n})
     return pd.DataFrame(rows)

@@ -93,24 +93,31 @@ def time_variants(variants: dict[str, TrainSpec], data: DataSplits, implementati
                   progress: bool = True) -> pd.DataFrame:
     """Training-step seconds of each {label: spec} under each implementation, all in turns.
 
-    Every variant steps through the same batches (the first spec's batch size and seed). One row per
-    variant x implementation x round: label, implementation, round, seconds, batch_size, threads,
-    device and the spec's configuration columns.
+    Every variant steps through the same data order (the first spec's seed), in batches of its own batch
+    size. One row per variant x implementation x round: label, implementation, round, seconds (per step),
+    image_seconds (per training image: seconds / batch size, so that variants of different batch sizes
+    compare as epochs do), threads, device and the spec's configuration columns.
     """
     if not variants:
         raise ValueError("variants is empty; give at least one {label: TrainSpec}")
     for implementation in implementations:
         check_choice("implementation", implementation, IMPLEMENTATIONS)
+    n = len(data.y_train)
+    too_big = sorted({s.batch_size for s in variants.values() if s.batch_size > n})
+    if too_big:
+        raise ValueError(f"batch_size={too_big[0]} is not valid for timing on {n} training images; "
+                         f"expected a batch size <= {n}")
     device = resolve_device(device)
     data = data if data.device == device else data.to(device)
     first = next(iter(variants.values()))
-    order = epoch_order(len(data.y_train), first.seed, 1).to(device)
-    batches = list(index_batches(order, first.batch_size, drop_last=True))[:max(1, calls)]
+    order = epoch_order(n, first.seed, 1).to(device)
+    batches = {size: list(index_batches(order, size, drop_last=True))[:max(1, calls)]
+               for size in {spec.batch_size for spec in variants.values()}}
     functions, keys = {}, {}
     for label, spec in variants.items():
         for implementation in implementations:
             name = f"{label} [{implementation}]"
-            functions[name] = training_step(spec, data, implementation, batches)
+            functions[name] = training_step(spec, data, implementation, batches[spec.batch_size])
             keys[name] = (label, implementation, spec)
     sync = torch.cuda.synchronize if device.type == "cuda" else None
     table = time_in_turns(functions, rounds=rounds, calls=calls, warmup=warmup, sync=sync, progress=progress)
@@ -119,5 +126,6 @@ def time_variants(variants: dict[str, TrainSpec], data: DataSplits, implementati
     for row in table.itertuples():
         label, implementation, spec = keys[row.name]
         rows.append({**spec.columns(), "label": label, "implementation": implementation, "round": row.round,
-                     "seconds": row.seconds, "threads": torch.get_num_threads(), "device": str(device)})
+                     "seconds": row.seconds, "image_seconds": row.seconds / spec.batch_size,
+                     "threads": torch.get_num_threads(), "device": str(device)})
     return pd.DataFrame(rows)
