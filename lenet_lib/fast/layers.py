@@ -48,20 +48,28 @@ Measured on a 2-core CPU, batch 128 (`make bench` shows the effect on whole epoc
 - Dropout's noise (fused.Dropout, csrc/dropout_rng.c): torch's own mt19937 stream drawn 20x faster, the
   same bits, checked against torch's bernoulli_ once per process (else torch draws).
 - Not a layer, but the same kind of trick: on CPU train() steps torch's fused optimizers (core/optim.FUSED:
-  SGD, Adagrad, Adam, AdamW in one pass; 2-10 % of a step, the same numbers to float rounding).
+  SGD, Adagrad, Adam, AdamW in one pass; 2-10 % of a step, the same numbers to float rounding), and steps
+  them lean (optim._LeanStep: after torch's first step, the fused kernel is called as torch calls it, without
+  torch.optim's Python around it; bit for bit torch's numbers; one thread, Adam 177 -> 98 us per step, SGD
+  with momentum 98 -> 49, Adagrad 190 -> 77). Batches are taken by index_select (DataSplits.train_batch:
+  x[idx]'s values at a third of its cost, 58 -> 21 us at batch 128). Together, from make bench's ratios
+  against torch's unchanged layers: batch-16 steps 1.11x faster with SGD + momentum, 1.20x with Adam (R5).
 - Measured with `make bench` (per-variant table, training steps in turns, this 2-core CPU, 20 rounds,
   fused optimizers included): on one thread (each kernel of a report on 2 cores) lenet_lib / torch's own
-  layers 2.09x (plain, batch 16) to 3.06x (plain, batch 128); R1 BN + dropout 2.95x, R4 BN 2.88x, R2 part
-  II 2.65x, R2 part I tanh 2.42x, R5 sigmoid FC at batch 16 2.20x: spread 46 %; on 2 threads 2.01x to
-  2.80x (R3): spread 40 %. Every variant >= 2x, but not within 10 %: a variant's ratio is torch's time over
-  ours, and the two do not shrink together. Where torch's layers are slow (ATen's max-pool and BatchNorm)
-  or ours are at their best (batch 128, where the convolutions run at ~100 GF/s) the ratio is high; at
-  batch 16 the per-call costs both sides share (autograd, FC layers, loss, the optimizer) pull it towards
-  1. So training seconds from runs are never used to compare variants: time claims come from
-  timing.time_variants, which times every variant with torch's own layers in turns.
-- Not sped up: the MLP (Linear layers only: ATen's BLAS matmuls, nothing to fuse) and the FC part of
-  LeNet-5 (c5/f6/out, the same); CUDA, where the layers call torch's own kernels (there one fused kernel
-  beats several small ones).
+  layers 2.33x (plain, batch 16) to 3.15x (plain and R1's BN + dropout, batch 128); R4 BN 2.98x, R2 part II
+  2.93x, R2 part I tanh 2.69x, R5 sigmoid FC 2.64x at batch 16 and 3.05x at 64: spread 35 %; on 2 threads
+  2.10x to 2.87x: spread 37 %. Every variant >= 2x, but not within 10 %: a variant's ratio is torch's time
+  over ours, and the two do not shrink together. Where torch's layers are slow (ATen's max-pool and
+  BatchNorm) or ours are at their best (batch 128, where the convolutions run at ~100 GF/s) the ratio is
+  high; at batch 16 the per-step costs both sides share pull it towards 1: the FC layers in BLAS, the loss,
+  autograd and the Python that drives each layer (a quarter of a batch-16 step here, by perf). Within the
+  variants a preset's time figures compare, the spread is 5-9 % (R1), 4-6 % (R4); across R5's batch sizes
+  13-15 %. So training seconds from runs are never used to compare variants or batch sizes: time claims,
+  and the batch_size notebook's time per epoch, come from timing.time_variants, which times every variant
+  with torch's own layers (and ours beside them) in turns.
+- Not sped up: the MLP (Linear layers only: ATen's BLAS matmuls) and the FC part of LeNet-5 (c5/f6/out,
+  the same; run as one autograd node, below, it was no faster); CUDA, where the layers call torch's own
+  kernels (there one fused kernel beats several small ones).
 
 Measured and left out (whole epochs of the standard LeNet-5 unless said):
 - channels_last with torch's layers: 1.14x per training step in 20-step turns, but whole epochs stayed
@@ -73,7 +81,13 @@ Measured and left out (whole epochs of the standard LeNet-5 unless said):
   Its planes split over Python threads instead of OpenMP: 1.22x per step against 1.31x. For scale,
   ReLU and pooling that cost nothing (wrong numbers, right shapes) would give 1.41x.
 - Optimizer foreach (Adam 241 -> 182 us per step; fused, above, is what pays), OMP_WAIT_POLICY=ACTIVE,
-  glibc malloc thresholds: no measurable change in whole epochs.
+  glibc malloc thresholds: no measurable change in whole epochs. (Measured again: the timing harness's
+  steps page-fault 130-500 times each under glibc's defaults, training itself ~15; raised thresholds left
+  the per-variant ratios within noise.)
+- The FC part, flatten to logits, as one autograd node making autograd's own ATen calls (the same numbers
+  bit for bit): 0.92-0.99x per step in turns, at batch 16 and 128. autograd's C++ nodes cost no more than
+  the Python that replaces them. Flushing denormals: no change (they appear only when a step is repeated
+  thousands of times on the same few batches).
 """
 from __future__ import annotations
 
