@@ -51,14 +51,19 @@ def test_bad_values_are_clear_errors(args, message):
         resolve_hyperparameters(**args)
 
 
+def _twin_models(name):
+    """Two LeNet-5s with the same weights, and hyperparameters for `name` (momentum where it takes one)."""
+    torch.manual_seed(0)
+    a, b = build_model(), build_model()
+    b.load_state_dict(a.state_dict())
+    return a, b, {"weight_decay": 5e-4, **({"momentum": 0.9} if name in ("momentum", "nesterov") else {})}
+
+
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_fused_gives_the_same_steps_to_float_rounding(name):
     """fused=True (lenet_lib's training on CPU) takes torch's fused kernel where it has one (FUSED) and the
     per-tensor loop otherwise; 30 steps on the same gradients land within float rounding of each other."""
-    torch.manual_seed(0)
-    loop_model, fused_model = build_model(), build_model()
-    fused_model.load_state_dict(loop_model.state_dict())
-    hp = {"weight_decay": 5e-4, **({"momentum": 0.9} if name in ("momentum", "nesterov") else {})}
+    loop_model, fused_model, hp = _twin_models(name)
     loop = make_optimizer(name, loop_model.parameters(), **hp)
     fused = make_optimizer(name, fused_model.parameters(), fused=True, **hp)
     assert bool(fused.defaults.get("fused")) == (name in FUSED) and not loop.defaults.get("fused")
@@ -90,10 +95,7 @@ def test_lean_steps_are_torchs_fused_steps_bit_for_bit(name, monkeypatch):
     """make_optimizer(fused=True) steps lean after its first step (optim._LeanStep): 20 steps on the same
     gradients give torch's own fused optimizer's parameters and state, bit for bit; so does a step where a
     parameter has no gradient (torch's step runs it) and a learning rate changed mid-way."""
-    torch.manual_seed(0)
-    theirs_model, ours_model = build_model(), build_model()
-    ours_model.load_state_dict(theirs_model.state_dict())
-    hp = {"weight_decay": 5e-4, **({"momentum": 0.9} if name in ("momentum", "nesterov") else {})}
+    theirs_model, ours_model, hp = _twin_models(name)
     theirs = _torch_fused(name, theirs_model.parameters(), **hp)
     ours = make_optimizer(name, ours_model.parameters(), fused=True, **hp)
     assert isinstance(ours, type(theirs))
