@@ -59,7 +59,6 @@ def curves(df: pd.DataFrame, metrics=("train_loss", "val_loss"), hue: str = "var
             ax.get_legend().remove()
     _legend_outside(axes[0][-1])
     fig.suptitle(title)
-    fig.tight_layout()
     return fig
 
 
@@ -169,7 +168,9 @@ def image_grid(images, titles=None, rows: int | None = None, cmap: str = "gray",
     n = len(images)
     rows = rows or int(np.ceil(n / 10))
     cols = int(np.ceil(n / rows))
-    fig, axes = plt.subplots(rows, cols, figsize=(scale * cols, scale * rows + 0.4), squeeze=False)
+    # constrained layout keeps each title clear of the row above (tight_layout let square tiles run into them)
+    fig, axes = plt.subplots(rows, cols, figsize=(scale * cols, scale * rows + 0.4), squeeze=False,
+                             layout="constrained")
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < n:
@@ -179,7 +180,6 @@ def image_grid(images, titles=None, rows: int | None = None, cmap: str = "gray",
             if titles is not None:
                 ax.set_title(str(titles[i]), fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
     return fig
 
 
