@@ -59,6 +59,7 @@ def curves(df: pd.DataFrame, metrics=("train_loss", "val_loss"), hue: str = "var
             ax.get_legend().remove()
     _legend_outside(axes[0][-1])
     fig.suptitle(title)
+    fig.tight_layout()
     return fig
 
 

@@ -59,11 +59,12 @@ class _LeanStep:
                 p.grad = None
 
     def step(self, closure=None):
-        plan = self._plan if closure is None and not _has_hooks(self) else None
-        if plan is not None and _run(plan):
+        lean = closure is None and not _has_hooks(self)
+        if lean and self._plan is not None and _run(self._plan):
             return None
         loss = super().step(closure)
-        self._plan = _lean_plan(self) if _lean_agrees() else None
+        # the plan is built only for a step that could take it: with hooks every step is torch's anyway
+        self._plan = _lean_plan(self) if lean and _lean_agrees() else None
         return loss
     # torch wraps a subclass's step for its hooks and profiler record on first use; here super().step, which
     # torch has wrapped, runs the hooks, and the lean path runs only where there are none
