@@ -29,10 +29,17 @@ def _ptr(t: torch.Tensor | None):
     return None if t is None else t.data_ptr()
 
 
+# torch.utils.deterministic.fill_uninitialized_memory's getter without the module property around it (1-2 us
+# per new tensor, 13 of them per training step)
+_fills_new_tensors = getattr(torch._C, "_get_deterministic_fill_uninitialized_memory",
+                             lambda: torch.utils.deterministic.fill_uninitialized_memory)
+
+
 def empty(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """torch.empty for a kernel's output, which the kernel writes whole: without the NaN fill that
-    deterministic mode (train.set_determinism) adds to every torch.empty, 5-50 us per tensor."""
-    if not torch.utils.deterministic.fill_uninitialized_memory or not torch.are_deterministic_algorithms_enabled():
+    deterministic mode adds to every torch.empty, 5-50 us per tensor (train.set_determinism turns it off;
+    this holds elsewhere)."""
+    if not (_fills_new_tensors() and torch.are_deterministic_algorithms_enabled()):
         return torch.empty(shape, dtype=dtype)
     torch.utils.deterministic.fill_uninitialized_memory = False
     try:
@@ -98,21 +105,23 @@ def dropout_keep(numel: int, p: float) -> tuple[torch.Tensor, float]:
     return torch.empty(numel).bernoulli_(1 - p).to(torch.uint8), _scale(p)
 
 
+def dropout_apply(x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
+    """x * keep * scale by csrc/dropout_rng.c: dropout's forward, and (on the gradient) its backward."""
+    x = x.contiguous()
+    out = empty(*x.shape)
+    c_kernels.load().dropout_apply(x.data_ptr(), keep.data_ptr(), scale, out.data_ptr(), x.numel())
+    return out
+
+
 class _Dropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
-        out = empty(*x.shape)
-        c_kernels.load().dropout_apply(x.data_ptr(), keep.data_ptr(), scale, out.data_ptr(), x.numel())
         ctx.keep, ctx.scale = keep, scale
-        return out
+        return dropout_apply(x, keep, scale)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        grad = grad.contiguous()
-        grad_in = empty(*grad.shape)
-        c_kernels.load().dropout_apply(grad.data_ptr(), ctx.keep.data_ptr(), ctx.scale, grad_in.data_ptr(),
-                                       grad.numel())
-        return grad_in, None, None
+        return dropout_apply(grad, ctx.keep, ctx.scale), None, None
 
 
 class Dropout(nn.Module):
@@ -122,12 +131,17 @@ class Dropout(nn.Module):
         super().__init__()
         self.dropout = dropout
 
+    def draws_noise(self) -> bool:
+        """In training with 0 < p < 1: the noise is drawn (else nn.Dropout passes x through, or zeroes it)."""
+        return self.dropout.training and 0 < self.dropout.p < 1
+
+    def kernels_take(self, x: torch.Tensor) -> bool:
+        return x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous() and c_kernels.load() is not None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        d = self.dropout
-        if (not (d.training and 0 < d.p < 1) or x.device.type != "cpu" or x.dtype != torch.float32
-                or not x.is_contiguous() or c_kernels.load() is None):
-            return d(x)
-        keep, scale = dropout_keep(x.numel(), d.p)
+        if not (self.draws_noise() and self.kernels_take(x)):
+            return self.dropout(x)
+        keep, scale = dropout_keep(x.numel(), self.dropout.p)
         return _Dropout.apply(x, keep, scale)
 
 
@@ -164,26 +178,35 @@ def _tail_forward(x: torch.Tensor, bn: nn.BatchNorm2d | None, flags: int, keep, 
     return out, arg, stats, src
 
 
+def tail_train_forward(x: torch.Tensor, bn, flags: int, keep, scale: float, momentum: float):
+    """The tail for training (ConvTail.prepare's arguments): (output, what tail_train_backward needs)."""
+    out, arg, stats, src = _tail_forward(x, bn, flags, keep, scale, momentum, with_arg=True)
+    return out, (src, arg, keep, stats, bn.weight if bn is not None else None, flags, scale)
+
+
+def tail_train_backward(state, grad: torch.Tensor):
+    """(grad_x, BatchNorm's weight and bias gradients or None) of tail_train_forward's output gradient."""
+    src, arg, keep, stats, weight, flags, scale = state
+    n, c, h, w = src.shape
+    grad = grad.contiguous()
+    grad_x = empty(n, c, h, w)
+    grad_w, grad_b = (empty(c), empty(c)) if stats is not None else (None, None)
+    c_kernels.load().tail_backward(src.data_ptr(), grad.data_ptr(), _ptr(arg), _ptr(keep), scale, _ptr(stats),
+                                   _ptr(weight), grad_x.data_ptr(), _ptr(grad_w), _ptr(grad_b), n, c, h, w, flags)
+    return grad_x, grad_w, grad_b
+
+
 class _Tail(torch.autograd.Function):
     """ConvTail's C kernels; BatchNorm's weight and bias are inputs, so they get their gradients."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, bn, flags, keep, scale, momentum):
-        out, arg, stats, src = _tail_forward(x, bn, flags, keep, scale, momentum, with_arg=True)
-        ctx.saved = (src, arg, keep, stats, weight)
-        ctx.flags, ctx.scale = flags, scale
+        out, ctx.state = tail_train_forward(x, bn, flags, keep, scale, momentum)
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        src, arg, keep, stats, weight = ctx.saved
-        n, c, h, w = src.shape
-        grad = grad.contiguous()
-        grad_x = empty(n, c, h, w)
-        grad_w, grad_b = (empty(c), empty(c)) if stats is not None else (None, None)
-        c_kernels.load().tail_backward(src.data_ptr(), grad.data_ptr(), _ptr(arg), _ptr(keep), ctx.scale,
-                                       _ptr(stats), _ptr(weight), grad_x.data_ptr(), _ptr(grad_w), _ptr(grad_b),
-                                       n, c, h, w, ctx.flags)
+        grad_x, grad_w, grad_b = tail_train_backward(ctx.state, grad)
         return (grad_x, grad_w if ctx.needs_input_grad[1] else None, grad_b if ctx.needs_input_grad[2] else None,
                 None, None, None, None, None)
 
@@ -219,22 +242,34 @@ class ConvTail(nn.Module):
             x = layer(x)
         return x
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bn = self.layers[self._bn] if self._bn is not None else None
-        drop = self.layers[self._drop] if self._drop is not None else None
-        if not _kernels_take(x) or (bn is not None and not _bn_takes(bn, x)):
-            return self._one_by_one(x)
+    def bn(self) -> nn.BatchNorm2d | None:
+        return self.layers[self._bn] if self._bn is not None else None
+
+    def kernels_take(self, x: torch.Tensor) -> bool:
+        """The C kernels compute this tail for x (else the layers run one by one)."""
+        bn, drop = self.bn(), self.layers[self._drop] if self._drop is not None else None
+        return (_kernels_take(x) and (bn is None or _bn_takes(bn, x))
+                and not (drop is not None and drop.training and drop.p >= 1))
+
+    def prepare(self, x: torch.Tensor) -> tuple:
+        """The kernel's arguments for one batch (bn, flags, keep, scale, momentum), as the layers would run:
+        a training batch counted by BatchNorm, dropout's noise drawn."""
+        bn, drop = self.bn(), self.layers[self._drop] if self._drop is not None else None
         train, momentum = _batch_statistics(bn) if bn is not None else (False, 0.0)
         flags = self.flags | (BN_TRAIN if train else 0)
         keep, scale = None, 0.0
         if drop is not None and drop.training and drop.p > 0:
-            if drop.p >= 1:
-                return self._one_by_one(x)
             keep, scale = dropout_keep(x.numel(), drop.p)
             flags |= NOISE
-        weight, bias = (bn.weight, bn.bias) if bn is not None else (None, None)
+        return bn, flags, keep, scale, momentum
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.kernels_take(x):
+            return self._one_by_one(x)
+        bn, flags, keep, scale, momentum = self.prepare(x)
         if torch.is_grad_enabled() and (x.requires_grad or (bn is not None and bn.weight.requires_grad)):
-            return _Tail.apply(x, weight, bias, bn, flags, keep, scale, momentum)
+            return _Tail.apply(x, *(bn.weight, bn.bias) if bn is not None else (None, None), bn, flags, keep,
+                               scale, momentum)
         return _tail_forward(x, bn, flags, keep, scale, momentum, with_arg=False)[0]
 
 
@@ -250,24 +285,36 @@ def _bn_forward(x: torch.Tensor, bn: nn.BatchNorm2d, train: bool, momentum: floa
     return out, stats
 
 
+def bn_train_forward(x: torch.Tensor, bn: nn.BatchNorm2d):
+    """bn on x for training, a batch counted: (output, what bn_train_backward needs)."""
+    train, momentum = _batch_statistics(bn)
+    out, stats = _bn_forward(x, bn, train, momentum)
+    return out, (x, stats, bn.weight, train)
+
+
+def bn_train_backward(state, grad: torch.Tensor):
+    """(grad_x, grad_weight, grad_bias) of bn_train_forward's output gradient."""
+    x, stats, weight, train = state
+    n, c = x.shape[:2]
+    grad = grad.contiguous()
+    grad_x, grad_w, grad_b = empty(*x.shape), empty(c), empty(c)
+    c_kernels.load().bn_backward(x.data_ptr(), grad.data_ptr(), stats.data_ptr(), weight.data_ptr(),
+                                 grad_x.data_ptr(), grad_w.data_ptr(), grad_b.data_ptr(), n, c, x[0, 0].numel(),
+                                 int(train))
+    return grad_x, grad_w, grad_b
+
+
 class _BatchNorm(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, bn, train, momentum):
-        out, stats = _bn_forward(x, bn, train, momentum)
-        ctx.saved, ctx.train = (x, stats, weight), train
+    def forward(ctx, x, weight, bias, bn):
+        out, ctx.state = bn_train_forward(x, bn)
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        x, stats, weight = ctx.saved
-        n, c = x.shape[:2]
-        grad = grad.contiguous()
-        grad_x, grad_w, grad_b = empty(*x.shape), empty(c), empty(c)
-        c_kernels.load().bn_backward(x.data_ptr(), grad.data_ptr(), stats.data_ptr(), weight.data_ptr(),
-                                     grad_x.data_ptr(), grad_w.data_ptr(), grad_b.data_ptr(), n, c, x[0, 0].numel(),
-                                     int(ctx.train))
+        grad_x, grad_w, grad_b = bn_train_backward(ctx.state, grad)
         return (grad_x, grad_w if ctx.needs_input_grad[1] else None, grad_b if ctx.needs_input_grad[2] else None,
-                None, None, None)
+                None)
 
 
 class BatchNorm(nn.Module):
@@ -278,11 +325,13 @@ class BatchNorm(nn.Module):
         super().__init__()
         self.bn = bn
 
+    def kernels_take(self, x: torch.Tensor) -> bool:
+        return _kernels_take(x, even_sides=False) and _bn_takes(self.bn, x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bn = self.bn
-        if not (_kernels_take(x, even_sides=False) and _bn_takes(bn, x)):
+        if not self.kernels_take(x):
             return bn(x)
-        train, momentum = _batch_statistics(bn)
         if torch.is_grad_enabled() and (x.requires_grad or bn.weight.requires_grad):
-            return _BatchNorm.apply(x, bn.weight, bn.bias, bn, train, momentum)
-        return _bn_forward(x, bn, train, momentum)[0]
+            return _BatchNorm.apply(x, bn.weight, bn.bias, bn)
+        return _bn_forward(x, bn, *_batch_statistics(bn))[0]

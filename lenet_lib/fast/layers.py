@@ -142,53 +142,72 @@ def _window_corners(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return x[..., 0:h:2, 0:w:2], x[..., 0:h:2, 1:w:2], x[..., 1:h:2, 0:w:2], x[..., 1:h:2, 1:w:2]
 
 
+def conv_path(x: torch.Tensor, weight: torch.Tensor, padding: int) -> tuple[bool, bool, bool]:
+    """Which kernels train this convolution for x's shape: (c1 by csrc/conv1.c both ways, c3's input gradient
+    by csrc/conv3.c, c3's forward and weight gradient by csrc/conv3.c). Else ATen forward and forward
+    convolutions backward."""
+    c1, c3 = _c1_kernels_take(x, weight, padding), _c3_kernels_take(x, weight, padding)
+    return c1, c3, c3 and _c3_in_c(x, weight)
+
+
+def conv_train_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int,
+                       path: tuple[bool, bool, bool] | None = None):
+    """The convolution for training: (output, what conv_train_backward needs); path: conv_path's, if known."""
+    path = path or conv_path(x, weight, padding)
+    return _forward(x, weight, bias, padding, path[0], path[2]), (x, weight, padding, bias is not None, path)
+
+
+def conv_train_backward(state, grad: torch.Tensor, needs=(True, True, True)):
+    """(grad_x, grad_weight, grad_bias) of conv_train_forward's output gradient; None where `needs` says not
+    (input, weight, bias)."""
+    x, weight, padding, has_bias, (c1, c3, c3_in_c) = state
+    n, c, h, w = x.shape
+    k, maps = weight.shape[-1], weight.shape[0]
+    grad_x = grad_weight = grad_bias = None
+    if c1 or c3:
+        grad = grad.contiguous()
+    if needs[0] and c3:
+        grad_x = empty(n, c, h, w)
+        c_kernels.load().conv3_input_grad(grad.data_ptr(), weight.contiguous().data_ptr(), grad_x.data_ptr(),
+                                          n, c, h, w, k, maps)
+    elif needs[0]:
+        grad_x = F.conv_transpose2d(grad, weight, padding=padding)
+    if (needs[1] or needs[2]) and (c1 or c3_in_c):
+        grad_weight, grad_bias = empty(*weight.shape), empty(maps)
+        if c1:
+            c_kernels.load().conv_weight_grad(x.data_ptr(), grad.data_ptr(), grad_weight.data_ptr(),
+                                              grad_bias.data_ptr(), n, c, h, w, k, padding)
+        else:
+            c_kernels.load().conv3_weight_grad(x.data_ptr(), grad.data_ptr(), grad_weight.data_ptr(),
+                                               grad_bias.data_ptr(), n, c, h, w, k, maps)
+        return grad_x, grad_weight, grad_bias if has_bias else None
+    if needs[1]:
+        # sum over batch and positions of grad[n, o, p] * x[n, c, p + k]: batch becomes the channel axis
+        grad_weight = F.conv2d(x.transpose(0, 1), grad.transpose(0, 1), padding=padding).transpose(0, 1)
+    if has_bias and needs[2]:
+        grad_bias = grad.sum((0, 2, 3))
+    return grad_x, grad_weight, grad_bias
+
+
 class _Conv2dForwardBackward(torch.autograd.Function):
-    """conv2d (stride 1, no dilation, one group) for training: c1 (6 maps from 1 or 3) by csrc/conv1.c both
-    ways; c3 by ATen forward and forward convolutions backward, or csrc/conv3.c where that is faster."""
+    """conv_train_forward and conv_train_backward as an autograd node."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int):
-        ctx.save_for_backward(x, weight)
-        ctx.padding, ctx.has_bias = padding, bias is not None
-        ctx.c1, ctx.c3 = _c1_kernels_take(x, weight, padding), _c3_kernels_take(x, weight, padding)
-        return _forward(x, weight, bias, padding, ctx.c1, ctx.c3)
+        out, ctx.state = conv_train_forward(x, weight, bias, padding)
+        return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        x, weight = ctx.saved_tensors
-        n, c, h, w = x.shape
-        k, maps = weight.shape[-1], weight.shape[0]
-        grad_x = grad_weight = grad_bias = None
-        if ctx.c1 or ctx.c3:
-            grad = grad.contiguous()
-        if ctx.needs_input_grad[0] and ctx.c3:
-            grad_x = empty(n, c, h, w)
-            c_kernels.load().conv3_input_grad(grad.data_ptr(), weight.contiguous().data_ptr(), grad_x.data_ptr(),
-                                              n, c, h, w, k, maps)
-        elif ctx.needs_input_grad[0]:
-            grad_x = F.conv_transpose2d(grad, weight, padding=ctx.padding)
-        if (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]) and (ctx.c1 or (ctx.c3 and _c3_in_c(x, weight))):
-            grad_weight, grad_bias = empty(*weight.shape), empty(maps)
-            if ctx.c1:
-                c_kernels.load().conv_weight_grad(x.data_ptr(), grad.data_ptr(), grad_weight.data_ptr(),
-                                                  grad_bias.data_ptr(), n, c, h, w, k, ctx.padding)
-            else:
-                c_kernels.load().conv3_weight_grad(x.data_ptr(), grad.data_ptr(), grad_weight.data_ptr(),
-                                                   grad_bias.data_ptr(), n, c, h, w, k, maps)
-            return grad_x, grad_weight, grad_bias if ctx.has_bias else None, None
-        if ctx.needs_input_grad[1]:
-            # sum over batch and positions of grad[n, o, p] * x[n, c, p + k]: batch becomes the channel axis
-            grad_weight = F.conv2d(x.transpose(0, 1), grad.transpose(0, 1), padding=ctx.padding).transpose(0, 1)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = grad.sum((0, 2, 3))
-        return grad_x, grad_weight, grad_bias, None
+        return (*conv_train_backward(ctx.state, grad, ctx.needs_input_grad[:3]), None)
 
 
-def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int, c1: bool, c3: bool):
-    """The convolution's output: csrc/conv1.c for c1, csrc/conv3.c for a small c3, else ATen's."""
+def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int, c1: bool,
+             c3_in_c: bool):
+    """The convolution's output: csrc/conv1.c's for c1, csrc/conv3.c's for c3_in_c, else ATen's."""
     n, c, h, w = x.shape
     k = weight.shape[-1]
-    if c1 or (c3 and _c3_in_c(x, weight)):
+    if c1 or c3_in_c:
         out = empty(n, weight.shape[0], h + 2 * padding - k + 1, w + 2 * padding - k + 1)
         run = c_kernels.load().conv1_forward if c1 else c_kernels.load().conv3_forward
         run(x.data_ptr(), weight.contiguous().data_ptr(), None if bias is None else bias.contiguous().data_ptr(),
@@ -227,27 +246,37 @@ def _c3_in_c(x: torch.Tensor, weight: torch.Tensor) -> bool:
             or bool(c_kernels.load().conv3_direct(weight.shape[-1], x.shape[-1], weight.shape[0])))
 
 
+def conv_trains_fast(x: torch.Tensor, weight: torch.Tensor, padding: int) -> bool:
+    """Training takes conv_train_forward's path: on CPU, outside autocast, where its backward beats ATen's."""
+    return (x.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
+            and (weight.shape[1] >= FAST_BACKWARD_MIN_IN_CHANNELS or _c1_kernels_take(x, weight, padding)))
+
+
 def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int) -> torch.Tensor:
     """F.conv2d(x, weight, bias, padding=padding) with stride 1; faster training on CPU (module docstring)."""
-    if (x.device.type == "cpu" and torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad)
-            and not torch.is_autocast_enabled("cpu")
-            and (weight.shape[1] >= FAST_BACKWARD_MIN_IN_CHANNELS or _c1_kernels_take(x, weight, padding))):
+    if torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad) and conv_trains_fast(x, weight, padding):
         return _Conv2dForwardBackward.apply(x, weight, bias, padding)
     if x.device.type == "cpu" and not torch.is_autocast_enabled("cpu") and _c1_kernels_take(x, weight, padding):
         # evaluation: c1's forward as in training, about 2x oneDNN's at batch 256 (-40 ms per 10,000 images)
-        return _forward(x, weight, bias, padding, c1=True, c3=False)
+        return _forward(x, weight, bias, padding, c1=True, c3_in_c=False)
     return F.conv2d(x, weight, bias, padding=padding)
 
 
 class Conv2d(nn.Conv2d):
     """nn.Conv2d; stride-1, single-group convolutions (LeNet-5's) go through conv2d above."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def square_padding(self) -> int | None:
+        """The padding of a stride-1, single-group, zero-padded convolution with equal padding on both
+        axes (conv2d's case), else None."""
         if (self.stride == (1, 1) and self.dilation == (1, 1) and self.groups == 1
                 and self.padding_mode == "zeros" and isinstance(self.padding, tuple)
                 and self.padding[0] == self.padding[1]):
-            return conv2d(x, self.weight, self.bias, self.padding[0])
-        return super().forward(x)
+            return self.padding[0]
+        return None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        padding = self.square_padding()
+        return super().forward(x) if padding is None else conv2d(x, self.weight, self.bias, padding)
 
 
 def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
@@ -274,32 +303,43 @@ class MaxPool2d(nn.MaxPool2d):
         return max_pool_2x2(x) if _is_2x2(self) else super().forward(x)
 
 
+def relu_max_pool_train_forward(x: torch.Tensor):
+    """relu then 2x2 max-pool by csrc/relu_maxpool.c, one pass: (output, what its backward needs)."""
+    n, c, h, w = x.shape
+    out = empty(n, c, h // 2, w // 2)
+    arg = empty(n, c, h // 2, w // 2, dtype=torch.uint8)   # where each output's gradient goes
+    c_kernels.load().relu_maxpool2x2_forward(x.data_ptr(), out.data_ptr(), arg.data_ptr(), n * c, h, w)
+    return out, (arg, x.shape)
+
+
+def relu_max_pool_train_backward(state, grad: torch.Tensor) -> torch.Tensor:
+    (arg, (n, c, h, w)), grad = state, grad.contiguous()
+    grad_in = empty(n, c, h, w)
+    c_kernels.load().relu_maxpool2x2_backward(grad.data_ptr(), arg.data_ptr(), grad_in.data_ptr(), n * c, h, w)
+    return grad_in
+
+
 class _ReLUMaxPool2x2(torch.autograd.Function):
-    """relu then 2x2 max-pool by the C kernels in csrc/relu_maxpool.c: one pass forward, one backward."""
+    """relu_max_pool_train_forward and its backward as an autograd node."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.shape
-        out = empty(n, c, h // 2, w // 2)
-        arg = empty(n, c, h // 2, w // 2, dtype=torch.uint8)   # where each output's gradient goes
-        c_kernels.load().relu_maxpool2x2_forward(x.data_ptr(), out.data_ptr(), arg.data_ptr(), n * c, h, w)
-        ctx.save_for_backward(arg)
-        ctx.input_shape = x.shape
+        out, ctx.state = relu_max_pool_train_forward(x)
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        (arg,), (n, c, h, w) = ctx.saved_tensors, ctx.input_shape
-        grad = grad.contiguous()
-        grad_in = empty(*ctx.input_shape)
-        c_kernels.load().relu_maxpool2x2_backward(grad.data_ptr(), arg.data_ptr(), grad_in.data_ptr(), n * c, h, w)
-        return grad_in
+        return relu_max_pool_train_backward(ctx.state, grad)
+
+
+def relu_max_pool_kernels_take(x: torch.Tensor) -> bool:
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and x.is_contiguous()
+            and c_kernels.load() is not None)
 
 
 def relu_max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
     """F.max_pool2d(torch.relu(x), 2), the same numbers bit for bit, faster on CPU (module docstring)."""
-    if (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and x.is_contiguous()
-            and c_kernels.load() is not None):
+    if relu_max_pool_kernels_take(x):
         return _ReLUMaxPool2x2.apply(x)
     # Max-pool commutes with ReLU (values and gradients): pooling first gives ReLU a quarter of the work.
     return torch.relu(max_pool_2x2(x))
@@ -360,7 +400,8 @@ def fuse_relu_max_pool(model: nn.Module) -> nn.Module:
                        else layer))
         fused |= type(layer) is nn.Dropout or fusable_bn(layer)
         i += 1
-    return nn.Sequential(OrderedDict(layers)) if fused else model
+    from lenet_lib.fast.one_node import OneNodeSequential   # here: one_node builds on this module's layers
+    return OneNodeSequential(OrderedDict(layers)) if fused else model
 
 
 def with_torch_layers(model: nn.Module) -> nn.Module:

@@ -1,0 +1,224 @@
+"""A fused network's training pass as one autograd node: OneNodeSequential (layers.fuse_relu_max_pool builds it).
+
+Why: at batch 16, a LeNet-5 training step spent as long around its arithmetic as in it: a module call and
+an autograd node per layer (a Python autograd.Function costs ~10 us to enter and leave), tensors saved and
+checked, the engine walking some 20 nodes. Here the training forward runs each layer's training function
+in a loop and keeps what its backward needs; the backward runs them in reverse. The calls are the ones
+the layers' own nodes make (for Linear and the FC activations, the ATen calls of autograd's
+AddmmBackward0, ReluBackward0, TanhBackward0, SigmoidBackward0), so the numbers are the same bit for bit
+(tests/test_one_node.py). One thread, training steps in turns against the same layers one node each:
+plain LeNet-5 1.24-1.27x at batch 16, 1.06x at batch 128 (`make bench` shows the effect per variant).
+
+What the loop does not know runs layer by layer, as nn.Sequential would: another layer type (LeCun's
+sparse c3, an unfused pool), hooks on any layer, autocast, inputs or shapes the kernels do not take,
+eval mode, no gradients. Plans are cached per input shape: a dropout rate set to 1 after the first batch
+of a shape is not seen.
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules import module as torch_module
+
+from lenet_lib.fast.fused import (BatchNorm, ConvTail, Dropout, bn_train_backward, bn_train_forward, dropout_apply,
+                                  dropout_keep, tail_train_backward, tail_train_forward)
+from lenet_lib.fast.layers import (Conv2d, ReLUMaxPool2d, conv_path, conv_train_backward, conv_train_forward,
+                                   conv_trains_fast, relu_max_pool_kernels_take, relu_max_pool_train_backward,
+                                   relu_max_pool_train_forward)
+
+
+class Step(NamedTuple):
+    """One layer in the loop, bound when a plan is made for an input shape: forward(x) -> (output, state);
+    backward(state, grad, need_input) -> (input gradient or None, parameter gradients); params: where the
+    parameters whose gradients backward returns are stored, in order: (module._parameters, name) pairs, read
+    at each call, so that a parameter replaced on the layer is the one trained."""
+    out_shape: tuple
+    forward: Callable
+    backward: Callable
+    params: tuple = ()
+
+
+def _own(layer: nn.Module, *names: str) -> tuple:
+    return tuple((layer._parameters, name) for name in names)
+
+
+def _pass_grad(state, grad, need_input):
+    return grad, ()
+
+
+def _conv(conv: Conv2d, x: torch.Tensor) -> Step | None:
+    padding = conv.square_padding()
+    if padding is None or x.dim() != 4 or x.shape[1] != conv.in_channels or not conv_trains_fast(x, conv.weight, padding):
+        return None
+    (kh, kw), (n, _, h, w) = conv.kernel_size, x.shape
+    path, stored, has_bias = conv_path(x, conv.weight, padding), conv._parameters, conv.bias is not None
+
+    def backward(state, grad, need_input):
+        grad_x, grad_w, grad_b = conv_train_backward(state, grad, (need_input, True, has_bias))
+        return grad_x, (grad_w, grad_b) if has_bias else (grad_w,)
+    return Step((n, conv.out_channels, h + 2 * padding - kh + 1, w + 2 * padding - kw + 1),
+                lambda x: conv_train_forward(x, stored["weight"], stored["bias"], padding, path), backward,
+                _own(conv, "weight", "bias") if has_bias else _own(conv, "weight"))
+
+
+def _halved(x: torch.Tensor) -> tuple:
+    n, c, h, w = x.shape
+    return n, c, h // 2, w // 2
+
+
+def _relu_max_pool(pool: ReLUMaxPool2d, x: torch.Tensor) -> Step | None:
+    if not relu_max_pool_kernels_take(x):
+        return None
+    return Step(_halved(x), relu_max_pool_train_forward,
+                lambda state, grad, need_input: (relu_max_pool_train_backward(state, grad), ()))
+
+
+def _tail(tail: ConvTail, x: torch.Tensor) -> Step | None:
+    if not tail.kernels_take(x):
+        return None
+    bn = tail.bn()
+
+    def backward(state, grad, need_input):
+        grad_x, grad_w, grad_b = tail_train_backward(state, grad)
+        return grad_x, () if bn is None else (grad_w, grad_b)
+    return Step(_halved(x), lambda x: tail_train_forward(x, *tail.prepare(x)), backward,
+                () if bn is None else _own(bn, "weight", "bias"))
+
+
+def _batch_norm(layer: BatchNorm, x: torch.Tensor) -> Step | None:
+    if not layer.kernels_take(x):
+        return None
+
+    def backward(state, grad, need_input):
+        grad_x, grad_w, grad_b = bn_train_backward(state, grad)
+        return grad_x, (grad_w, grad_b)
+    return Step(tuple(x.shape), lambda x: bn_train_forward(x, layer.bn), backward, _own(layer.bn, "weight", "bias"))
+
+
+def _dropout(drop: Dropout, x: torch.Tensor) -> Step | None:
+    if drop.dropout.p >= 1 or not drop.kernels_take(x):
+        return None
+
+    def forward(x):
+        if not drop.draws_noise():   # eval mode or p = 0: nn.Dropout returns x itself
+            return x, None
+        keep, scale = dropout_keep(x.numel(), drop.dropout.p)
+        return dropout_apply(x, keep, scale), (keep, scale)
+    return Step(tuple(x.shape), forward,
+                lambda state, grad, need_input: (grad if state is None else dropout_apply(grad, *state), ()))
+
+
+def _flatten(flatten: nn.Flatten, x: torch.Tensor) -> Step | None:
+    if (flatten.start_dim, flatten.end_dim) != (1, -1) or x.dim() < 2:
+        return None
+    return Step((x.shape[0], x[0].numel()), lambda x: (x.flatten(1), x.shape),
+                lambda shape, grad, need_input: (grad.reshape(shape), ()))
+
+
+def _linear(linear: nn.Linear, x: torch.Tensor) -> Step | None:
+    if x.dim() != 2 or x.shape[1] != linear.in_features:
+        return None
+    stored, has_bias = linear._parameters, linear.bias is not None
+
+    def backward(x, grad, need_input):
+        # autograd's AddmmBackward0 (MmBackward0 without a bias) and TBackward0 for F.linear on a 2-D input
+        grad_w = grad.t().mm(x)
+        grad_x = grad.mm(stored["weight"]) if need_input else None
+        return grad_x, (grad_w, grad.sum(0)) if has_bias else (grad_w,)
+    return Step((x.shape[0], linear.out_features), lambda x: (F.linear(x, stored["weight"], stored["bias"]), x),
+                backward, _own(linear, "weight", "bias") if has_bias else _own(linear, "weight"))
+
+
+def _activation(function, function_backward) -> Callable:
+    """An elementwise activation whose backward needs its output (torch.relu, tanh, sigmoid)."""
+    def step(layer: nn.Module, x: torch.Tensor) -> Step | None:
+        if getattr(layer, "inplace", False):
+            return None
+        return Step(tuple(x.shape), lambda x: (function(x),) * 2,
+                    lambda out, grad, need_input: (function_backward(grad, out), ()))
+    return step
+
+
+# layer type -> how it runs in the loop: step(layer, x shaped like its input) -> Step, or None where the
+# layer's own fast training path would not run
+STEPS = {
+    Conv2d: _conv, ReLUMaxPool2d: _relu_max_pool, ConvTail: _tail, BatchNorm: _batch_norm, Dropout: _dropout,
+    nn.Flatten: _flatten, nn.Linear: _linear,
+    nn.ReLU: _activation(torch.relu, lambda grad, out: torch.ops.aten.threshold_backward(grad, out, 0)),
+    nn.Tanh: _activation(torch.tanh, torch.ops.aten.tanh_backward),
+    nn.Sigmoid: _activation(torch.sigmoid, torch.ops.aten.sigmoid_backward),
+}
+
+
+class _OneNode(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, plan, *params):
+        states = []
+        for step in plan:
+            x, state = step.forward(x)
+            states.append(state)
+        if states[-1] is x:   # the output kept for the backward: an alias, so that it does not hold its own node
+            states[-1] = x.detach()
+        ctx.plan, ctx.states = plan, states
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        own = []
+        for i in range(len(ctx.plan) - 1, -1, -1):
+            grad, grads = ctx.plan[i].backward(ctx.states[i], grad, i > 0 or ctx.needs_input_grad[0])
+            own.append(grads)
+        return (grad if ctx.needs_input_grad[0] else None, None, *(g for grads in reversed(own) for g in grads))
+
+
+class _Plan(NamedTuple):
+    steps: tuple   # a Step per layer, Identity left out
+    params: tuple  # every Step's (module._parameters, name) pairs, in order
+    hooks: list    # every module's hook dicts (registering a hook adds to them)
+
+
+def _hooks_anywhere(plan: _Plan) -> bool:
+    """Hooks expect each layer to be called: with any, the layers run one by one."""
+    return bool(torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks
+                or torch_module._global_backward_hooks or torch_module._global_backward_pre_hooks or any(plan.hooks))
+
+
+class OneNodeSequential(nn.Sequential):
+    """nn.Sequential whose training forward on CPU is one autograd node (module docstring); else nn.Sequential's."""
+
+    def _plan(self, x: torch.Tensor) -> _Plan | None:
+        """How the loop runs this input, or None where the layers must run one by one."""
+        if (x.device.type != "cpu" or x.dtype != torch.float32 or not x.is_contiguous()
+                or torch.is_autocast_enabled("cpu")):
+            return None
+        key = (x.shape, tuple(map(id, self._modules.values())))
+        plans = self.__dict__.setdefault("_plans", {})
+        if key not in plans:
+            plans[key] = self._walk(x.shape)
+        plan = plans[key]
+        return None if plan is None or _hooks_anywhere(plan) else plan
+
+    def _walk(self, shape) -> _Plan | None:
+        steps, probe = [], torch.empty(shape)   # shapes only: empty tensors are never read
+        for layer in self:
+            if type(layer) is nn.Identity:
+                continue
+            step = STEPS[type(layer)](layer, probe) if type(layer) in STEPS else None
+            if step is None:
+                return None
+            steps.append(step)
+            probe = torch.empty(step.out_shape)
+        if not steps:
+            return None
+        hooks = [hook for m in self.modules()
+                 for hook in (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, m._backward_pre_hooks)]
+        return _Plan(tuple(steps), tuple(ref for step in steps for ref in step.params), hooks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        plan = self._plan(x) if self.training and torch.is_grad_enabled() else None
+        if plan is None:
+            return super().forward(x)
+        return _OneNode.apply(x, plan.steps, *[stored[name] for stored, name in plan.params])
