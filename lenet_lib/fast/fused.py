@@ -4,7 +4,9 @@ BatchNorm on its own in C.
 ConvTail runs [BatchNorm] activation [BatchNorm] [dropout] 2x2 pool through csrc/conv_tail.c: one C call
 forward, one backward. Dropout draws its noise through csrc/dropout_rng.c. BatchNorm runs a BatchNorm2d
 outside a tail through csrc/batch_norm.c. layers.fuse_relu_max_pool builds them from a model's own
-layers; the module docstring of layers.py says what each buys.
+layers; the module docstring of layers.py says what each buys. Each layer's training pass is a pair of
+functions (*_train_forward, *_train_backward): its autograd node calls them, and so does one_node, which
+runs a whole fused network as one node.
 Where the kernels cannot run (no compiler, not x86-64, LENET_C_KERNELS=0, inputs other than contiguous
 float32 NCHW with even sides), the layers run the model's own modules one after another: torch's numbers.
 """

@@ -54,21 +54,27 @@ Measured on a 2-core CPU, batch 128 (`make bench` shows the effect on whole epoc
   with momentum 98 -> 49, Adagrad 190 -> 77). Batches are taken by index_select (DataSplits.train_batch:
   x[idx]'s values at a third of its cost, 58 -> 21 us at batch 128). Together, from make bench's ratios
   against torch's unchanged layers: batch-16 steps 1.11x faster with SGD + momentum, 1.20x with Adam (R5).
+- A fused network trains as one autograd node (one_node.OneNodeSequential, which fuse_relu_max_pool
+  returns): each layer's training function in a loop, forward, then in reverse, with the calls the layers'
+  own nodes make, so the numbers are the same bit for bit. It saves what one module call and one autograd
+  node per layer cost: training steps in turns against the same layers one node each, 1.06x (plain, batch
+  128) to 1.16x (plain, batch 16), every preset variant 1.05x or more.
 - Measured with `make bench` (per-variant table, training steps in turns, this 2-core CPU, 20 rounds,
   fused optimizers included): on one thread (each kernel of a report on 2 cores) lenet_lib / torch's own
-  layers 2.33x (plain, batch 16) to 3.15x (plain and R1's BN + dropout, batch 128); R4 BN 2.98x, R2 part II
-  2.93x, R2 part I tanh 2.69x, R5 sigmoid FC 2.64x at batch 16 and 3.05x at 64: spread 35 %; on 2 threads
-  2.10x to 2.87x: spread 37 %. Every variant >= 2x, but not within 10 %: a variant's ratio is torch's time
-  over ours, and the two do not shrink together. Where torch's layers are slow (ATen's max-pool and
-  BatchNorm) or ours are at their best (batch 128, where the convolutions run at ~100 GF/s) the ratio is
-  high; at batch 16 the per-step costs both sides share pull it towards 1: the FC layers in BLAS, the loss,
-  autograd and the Python that drives each layer (a quarter of a batch-16 step here, by perf). Within the
-  variants a preset's time figures compare, the spread is 5-9 % (R1), 4-6 % (R4); across R5's batch sizes
-  13-15 %. So training seconds from runs are never used to compare variants or batch sizes: time claims,
-  and the batch_size notebook's time per epoch, come from timing.time_variants, which times every variant
-  with torch's own layers (and ours beside them) in turns.
-- Not sped up: the MLP (Linear layers only: ATen's BLAS matmuls) and the FC part of LeNet-5 (c5/f6/out,
-  the same; run as one autograd node, below, it was no faster); CUDA, where the layers call torch's own
+  layers 2.55x (plain, batch 16) to 3.20x (dropout f6, batch 128); R1 2.93-2.99x, R4 3.00x, R2 part II
+  2.94x, R2 part I tanh 2.63x, R5 sigmoid FC 2.78x at batch 16 and 3.15x at 64, avg-pool 2.72x: spread
+  26 %; on 2 threads 2.41x to 3.10x: spread 28 %. Every variant >= 2x, but not within 10 %: a variant's
+  ratio is torch's time over ours, and the two do not shrink together. Where torch's layers are slow
+  (ATen's max-pool and BatchNorm) or ours are at their best (batch 128, where the convolutions run at ~100
+  GF/s) the ratio is high; where torch's are fast (average pooling) or a cost is the same on both sides
+  (tanh: both run ATen's over the whole conv output) it is lower; at batch 16 the per-step costs both sides
+  share pull it towards 1: the FC layers in BLAS, the loss, autograd and the optimizer. Within the variants
+  a preset's time figures compare, the spread is 5-9 % (R1), 1-8 % (R4); across R5's batch sizes 7-13 %.
+  So training seconds from runs are never used to compare variants or batch sizes: time claims, and the
+  batch_size notebook's time per epoch, come from timing.time_variants, which times every variant with
+  torch's own layers (and ours beside them) in turns.
+- Not sped up: the MLP (Linear layers only: ATen's BLAS matmuls; nothing to fuse, so it trains as
+  nn.Sequential) and the FC part of LeNet-5 (c5/f6/out, the same matmuls, inside the one node above); CUDA, where the layers call torch's own
   kernels (there one fused kernel beats several small ones).
 
 Measured and left out (whole epochs of the standard LeNet-5 unless said):
@@ -84,9 +90,10 @@ Measured and left out (whole epochs of the standard LeNet-5 unless said):
   glibc malloc thresholds: no measurable change in whole epochs. (Measured again: the timing harness's
   steps page-fault 130-500 times each under glibc's defaults, training itself ~15; raised thresholds left
   the per-variant ratios within noise.)
-- The FC part, flatten to logits, as one autograd node making autograd's own ATen calls (the same numbers
-  bit for bit): 0.92-0.99x per step in turns, at batch 16 and 128. autograd's C++ nodes cost no more than
-  the Python that replaces them. Flushing denormals: no change (they appear only when a step is repeated
+- The FC part alone, flatten to logits, as one autograd node making autograd's own ATen calls (the same
+  numbers bit for bit): 0.92-0.99x per step in turns, at batch 16 and 128. autograd's C++ nodes cost no
+  more than the Python that replaces them; what the whole network in one node saves is the Python nodes'
+  and module calls' cost. Flushing denormals: no change (they appear only when a step is repeated
   thousands of times on the same few batches).
 """
 from __future__ import annotations

@@ -7,7 +7,7 @@ in a loop and keeps what its backward needs; the backward runs them in reverse. 
 the layers' own nodes make (for Linear and the FC activations, the ATen calls of autograd's
 AddmmBackward0, ReluBackward0, TanhBackward0, SigmoidBackward0), so the numbers are the same bit for bit
 (tests/test_one_node.py). One thread, training steps in turns against the same layers one node each:
-plain LeNet-5 1.24-1.27x at batch 16, 1.06x at batch 128 (`make bench` shows the effect per variant).
+plain LeNet-5 1.16x at batch 16, 1.06x at batch 128, every preset variant 1.05x or more.
 
 What the loop does not know runs layer by layer, as nn.Sequential would: another layer type (LeCun's
 sparse c3, an unfused pool), hooks on any layer, autocast, inputs or shapes the kernels do not take,
