@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from lenet_lib.fast import c_kernels
-from lenet_lib.fast.layers import C3_SMALL, Conv2d, MaxPool2d, conv2d, max_pool_2x2, with_torch_layers
+from lenet_lib.fast.conv import C3_SMALL, Conv2d, conv2d
+from lenet_lib.fast.layers import with_torch_layers
+from lenet_lib.fast.pool import MaxPool2d, max_pool_2x2
 from lenet_lib.core.models import build_model
 from lenet_lib.core.train import set_determinism
 

@@ -10,8 +10,9 @@ from torch import nn
 
 import lenet_lib.core.train as train_module
 from lenet_lib.base import kernel_path
-from lenet_lib.fast import c_kernels, layers as fast_layers
-from lenet_lib.fast.layers import ReLUMaxPool2d, fuse_relu_max_pool, relu_max_pool_2x2
+from lenet_lib.fast import c_kernels
+from lenet_lib.fast.layers import fuse_relu_max_pool
+from lenet_lib.fast.pool import ReLUMaxPool2d, relu_max_pool_2x2
 from lenet_lib.core.models import build_model
 from lenet_lib.core.specs import TrainSpec
 
@@ -23,7 +24,7 @@ def kernels(request, monkeypatch):
     """Each test runs on the C kernels (AVX-512 where the CPU has it), on their SSE2 path, and on the
     PyTorch fallback."""
     if request.param == "pytorch":
-        monkeypatch.setattr(fast_layers.c_kernels, "load", lambda: None)
+        monkeypatch.setattr(c_kernels, "load", lambda: None)
         yield request.param
         return
     if c_kernels.load() is None:

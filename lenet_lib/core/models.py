@@ -17,7 +17,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from lenet_lib.fast.layers import Conv2d, MaxPool2d, conv2d   # torch's layers, faster training on CPU
+from lenet_lib.fast.conv import Conv2d, conv2d   # torch's layers, faster training on CPU
+from lenet_lib.fast.pool import MaxPool2d
 from lenet_lib.base.choices import ARCHS, C3_TABLE, MODEL_DEFAULTS, lenet5_geometry
 from lenet_lib.base.checks import check_choice, check_range
 

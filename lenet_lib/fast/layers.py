@@ -1,5 +1,9 @@
 """CPU speed tricks for LeNet-5's layers, all in one place: torch's numbers, less time.
 
+Where they live: conv.py (c1 and c3), pool.py (max-pool, ReLU + max-pool), fused.py (conv tails, BatchNorm,
+dropout), one_node.py (a whole network as one autograd node), csrc/ (the C kernels). This module builds a
+model's fused form from its layers (fuse_relu_max_pool) and its form with torch's own (with_torch_layers).
+
 Measured on a 2-core CPU, batch 128 (`make bench` shows the effect on whole epochs):
 - MaxPool2d: ATen's CPU max_pool2d branches on every comparison; on unsorted values its forward and
   backward take 1.8 ms for a 128x6x28x28 batch, three strided `torch.maximum` and their masks 0.64 ms.
@@ -100,263 +104,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-import torch
 from torch import nn
-import torch.nn.functional as F
 
-from lenet_lib.fast import c_kernels
-from lenet_lib.fast.fused import ACTIVATIONS, BatchNorm, ConvTail, Dropout, empty, fusable_bn
-
-
-class _MaxPool2x2(torch.autograd.Function):
-    """2x2 max pooling with stride 2 as a tournament: max of each row pair, then of the two rows.
-
-    The choices are kept as float 0/1 masks: CPU kernels on bool masks (where, masked_fill) are 5-30x
-    slower than a float multiply at these sizes.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        x00, x01, x10, x11 = _window_corners(x)
-        top, bottom = torch.maximum(x00, x01), torch.maximum(x10, x11)
-        # Strict ">" keeps the earlier element on ties: ATen's first maximum in row-major order.
-        right_top, right_bottom, take_bottom = ((x01 > x00).to(x.dtype), (x11 > x10).to(x.dtype),
-                                                (bottom > top).to(x.dtype))
-        ctx.save_for_backward(right_top, right_bottom, take_bottom)
-        ctx.input_shape = x.shape
-        return torch.maximum(top, bottom)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        right_top, right_bottom, take_bottom = ctx.saved_tensors
-        to_bottom = grad * take_bottom
-        to_top = grad * (1 - take_bottom)
-        grad_in = grad.new_zeros(ctx.input_shape)
-        g00, g01, g10, g11 = _window_corners(grad_in)
-        torch.mul(to_top, 1 - right_top, out=g00)
-        torch.mul(to_top, right_top, out=g01)
-        torch.mul(to_bottom, 1 - right_bottom, out=g10)
-        torch.mul(to_bottom, right_bottom, out=g11)
-        return grad_in
-
-
-def _window_corners(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Views of the top-left, top-right, bottom-left and bottom-right element of every 2x2 window.
-
-    Floor mode, as nn.MaxPool2d: an odd last row or column belongs to no window.
-    """
-    h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
-    return x[..., 0:h:2, 0:w:2], x[..., 0:h:2, 1:w:2], x[..., 1:h:2, 0:w:2], x[..., 1:h:2, 1:w:2]
-
-
-def conv_path(x: torch.Tensor, weight: torch.Tensor, padding: int) -> tuple[bool, bool, bool]:
-    """Which kernels train this convolution for x's shape: (c1 by csrc/conv1.c both ways, c3's input gradient
-    by csrc/conv3.c, c3's forward and weight gradient by csrc/conv3.c). Else ATen forward and forward
-    convolutions backward."""
-    c1, c3 = _c1_kernels_take(x, weight, padding), _c3_kernels_take(x, weight, padding)
-    return c1, c3, c3 and _c3_in_c(x, weight)
-
-
-def conv_train_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int,
-                       path: tuple[bool, bool, bool] | None = None):
-    """The convolution for training: (output, what conv_train_backward needs); path: conv_path's, if known."""
-    path = path or conv_path(x, weight, padding)
-    return _forward(x, weight, bias, padding, path[0], path[2]), (x, weight, padding, bias is not None, path)
-
-
-def conv_train_backward(state, grad: torch.Tensor, needs=(True, True, True)):
-    """(grad_x, grad_weight, grad_bias) of conv_train_forward's output gradient; None where `needs` says not
-    (input, weight, bias)."""
-    x, weight, padding, has_bias, (c1, c3, c3_in_c) = state
-    n, c, h, w = x.shape
-    k, maps = weight.shape[-1], weight.shape[0]
-    grad_x = grad_weight = grad_bias = None
-    if c1 or c3:
-        grad = grad.contiguous()
-    if needs[0] and c3:
-        grad_x = empty(n, c, h, w)
-        c_kernels.load().conv3_input_grad(grad.data_ptr(), weight.contiguous().data_ptr(), grad_x.data_ptr(),
-                                          n, c, h, w, k, maps)
-    elif needs[0]:
-        grad_x = F.conv_transpose2d(grad, weight, padding=padding)
-    if (needs[1] or needs[2]) and (c1 or c3_in_c):
-        grad_weight, grad_bias = empty(*weight.shape), empty(maps)
-        if c1:
-            c_kernels.load().conv_weight_grad(x.data_ptr(), grad.data_ptr(), grad_weight.data_ptr(),
-                                              grad_bias.data_ptr(), n, c, h, w, k, padding)
-        else:
-            c_kernels.load().conv3_weight_grad(x.data_ptr(), grad.data_ptr(), grad_weight.data_ptr(),
-                                               grad_bias.data_ptr(), n, c, h, w, k, maps)
-        return grad_x, grad_weight, grad_bias if has_bias else None
-    if needs[1]:
-        # sum over batch and positions of grad[n, o, p] * x[n, c, p + k]: batch becomes the channel axis
-        grad_weight = F.conv2d(x.transpose(0, 1), grad.transpose(0, 1), padding=padding).transpose(0, 1)
-    if has_bias and needs[2]:
-        grad_bias = grad.sum((0, 2, 3))
-    return grad_x, grad_weight, grad_bias
-
-
-class _Conv2dForwardBackward(torch.autograd.Function):
-    """conv_train_forward and conv_train_backward as an autograd node."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int):
-        out, ctx.state = conv_train_forward(x, weight, bias, padding)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return (*conv_train_backward(ctx.state, grad, ctx.needs_input_grad[:3]), None)
-
-
-def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int, c1: bool,
-             c3_in_c: bool):
-    """The convolution's output: csrc/conv1.c's for c1, csrc/conv3.c's for c3_in_c, else ATen's."""
-    n, c, h, w = x.shape
-    k = weight.shape[-1]
-    if c1 or c3_in_c:
-        out = empty(n, weight.shape[0], h + 2 * padding - k + 1, w + 2 * padding - k + 1)
-        run = c_kernels.load().conv1_forward if c1 else c_kernels.load().conv3_forward
-        run(x.data_ptr(), weight.contiguous().data_ptr(), None if bias is None else bias.contiguous().data_ptr(),
-            out.data_ptr(), n, c, h, w, k, padding if c1 else weight.shape[0])
-        return out
-    return F.conv2d(x, weight, bias, padding=padding)
-
-
-FAST_BACKWARD_MIN_IN_CHANNELS = 6   # below this (c1: 1 or 3 channels) ATen's backward beats forward convolutions
-# without AVX-512: images x output positions up to which csrc/conv3.c's forward and weight gradient beat oneDNN's
-C3_SMALL = 4096
-
-
-def _c_kernels_take(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (x.dtype == torch.float32 and weight.dtype == torch.float32 and x.dim() == 4 and x.is_contiguous()
-            and weight.shape[-1] == weight.shape[-2] and c_kernels.load() is not None)
-
-
-def _c1_kernels_take(x: torch.Tensor, weight: torch.Tensor, padding: int) -> bool:
-    """c1's shape for csrc/conv1.c: 6 maps, square kernel <= 5, output rows of 16 or more."""
-    return (_c_kernels_take(x, weight) and weight.shape[0] == 6 and weight.shape[-1] <= 5
-            and x.shape[-1] + 2 * padding - weight.shape[-1] + 1 >= 16)
-
-
-def _c3_kernels_take(x: torch.Tensor, weight: torch.Tensor, padding: int) -> bool:
-    """c3's shape for csrc/conv3.c: no padding, <= 16 maps, <= 400 taps, output rows <= 16, <= 112 positions."""
-    ho, wo = x.shape[-2] - weight.shape[-1] + 1, x.shape[-1] - weight.shape[-1] + 1
-    return (padding == 0 and weight.shape[0] <= 16 and weight[0].numel() <= 400 and 0 < wo <= 16
-            and ho * wo <= 112 and _c_kernels_take(x, weight))
-
-
-def _c3_in_c(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """csrc/conv3.c's forward and weight gradient beat oneDNN's: at every size where they run direct
-    (AVX-512, LeNet-5's c3), else up to C3_SMALL."""
-    return (x.shape[0] * (x.shape[-2] - weight.shape[-1] + 1) * (x.shape[-1] - weight.shape[-1] + 1) <= C3_SMALL
-            or bool(c_kernels.load().conv3_direct(weight.shape[-1], x.shape[-1], weight.shape[0])))
-
-
-def conv_trains_fast(x: torch.Tensor, weight: torch.Tensor, padding: int) -> bool:
-    """Training takes conv_train_forward's path: on CPU, outside autocast, where its backward beats ATen's."""
-    return (x.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
-            and (weight.shape[1] >= FAST_BACKWARD_MIN_IN_CHANNELS or _c1_kernels_take(x, weight, padding)))
-
-
-def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int) -> torch.Tensor:
-    """F.conv2d(x, weight, bias, padding=padding) with stride 1; faster training on CPU (module docstring)."""
-    if torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad) and conv_trains_fast(x, weight, padding):
-        return _Conv2dForwardBackward.apply(x, weight, bias, padding)
-    if x.device.type == "cpu" and not torch.is_autocast_enabled("cpu") and _c1_kernels_take(x, weight, padding):
-        # evaluation: c1's forward as in training, about 2x oneDNN's at batch 256 (-40 ms per 10,000 images)
-        return _forward(x, weight, bias, padding, c1=True, c3_in_c=False)
-    return F.conv2d(x, weight, bias, padding=padding)
-
-
-class Conv2d(nn.Conv2d):
-    """nn.Conv2d; stride-1, single-group convolutions (LeNet-5's) go through conv2d above."""
-
-    def square_padding(self) -> int | None:
-        """The padding of a stride-1, single-group, zero-padded convolution with equal padding on both
-        axes (conv2d's case), else None."""
-        if (self.stride == (1, 1) and self.dilation == (1, 1) and self.groups == 1
-                and self.padding_mode == "zeros" and isinstance(self.padding, tuple)
-                and self.padding[0] == self.padding[1]):
-            return self.padding[0]
-        return None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        padding = self.square_padding()
-        return super().forward(x) if padding is None else conv2d(x, self.weight, self.bias, padding)
-
-
-def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
-    """F.max_pool2d(x, 2), faster on CPU (see the module docstring)."""
-    if x.device.type != "cpu":
-        return F.max_pool2d(x, 2)
-    if not torch.is_grad_enabled() or not x.requires_grad:
-        x00, x01, x10, x11 = _window_corners(x)
-        return torch.maximum(torch.maximum(x00, x01), torch.maximum(x10, x11))
-    return _MaxPool2x2.apply(x)
-
-
-def _is_2x2(pool: nn.Module) -> bool:
-    """A max-pool with 2x2 windows, stride 2, no padding: LeNet-5's."""
-    return (isinstance(pool, nn.MaxPool2d) and pool.kernel_size in (2, (2, 2)) and pool.stride in (2, (2, 2))
-            and pool.padding in (0, (0, 0)) and pool.dilation in (1, (1, 1)) and not pool.ceil_mode
-            and not pool.return_indices)
-
-
-class MaxPool2d(nn.MaxPool2d):
-    """nn.MaxPool2d; the 2x2, stride-2 case that LeNet-5 uses goes through max_pool_2x2."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return max_pool_2x2(x) if _is_2x2(self) else super().forward(x)
-
-
-def relu_max_pool_train_forward(x: torch.Tensor):
-    """relu then 2x2 max-pool by csrc/relu_maxpool.c, one pass: (output, what its backward needs)."""
-    n, c, h, w = x.shape
-    out = empty(n, c, h // 2, w // 2)
-    arg = empty(n, c, h // 2, w // 2, dtype=torch.uint8)   # where each output's gradient goes
-    c_kernels.load().relu_maxpool2x2_forward(x.data_ptr(), out.data_ptr(), arg.data_ptr(), n * c, h, w)
-    return out, (arg, x.shape)
-
-
-def relu_max_pool_train_backward(state, grad: torch.Tensor) -> torch.Tensor:
-    (arg, (n, c, h, w)), grad = state, grad.contiguous()
-    grad_in = empty(n, c, h, w)
-    c_kernels.load().relu_maxpool2x2_backward(grad.data_ptr(), arg.data_ptr(), grad_in.data_ptr(), n * c, h, w)
-    return grad_in
-
-
-class _ReLUMaxPool2x2(torch.autograd.Function):
-    """relu_max_pool_train_forward and its backward as an autograd node."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        out, ctx.state = relu_max_pool_train_forward(x)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        return relu_max_pool_train_backward(ctx.state, grad)
-
-
-def relu_max_pool_kernels_take(x: torch.Tensor) -> bool:
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and x.is_contiguous()
-            and c_kernels.load() is not None)
-
-
-def relu_max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
-    """F.max_pool2d(torch.relu(x), 2), the same numbers bit for bit, faster on CPU (module docstring)."""
-    if relu_max_pool_kernels_take(x):
-        return _ReLUMaxPool2x2.apply(x)
-    # Max-pool commutes with ReLU (values and gradients): pooling first gives ReLU a quarter of the work.
-    return torch.relu(max_pool_2x2(x))
-
-
-class ReLUMaxPool2d(nn.Module):
-    """ReLU followed by a 2x2, stride-2 max-pool, as one layer (see fuse_relu_max_pool)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return relu_max_pool_2x2(x)
+from lenet_lib.fast.conv import Conv2d
+from lenet_lib.fast.fused import ACTIVATIONS, BatchNorm, ConvTail, Dropout, fusable_bn
+from lenet_lib.fast.one_node import OneNodeSequential
+from lenet_lib.fast.pool import MaxPool2d, ReLUMaxPool2d, is_2x2
 
 
 def _is_avg_2x2(pool: nn.Module) -> bool:
@@ -376,7 +129,7 @@ def _tail_at(children: list[tuple[str, nn.Module]], i: int) -> int:
     j += 1
     j += not bn_before and j < len(layers) and fusable_bn(layers[j])
     j += j < len(layers) and type(layers[j]) is nn.Dropout
-    return j + 1 if j < len(layers) and (_is_2x2(layers[j]) or _is_avg_2x2(layers[j])) else 0
+    return j + 1 if j < len(layers) and (is_2x2(layers[j]) or _is_avg_2x2(layers[j])) else 0
 
 
 def fuse_relu_max_pool(model: nn.Module) -> nn.Module:
@@ -399,7 +152,7 @@ def fuse_relu_max_pool(model: nn.Module) -> nn.Module:
         count = _tail_at(children, i)
         if count:
             run = [child for _, child in children[i:i + count]]
-            one = ReLUMaxPool2d() if count == 2 and type(run[0]) is nn.ReLU and _is_2x2(run[1]) else ConvTail(run)
+            one = ReLUMaxPool2d() if count == 2 and type(run[0]) is nn.ReLU and is_2x2(run[1]) else ConvTail(run)
             layers += [(n, one if k == count - 1 else nn.Identity()) for k, (n, _) in enumerate(children[i:i + count])]
             fused, i = True, i + count
             continue
@@ -407,7 +160,6 @@ def fuse_relu_max_pool(model: nn.Module) -> nn.Module:
                        else layer))
         fused |= type(layer) is nn.Dropout or fusable_bn(layer)
         i += 1
-    from lenet_lib.fast.one_node import OneNodeSequential   # here: one_node builds on this module's layers
     return OneNodeSequential(OrderedDict(layers)) if fused else model
 
 

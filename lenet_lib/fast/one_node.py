@@ -25,9 +25,9 @@ from torch.nn.modules import module as torch_module
 
 from lenet_lib.fast.fused import (BatchNorm, ConvTail, Dropout, bn_train_backward, bn_train_forward, dropout_apply,
                                   dropout_keep, tail_train_backward, tail_train_forward)
-from lenet_lib.fast.layers import (Conv2d, ReLUMaxPool2d, conv_path, conv_train_backward, conv_train_forward,
-                                   conv_trains_fast, relu_max_pool_kernels_take, relu_max_pool_train_backward,
-                                   relu_max_pool_train_forward)
+from lenet_lib.fast.conv import Conv2d, conv_path, conv_train_backward, conv_train_forward, conv_trains_fast
+from lenet_lib.fast.pool import (ReLUMaxPool2d, relu_max_pool_kernels_take, relu_max_pool_train_backward,
+                                 relu_max_pool_train_forward)
 
 
 class Step(NamedTuple):
