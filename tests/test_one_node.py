@@ -130,6 +130,20 @@ def test_a_parameter_replaced_after_planning_is_the_one_trained():
     assert torch.equal(old.grad, first) and net.c5.weight.grad is not None
 
 
+def test_a_copy_trains_its_own_parameters():
+    """Plans are bound to their layers: a deep copy (or an unpickled net) plans for its own."""
+    import copy
+    import pickle
+    net, x = _net(), torch.randn(4, 1, 28, 28)
+    net(x).sum().backward()
+    for twin in (copy.deepcopy(net), pickle.loads(pickle.dumps(net))):
+        for p in net.parameters():
+            p.grad = None
+        twin(x).sum().backward()
+        assert all(p.grad is None for p in net.parameters())
+        assert all(p.grad is not None for p in twin.parameters())
+
+
 def test_the_graph_and_its_activations_are_freed_after_backward():
     """The last layer's output is kept as an alias: no reference cycle through the node."""
     net = OneNodeSequential(*list(_net().children())[:-1])         # ends with f6's ReLU, whose backward needs it

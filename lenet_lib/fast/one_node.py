@@ -45,10 +45,6 @@ def _own(layer: nn.Module, *names: str) -> tuple:
     return tuple((layer._parameters, name) for name in names)
 
 
-def _pass_grad(state, grad, need_input):
-    return grad, ()
-
-
 def _conv(conv: Conv2d, x: torch.Tensor) -> Step | None:
     padding = conv.square_padding()
     if padding is None or x.dim() != 4 or x.shape[1] != conv.in_channels or not conv_trains_fast(x, conv.weight, padding):
@@ -188,6 +184,11 @@ def _hooks_anywhere(plan: _Plan) -> bool:
 
 class OneNodeSequential(nn.Sequential):
     """nn.Sequential whose training forward on CPU is one autograd node (module docstring); else nn.Sequential's."""
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_plans", None)   # bound to these layers: a copy (deepcopy, pickle) makes its own
+        return state
 
     def _plan(self, x: torch.Tensor) -> _Plan | None:
         """How the loop runs this input, or None where the layers must run one by one."""
