@@ -67,7 +67,8 @@ Measured on a 2-core CPU, batch 128 (`make bench` shows the effect on whole epoc
   fused optimizers included): on one thread (each kernel of a report on 2 cores) lenet_lib / torch's own
   layers 2.55x (plain, batch 16) to 3.20x (dropout f6, batch 128); R1 2.93-2.99x, R4 3.00x, R2 part II
   2.94x, R2 part I tanh 2.63x, R5 sigmoid FC 2.78x at batch 16 and 3.15x at 64, avg-pool 2.72x: spread
-  26 %; on 2 threads 2.41x to 3.10x: spread 28 %. Every variant >= 2x, but not within 10 %: a variant's
+  26 %; on 2 threads 2.41x to 3.10x: spread 28 % (a second run, on a VM a quarter slower: 31 % and 32 %;
+  the per-variant CIs are +-5-10 %). Every variant >= 2x, but not within 10 %: a variant's
   ratio is torch's time over ours, and the two do not shrink together. Where torch's layers are slow
   (ATen's max-pool and BatchNorm) or ours are at their best (batch 128, where the convolutions run at ~100
   GF/s) the ratio is high; where torch's are fast (average pooling) or a cost is the same on both sides
