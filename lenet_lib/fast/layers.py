@@ -74,7 +74,8 @@ Measured on a 2-core CPU, batch 128 (`make bench` shows the effect on whole epoc
   GF/s) the ratio is high; where torch's are fast (average pooling) or a cost is the same on both sides
   (tanh: both run ATen's over the whole conv output) it is lower; at batch 16 the per-step costs both sides
   share pull it towards 1: the FC layers in BLAS, the loss, autograd and the optimizer. Within the variants
-  a preset's time figures compare, the spread is 5-9 % (R1), 1-8 % (R4); across R5's batch sizes 7-13 %.
+  a preset's time figures compare, the spread is 5-9 % (R1), 1-12 % (R4); across R5's batch sizes 7-14 %
+  (both runs).
   So training seconds from runs are never used to compare variants or batch sizes: time claims, and the
   batch_size notebook's time per epoch, come from timing.time_variants, which times every variant with
   torch's own layers (and ours beside them) in turns.
