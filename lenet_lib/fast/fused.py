@@ -39,8 +39,8 @@ _fills_new_tensors = getattr(torch._C, "_get_deterministic_fill_uninitialized_me
 
 def empty(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """torch.empty for a kernel's output, which the kernel writes whole: without the NaN fill that
-    deterministic mode adds to every torch.empty, 5-50 us per tensor (train.set_determinism turns it off;
-    this holds elsewhere)."""
+    deterministic mode adds to every torch.empty, 5-50 us per tensor (train.set_determinism turns the fill
+    off for training; elsewhere this skips it)."""
     if not (_fills_new_tensors() and torch.are_deterministic_algorithms_enabled()):
         return torch.empty(*shape, dtype=dtype)   # sizes as arguments: ~1 us less than a tuple
     torch.utils.deterministic.fill_uninitialized_memory = False
