@@ -13,6 +13,8 @@ from lenet_lib.core.models import build_model
 from lenet_lib.core.optim import make_optimizer
 from lenet_lib.core.specs import TrainSpec
 from lenet_lib.fast import c_kernels, one_node
+from lenet_lib.fast.conv import Conv2d
+from lenet_lib.fast.fused import ConvTail
 from lenet_lib.fast.layers import fuse_relu_max_pool
 from lenet_lib.fast.one_node import OneNodeSequential
 
@@ -66,6 +68,28 @@ def test_other_layer_patterns_bit_for_bit(settings):
     theirs, rng_theirs, _ = _train({**settings, "optimizer": "adam", "lr": 1e-3}, 32, 1, 28, one=False)
     assert all(planned) and torch.equal(rng_ours, rng_theirs)
     assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+
+
+def test_tanh_overwrites_only_a_fresh_convolution_output():
+    """R2 part I's tanh runs in place on c1's and c3's outputs, which nothing else keeps; after a step that
+    keeps its output (here a ReLU, whose backward needs it) it must not, and training stays bit for bit."""
+    net = _net(activation="tanh", padding="valid")
+    steps = net._plan(torch.randn(4, 1, 28, 28)).steps
+    tails = [step for step in steps if step.forward_in_place is not None]
+    assert len(tails) == 2 and all(step.forward is step.forward_in_place for step in tails)
+
+    def relu_then_tanh_tail():
+        torch.manual_seed(0)
+        return OneNodeSequential(Conv2d(1, 6, 5, padding=2), nn.ReLU(), ConvTail([nn.Tanh(), nn.MaxPool2d(2)]),
+                                 nn.Flatten(), nn.Linear(6 * 14 * 14, 10))
+    ours, theirs = relu_then_tanh_tail(), relu_then_tanh_tail()
+    _layer_by_layer(theirs)
+    x = torch.randn(4, 1, 28, 28)
+    tail_step = ours._plan(x).steps[2]
+    assert tail_step.forward_in_place is not None and tail_step.forward is not tail_step.forward_in_place
+    for net in (ours, theirs):
+        net(x).square().sum().backward()
+    assert all(torch.equal(a.grad, b.grad) for a, b in zip(ours.parameters(), theirs.parameters()))
 
 
 def _net(**kwargs) -> nn.Module:

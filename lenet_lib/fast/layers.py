@@ -62,7 +62,8 @@ Measured on a 2-core CPU, batch 128 (`make bench` shows the effect on whole epoc
   returns): each layer's training function in a loop, forward, then in reverse, with the calls the layers'
   own nodes make, so the numbers are the same bit for bit. It saves what one module call and one autograd
   node per layer cost: training steps in turns against the same layers one node each, 1.06x (plain, batch
-  128) to 1.16x (plain, batch 16), every preset variant 1.05x or more.
+  128) to 1.16x (plain, batch 16), every preset variant 1.05x or more. Inside it a tanh or sigmoid tail
+  overwrites its convolution's output, which nothing else keeps (R2 part I: 1-3 % of a step).
 - Measured with `make bench` (per-variant table, training steps in turns, this 2-core CPU, 20 rounds,
   fused optimizers included): on one thread (each kernel of a report on 2 cores) lenet_lib / torch's own
   layers 2.55x (plain, batch 16) to 3.20x (dropout f6, batch 128); R1 2.93-2.99x, R4 3.00x, R2 part II

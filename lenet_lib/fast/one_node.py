@@ -34,11 +34,15 @@ class Step(NamedTuple):
     """One layer in the loop, bound when a plan is made for an input shape: forward(x) -> (output, state);
     backward(state, grad, need_input) -> (input gradient or None, parameter gradients); params: where the
     parameters whose gradients backward returns are stored, in order: (module._parameters, name) pairs, read
-    at each call, so that a parameter replaced on the layer is the one trained."""
+    at each call, so that a parameter replaced on the layer is the one trained. fresh_output: the output is
+    a new tensor that nothing keeps, so the next step may overwrite it; forward_in_place: a forward that
+    may overwrite its input, used after such a step."""
     out_shape: tuple
     forward: Callable
     backward: Callable
     params: tuple = ()
+    fresh_output: bool = False
+    forward_in_place: Callable | None = None
 
 
 def _own(layer: nn.Module, *names: str) -> tuple:
@@ -57,7 +61,7 @@ def _conv(conv: Conv2d, x: torch.Tensor) -> Step | None:
         return grad_x, (grad_w, grad_b) if has_bias else (grad_w,)
     return Step((n, conv.out_channels, h + 2 * padding - kh + 1, w + 2 * padding - kw + 1),
                 lambda x: conv_train_forward(x, stored["weight"], stored["bias"], padding, path), backward,
-                _own(conv, "weight", "bias") if has_bias else _own(conv, "weight"))
+                _own(conv, "weight", "bias") if has_bias else _own(conv, "weight"), fresh_output=True)
 
 
 def _halved(x: torch.Tensor) -> tuple:
@@ -81,7 +85,8 @@ def _tail(tail: ConvTail, x: torch.Tensor) -> Step | None:
         grad_x, grad_w, grad_b = tail_train_backward(state, grad)
         return grad_x, () if bn is None else (grad_w, grad_b)
     return Step(_halved(x), lambda x: tail_train_forward(x, *tail.prepare(x)), backward,
-                () if bn is None else _own(bn, "weight", "bias"))
+                () if bn is None else _own(bn, "weight", "bias"),
+                forward_in_place=lambda x: tail_train_forward(x, *tail.prepare(x), in_place=True))
 
 
 def _batch_norm(layer: BatchNorm, x: torch.Tensor) -> Step | None:
@@ -210,6 +215,8 @@ class OneNodeSequential(nn.Sequential):
             step = STEPS[type(layer)](layer, probe) if type(layer) in STEPS else None
             if step is None:
                 return None
+            if step.forward_in_place is not None and steps and steps[-1].fresh_output:
+                step = step._replace(forward=step.forward_in_place)
             steps.append(step)
             probe = torch.empty(step.out_shape)
         if not steps:
