@@ -17,6 +17,7 @@ from lenet_lib.fast.conv import Conv2d
 from lenet_lib.fast.fused import ConvTail
 from lenet_lib.fast.layers import fuse_relu_max_pool
 from lenet_lib.fast.one_node import OneNodeSequential
+from lenet_lib.fast.pool import ReLUMaxPool2d
 
 pytestmark = pytest.mark.skipif(c_kernels.load() is None, reason="no C kernels (needs x86-64 and a C compiler)")
 
@@ -89,6 +90,20 @@ def test_tanh_overwrites_only_a_fresh_convolution_output():
     assert tail_step.forward_in_place is not None and tail_step.forward is not tail_step.forward_in_place
     for net in (ours, theirs):
         net(x).square().sum().backward()
+    assert all(torch.equal(a.grad, b.grad) for a, b in zip(ours.parameters(), theirs.parameters()))
+
+
+def test_layers_without_a_bias_as_layer_by_layer():
+    def net():
+        torch.manual_seed(0)
+        return OneNodeSequential(Conv2d(1, 6, 5, padding=2, bias=False), ReLUMaxPool2d(), nn.Flatten(),
+                                 nn.Linear(6 * 14 * 14, 10, bias=False))
+    ours, theirs = net(), net()
+    _layer_by_layer(theirs)
+    x = torch.randn(4, 1, 28, 28)
+    assert ours._plan(x) is not None and len(ours._plan(x).params) == 2
+    for model in (ours, theirs):
+        model(x).square().sum().backward()
     assert all(torch.equal(a.grad, b.grad) for a, b in zip(ours.parameters(), theirs.parameters()))
 
 

@@ -255,16 +255,19 @@ class ConvTail(nn.Module):
     def bn(self) -> nn.BatchNorm2d | None:
         return self.layers[self._bn] if self._bn is not None else None
 
+    def dropout(self) -> nn.Dropout | None:
+        return self.layers[self._drop] if self._drop is not None else None
+
     def kernels_take(self, x: torch.Tensor) -> bool:
         """The C kernels compute this tail for x (else the layers run one by one)."""
-        bn, drop = self.bn(), self.layers[self._drop] if self._drop is not None else None
+        bn, drop = self.bn(), self.dropout()
         return (_kernels_take(x) and (bn is None or _bn_takes(bn, x))
                 and not (drop is not None and drop.training and drop.p >= 1))
 
     def prepare(self, x: torch.Tensor) -> tuple:
         """The kernel's arguments for one batch (bn, flags, keep, scale, momentum), as the layers would run:
         a training batch counted by BatchNorm, dropout's noise drawn."""
-        bn, drop = self.bn(), self.layers[self._drop] if self._drop is not None else None
+        bn, drop = self.bn(), self.dropout()
         train, momentum = _batch_statistics(bn) if bn is not None else (False, 0.0)
         flags = self.flags | (BN_TRAIN if train else 0)
         keep, scale = None, 0.0

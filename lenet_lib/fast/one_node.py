@@ -46,7 +46,8 @@ class Step(NamedTuple):
 
 
 def _own(layer: nn.Module, *names: str) -> tuple:
-    return tuple((layer._parameters, name) for name in names)
+    """The layer's parameters of these names that it has (a bias may be None), as Step.params pairs."""
+    return tuple((layer._parameters, name) for name in names if layer._parameters[name] is not None)
 
 
 def _conv(conv: Conv2d, x: torch.Tensor) -> Step | None:
@@ -61,7 +62,7 @@ def _conv(conv: Conv2d, x: torch.Tensor) -> Step | None:
         return grad_x, (grad_w, grad_b) if has_bias else (grad_w,)
     return Step((n, conv.out_channels, h + 2 * padding - kh + 1, w + 2 * padding - kw + 1),
                 lambda x: conv_train_forward(x, stored["weight"], stored["bias"], padding, path), backward,
-                _own(conv, "weight", "bias") if has_bias else _own(conv, "weight"), fresh_output=True)
+                _own(conv, "weight", "bias"), fresh_output=True)
 
 
 def _halved(x: torch.Tensor) -> tuple:
@@ -130,7 +131,7 @@ def _linear(linear: nn.Linear, x: torch.Tensor) -> Step | None:
         grad_x = grad.mm(stored["weight"]) if need_input else None
         return grad_x, (grad_w, grad.sum(0)) if has_bias else (grad_w,)
     return Step((x.shape[0], linear.out_features), lambda x: (F.linear(x, stored["weight"], stored["bias"]), x),
-                backward, _own(linear, "weight", "bias") if has_bias else _own(linear, "weight"))
+                backward, _own(linear, "weight", "bias"))
 
 
 def _activation(function, function_backward) -> Callable:
