@@ -19,6 +19,8 @@ PATTERNS = {   # every tail the presets use, and the rarer combinations the kern
     "relu, BN (R1, R4)": lambda c: [nn.ReLU(), nn.BatchNorm2d(c), nn.MaxPool2d(2)],
     "relu, dropout (R3)": lambda c: [nn.ReLU(), nn.Dropout(0.5), nn.MaxPool2d(2)],
     "relu, BN, dropout": lambda c: [nn.ReLU(), nn.BatchNorm2d(c), nn.Dropout(0.3), nn.MaxPool2d(2)],
+    "relu, avg": lambda c: [nn.ReLU(), nn.AvgPool2d(2)],
+    "relu, dropout, avg": lambda c: [nn.ReLU(), nn.Dropout(0.5), nn.AvgPool2d(2)],
     "tanh, avg (classic)": lambda c: [nn.Tanh(), nn.AvgPool2d(2)],
     "tanh, max (R2 I)": lambda c: [nn.Tanh(), nn.MaxPool2d(2)],
     "sigmoid, BN, dropout, avg": lambda c: [nn.Sigmoid(), nn.BatchNorm2d(c), nn.Dropout(0.4), nn.AvgPool2d(2)],
@@ -118,3 +120,25 @@ def test_batch_norm_after_the_pool_is_fused():
     net = fuse_relu_max_pool(build_model(bn=True, bn_position="after_pool", bn_layers="conv"))
     assert isinstance(net.s2_bn, BatchNorm) and isinstance(net.s4_bn, BatchNorm)
     assert not [m for name, m in net.named_children() if type(m) is nn.BatchNorm2d]
+
+
+@pytest.mark.parametrize("shape", [(4, 6, 28, 28), (2, 16, 8, 8)])
+def test_relu_bits_of_an_average_pool_keep_torchs_gradient_at_zero_and_nan(shape):
+    """The AVX-512 backward pass of ReLU + average pool reads the ReLU's tests as bits the forward pass wrote:
+    0, -0 and NaN inputs get the gradient torch's threshold_backward gives them (NaN passes, zeros do not)."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randint(-2, 3, shape, generator=g).float()
+    x.view(-1)[::7] = -0.0
+    x.view(-1)[::11] = float("nan")
+    grad = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2, generator=g)
+    results = []
+    for fused, sse2 in ((True, False), (True, True), (False, False)):
+        xi = x.clone().requires_grad_()
+        layers = [nn.ReLU(), nn.AvgPool2d(2)]
+        with c_kernels.sse2_only(sse2):
+            out = ConvTail(layers)(xi) if fused else nn.Sequential(*layers)(xi)
+            out.backward(grad)
+        results.append((out.detach(), xi.grad))
+    for out, x_grad in results[:2]:
+        assert torch.allclose(out, results[2][0], rtol=0, atol=0, equal_nan=True)
+        assert torch.equal(x_grad, results[2][1])

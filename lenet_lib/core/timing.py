@@ -19,14 +19,13 @@ import time
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from lenet_lib.core.data import DataSplits, epoch_order, index_batches
 from lenet_lib.fast.layers import fuse_relu_max_pool, with_torch_layers
 from lenet_lib.core.optim import make_optimizer
 from lenet_lib.core.specs import TrainSpec
-from lenet_lib.core.train import build_for, resolve_device, set_determinism
+from lenet_lib.core.train import build_for, loss_and_backward, resolve_device, set_determinism
 from lenet_lib.base.checks import check_choice, check_positive_int
 
 IMPLEMENTATIONS = ("torch", "lenet_lib")
@@ -66,7 +65,8 @@ def time_in_turns(functions: dict, rounds: int = 20, calls: int = 5, warmup: int
 
 def training_step(spec: TrainSpec, data: DataSplits, implementation: str, batches: list[torch.Tensor]):
     """One training step of spec's model as a function of no arguments: the next batch of `batches`,
-    forward, cross-entropy, backward, optimizer step. The model is built as lenet_lib.core.train builds it."""
+    forward, cross-entropy, backward, optimizer step. The model is built, and the step run, as
+    lenet_lib.core.train builds and runs them (train.loss_and_backward)."""
     check_choice("implementation", implementation, IMPLEMENTATIONS)
     set_determinism(spec.seed)
     model = build_for(spec, data).to(data.device)
@@ -83,7 +83,7 @@ def training_step(spec: TrainSpec, data: DataSplits, implementation: str, batche
     def step():
         xb, yb = data.train_batch(next(batch))
         optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(net(xb), yb).backward()
+        loss_and_backward(net, xb, yb)
         optimizer.step()
     return step
 

@@ -17,6 +17,7 @@ from lenet_lib.base.choices import PRECISIONS, diverged
 from lenet_lib.core.data import DataSplits, epoch_order, index_batches
 from lenet_lib.fast import c_kernels
 from lenet_lib.fast.layers import fuse_relu_max_pool
+from lenet_lib.fast.one_node import OneNodeSequential
 from lenet_lib.core.models import build_model, eval_mode
 from lenet_lib.core.optim import make_optimizer
 from lenet_lib.core.specs import TrainSpec
@@ -114,6 +115,21 @@ def epoch_row(base: dict, epoch: int, train_loss: float, train_acc: float, val: 
             "stacked_models": stacked_models}
 
 
+def loss_and_backward(net: nn.Module, xb: torch.Tensor, yb: torch.Tensor, autocast=None,
+                      scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A training batch's forward pass under autocast, F.cross_entropy(logits, yb), and the backward pass of
+    the loss (of loss * scale, if given): (logits, loss). A fused network on CPU does all three without the
+    autograd engine (OneNodeSequential.cross_entropy_backward: the same numbers, less time per step)."""
+    with autocast or contextlib.nullcontext():
+        done = net.cross_entropy_backward(xb, yb, scale) if isinstance(net, OneNodeSequential) else None
+        if done is not None:
+            return done
+        logits = net(xb)
+        loss = F.cross_entropy(logits.float(), yb)
+    (loss if scale is None else loss * scale).backward()
+    return logits, loss
+
+
 def train(spec: TrainSpec, data: DataSplits, *, device: str | torch.device = "auto", precision: str = "fp32",
           progress: bool = True, on_epoch=None) -> TrainResult:
     """Train one model as `spec` says; evaluate on validation and test after every epoch.
@@ -149,14 +165,10 @@ def train(spec: TrainSpec, data: DataSplits, *, device: str | torch.device = "au
             optimizer.zero_grad(set_to_none=True)
         for idx in index_batches(order, spec.batch_size):
             xb, yb = data.train_batch(idx)
-            with autocast:
-                logits = net(xb)
-                loss = F.cross_entropy(logits.float(), yb)
-            if full_batch:
-                (loss * (len(idx) / n)).backward()
-            else:
+            if not full_batch:
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+            logits, loss = loss_and_backward(net, xb, yb, autocast, len(idx) / n if full_batch else None)
+            if not full_batch:
                 optimizer.step()
             loss_sum += loss.detach() * len(idx)
             correct += (logits.argmax(1) == yb).sum()

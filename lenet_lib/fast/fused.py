@@ -175,7 +175,9 @@ def _tail_forward(x: torch.Tensor, bn: nn.BatchNorm2d | None, flags: int, keep, 
     else:
         src = x
     out = empty(n, c, h // 2, w // 2)
-    arg = empty(n, c, h // 2, w // 2, dtype=torch.uint8) if with_arg and not flags & AVG else None
+    # where each max came from, or (average pool after a ReLU, no BatchNorm) each window's ReLU bits
+    relu_bits = flags & (AVG | RELU | BN_BEFORE | BN_AFTER) == AVG | RELU
+    arg = empty(n, c, h // 2, w // 2, dtype=torch.uint8) if with_arg and (not flags & AVG or relu_bits) else None
     stats = empty(c, BN_FIELDS) if bn is not None else None
     weight, bias, running = (bn.weight, bn.bias, (bn.running_mean, bn.running_var)) if bn is not None else \
         (None, None, (None, None))
