@@ -30,9 +30,11 @@ Measured on a 2-core CPU, batch 128 (`make bench` shows the effect on whole epoc
   (csrc/bn_stats.c). Covers BN after the activation in c1 or both convs (R1, R4), before it (R3), conv
   dropout, tanh and sigmoid (R2 part I, R5) and avg-pool. AVX-512 as above (R1's BN tail forward +
   backward 1.54x the SSE2 path; its training forward pass, mostly BN's statistics, 636 -> 374 us at
-  batch 128). Forward values are torch's bit for bit, gradients to float rounding where BatchNorm sums in
-  another order (tests/test_conv_tail.py: every pattern, both paths; tests/test_fused.py: whole models
-  against torch's layers and a float64 reference).
+  batch 128). An average pool after a ReLU (no BatchNorm) keeps each window's ReLU tests as 4 bits, and
+  the backward pass reads that byte instead of the 4 inputs: c1's backward at batch 128 281 -> 175 us,
+  avg-pool steps 1.02x. Forward values are torch's bit for bit, gradients to float rounding where
+  BatchNorm sums in another order (tests/test_conv_tail.py: every pattern, both paths; tests/test_fused.py:
+  whole models against torch's layers and a float64 reference).
 - BatchNorm2d outside a tail (R2 part II's, after the pool; fused.BatchNorm, csrc/batch_norm.c): ATen's
   CPU BatchNorm sums each channel in one sequential double (0.28 ms forward, 0.13 ms backward for R2's
   64x6x14x14); here 0.09 and 0.13 ms, torch's outputs and running statistics bit for bit.
@@ -64,25 +66,30 @@ Measured on a 2-core CPU, batch 128 (`make bench` shows the effect on whole epoc
   node per layer cost: training steps in turns against the same layers one node each, 1.06x (plain, batch
   128) to 1.16x (plain, batch 16), every preset variant 1.05x or more. Inside it a tanh or sigmoid tail
   overwrites its convolution's output, which nothing else keeps (R2 part I: 1-3 % of a step).
+- Training batches skip the autograd engine (OneNodeSequential.cross_entropy_backward, which train() calls):
+  forward, cross-entropy by its ATen calls, the loss's backward and the one node's, each gradient stored as
+  AccumulateGrad stores it (contiguous; added to a gradient already there). It saves the loss's two nodes,
+  the node's Python entry and exit and a node per parameter: steps in turns against the one node under
+  autograd 1.21x (plain, batch 16), 1.18x (R5, batch 16), 1.10x (R2 part I, batch 64), 1.08x (R2 part II),
+  1.10x (plain, batch 128), 1.05x (R1); the same numbers bit for bit (tests/test_engine_free.py; a default
+  report's 1190 model-epochs gave the tidy results of the code before it, every value equal).
 - Measured with `make bench` (per-variant table, training steps in turns, this 2-core CPU, 20 rounds,
   fused optimizers included): on one thread (each kernel of a report on 2 cores) lenet_lib / torch's own
-  layers 2.55x (plain, batch 16) to 3.20x (dropout f6, batch 128); R1 2.93-2.99x, R4 3.00x, R2 part II
-  2.94x, R2 part I tanh 2.63x, R5 sigmoid FC 2.78x at batch 16 and 3.15x at 64, avg-pool 2.72x: spread
-  26 %; on 2 threads 2.41x to 3.10x: spread 28 % (a second run, on a VM a quarter slower: 31 % and 32 %;
-  the per-variant CIs are +-5-10 %). Every variant >= 2x, but not within 10 %: a variant's
-  ratio is torch's time over ours, and the two do not shrink together. Where torch's layers are slow
-  (ATen's max-pool and BatchNorm) or ours are at their best (batch 128, where the convolutions run at ~100
-  GF/s) the ratio is high; where torch's are fast (average pooling) or a cost is the same on both sides
-  (tanh: both run ATen's over the whole conv output) it is lower; at batch 16 the per-step costs both sides
-  share pull it towards 1: the FC layers in BLAS, the loss, autograd and the optimizer. Within the variants
-  a preset's time figures compare, the spread is 5-9 % (R1), 1-12 % (R4); across R5's batch sizes 7-14 %
-  (both runs).
+  layers 2.99x (avg-pool) to 3.55x (R5 sigmoid FC, batch 64); R1 3.19-3.43x, R4 3.13-3.16x, R2 part II
+  3.31x, R2 part I tanh 3.04x, R5 3.54x at batch 16, plain batch 16 3.16x, R3 3.08x: spread 19 %; on 2
+  threads 2.88x to 3.41x: spread 18 % (a 30-round run on one thread: 21 %; per-variant CIs +-2-7 %;
+  before the engine-free steps 26-32 %). Every variant >= 2.8x, but not within 10 %: a variant's ratio is
+  torch's time over ours, and the two do not shrink together. Where torch's layers are slow (ATen's
+  max-pool and BatchNorm), or torch.optim's unfused Adam (R5) costs it more than ours, the ratio is high;
+  where torch's are fast (average pooling) or a cost is the same on both sides (tanh: both run ATen's over
+  the whole conv output) it is lower. Within the variants a preset's time figures compare, the spread is
+  6-8 % (R1), 10-13 % (R4), 0-2 % (R5's batch sizes).
   So training seconds from runs are never used to compare variants or batch sizes: time claims, and the
   batch_size notebook's time per epoch, come from timing.time_variants, which times every variant with
   torch's own layers (and ours beside them) in turns.
 - Not sped up: the MLP (Linear layers only: ATen's BLAS matmuls; nothing to fuse, so it trains as
-  nn.Sequential) and the FC part of LeNet-5 (c5/f6/out, the same matmuls, inside the one node above); CUDA, where the layers call torch's own
-  kernels (there one fused kernel beats several small ones).
+  nn.Sequential) and the FC part of LeNet-5 (c5/f6/out, the same matmuls, inside the one node above);
+  CUDA, where the layers call torch's own kernels (there one fused kernel beats several small ones).
 
 Measured and left out (whole epochs of the standard LeNet-5 unless said):
 - channels_last with torch's layers: 1.14x per training step in 20-step turns, but whole epochs stayed
@@ -97,6 +104,11 @@ Measured and left out (whole epochs of the standard LeNet-5 unless said):
   glibc malloc thresholds: no measurable change in whole epochs. (Measured again: the timing harness's
   steps page-fault 130-500 times each under glibc's defaults, training itself ~15; raised thresholds left
   the per-variant ratios within noise.)
+- c1's weight gradient (csrc/conv1.c, ~55 GF/s against c3's ~130) with its shift groups' size a constant:
+  gcc then keeps every accumulator in a register (a group size read at run time made it spill five), the
+  same numbers, but no faster (0.75-1.10x, in turns). Without the dot products the kernel still takes 40 %
+  of its time (219 of 536 us at batch 128): copying each image's gradient rows into the padded layout. Where
+  c1's padded row is 32 floats (28-wide outputs, k = 5) the rows could be read in place with masked loads.
 - The FC part alone, flatten to logits, as one autograd node making autograd's own ATen calls (the same
   numbers bit for bit): 0.92-0.99x per step in turns, at batch 16 and 128. autograd's C++ nodes cost no
   more than the Python that replaces them; what the whole network in one node saves is the Python nodes'

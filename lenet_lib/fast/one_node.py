@@ -9,6 +9,11 @@ AddmmBackward0, ReluBackward0, TanhBackward0, SigmoidBackward0), so the numbers 
 (tests/test_one_node.py). One thread, training steps in turns against the same layers one node each:
 plain LeNet-5 1.16x at batch 16, 1.06x at batch 128, every preset variant 1.05x or more.
 
+OneNodeSequential.cross_entropy_backward goes one step further for a training batch: forward, cross-entropy
+and backward without the autograd engine (the ATen calls of the loss's own nodes), each gradient stored as
+AccumulateGrad stores it; train() calls it (train.loss_and_backward). Training steps 1.15x at batch 16,
+1.09x at 64, 1.03x at 128, the same numbers bit for bit (tests/test_engine_free.py).
+
 What the loop does not know runs layer by layer, as nn.Sequential would: another layer type (LeCun's
 sparse c3, an unfused pool), hooks on any layer, autocast, inputs or shapes the kernels do not take,
 eval mode, no gradients. Plans are cached per input shape: a dropout rate set to 1 after the first batch
@@ -249,13 +254,13 @@ class OneNodeSequential(nn.Sequential):
         """One training batch without the autograd engine: this network's forward pass, F.cross_entropy(logits,
         y), and the backward pass of the loss (of loss * scale, if given), each parameter's gradient stored in
         .grad, or added to it, as loss.backward() stores it. Returns (logits, loss), without gradients; the
-        same numbers as autograd's bit for bit (tests/test_one_node.py).
+        same numbers as autograd's bit for bit (tests/test_engine_free.py).
 
         What it saves is the engine around the one node: the loss's two nodes, the node's Python entry and
-        exit, and a gradient accumulation node per parameter: training steps 1.15x at batch 16, 1.09x at
-        64 (one thread, in turns). None where it cannot stand in for autograd, and the caller runs autograd:
-        no plan (see forward), a parameter frozen, strided or with hooks of its own, anomaly detection, or logits and
-        targets other than cross_entropy's plain case (class indices of a batch)."""
+        exit, and a gradient accumulation node per parameter (module docstring). None where it cannot stand
+        in for autograd, and the caller runs autograd: no plan (see forward), a parameter frozen, strided or
+        with hooks of its own, anomaly detection, or targets other than cross_entropy's plain case (a class
+        index per image)."""
         plan = self._plan(x) if self.training and torch.is_grad_enabled() else None
         if (plan is None or len(plan.steps[-1].out_shape) != 2 or y.dtype != torch.int64 or y.dim() != 1
                 or y.shape[0] != x.shape[0] or y.device != x.device or torch.is_anomaly_enabled()):

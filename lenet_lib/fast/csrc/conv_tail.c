@@ -19,8 +19,8 @@
  *
  * Layout: n x c contiguous h x w float planes (NCHW), h and w even. keep: one byte per input element,
  * 1 where dropout keeps it (scaled by `scale`). arg: one byte per output, the window's element (0..3,
- * row-major) that the max came from (average pool: RELU_BITS below). bn: per channel mean, invstd, alpha, beta (written by the forward
- * pass, read by the backward pass). At most one BatchNorm (BN_BEFORE or BN_AFTER).
+ * row-major) that the max came from (average pool: RELU_BITS below). bn: per channel mean, invstd, alpha,
+ * beta (written by the forward pass, read by the backward pass). At most one BatchNorm (BN_BEFORE or BN_AFTER).
  * SSE2 on four windows at a time; a second copy compiled for FMA CPUs (target_clones); planes split over
  * OpenMP threads (torch's libgomp); statistics per plane, reduced in a fixed order: the numbers do not
  * depend on the thread count.
@@ -217,7 +217,8 @@ INLINE16 __m512i relu_bits16(const __m512 v[4]) {
 /* the inverse, for the backward pass: 1 where corner q's bit is set, else 0 (the same ReLU test results) */
 INLINE16 void corners_from_bits16(const uint8_t *bits, int64_t n, __m512 v[4]) {
     __m512i b = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(first_lanes(n), bits));
-    for (int q = 0; q < 4; q++) v[q] = _mm512_maskz_mov_ps(_mm512_test_epi32_mask(b, _mm512_set1_epi32(1 << q)), _mm512_set1_ps(1.0f));
+    for (int q = 0; q < 4; q++)
+        v[q] = _mm512_maskz_mov_ps(_mm512_test_epi32_mask(b, _mm512_set1_epi32(1 << q)), _mm512_set1_ps(1.0f));
 }
 
 /* the pool's input gradient of n windows: as pool_grads */
@@ -241,7 +242,8 @@ INLINE16 void forward_plane16(const float *x, float *out, uint8_t *arg, const ui
             __m512 v[4], nz[4] = {zero, zero, zero, zero}, m;
             load_corners16(r0, r0 + w, n, v);
             if (flags & NOISE) load_noise16(keep + 2 * i * w + 2 * j, keep + (2 * i + 1) * w + 2 * j, n, scale, nz);
-            if (RELU_BITS(flags) && arg) _mm512_mask_cvtepi32_storeu_epi8(arg + i * wo + j, first_lanes(n), relu_bits16(v));
+            if (RELU_BITS(flags) && arg)
+                _mm512_mask_cvtepi32_storeu_epi8(arg + i * wo + j, first_lanes(n), relu_bits16(v));
             for (int q = 0; q < 4; q++) v[q] = chain_forward16(v[q], nz[q], k, flags);
             float *o = out + i * wo + j;
             if (flags & AVG) {
@@ -356,7 +358,8 @@ INLINE void forward4(const float *r0, const float *r1, const uint8_t *k0, const 
         int m[4];
         for (int q = 0; q < 4; q++) m[q] = _mm_movemask_ps(_mm_cmpnle_ps(v[q], zero));
         for (int j = 0; j < 4; j++)
-            arg[j] = (uint8_t)(((m[0] >> j) & 1) | (((m[1] >> j) & 1) << 1) | (((m[2] >> j) & 1) << 2) | (((m[3] >> j) & 1) << 3));
+            arg[j] = (uint8_t)(((m[0] >> j) & 1) | (((m[1] >> j) & 1) << 1) | (((m[2] >> j) & 1) << 2)
+                               | (((m[3] >> j) & 1) << 3));
     }
     for (int q = 0; q < 4; q++) v[q] = chain_forward(v[q], nz[q], k, flags);
     if (flags & AVG) {
