@@ -47,3 +47,19 @@ def test_preset_spread_lines_cover_the_groups_present():
         "  within R5's compared variants (sigmoid FC, batch 16 (R5), sigmoid FC, batch 64 (R5)): 2.00x to 2.20x, "
         "spread 10%"]
     assert all(set(labels) <= set(bench.VARIANTS) for labels in bench.PRESET_GROUPS.values())
+
+
+def test_spread_interval_resamples_whole_rounds():
+    """Constant per-round ratios 1.5x and 1.8x: every resample gives the spread 20 %. With noise, the interval
+    holds the spread of the mean ratios, and spread_line reports it."""
+    import numpy as np
+    steady = pd.DataFrame({"a": [np.log(1.5)] * 6, "b": [np.log(1.8)] * 6}, index=range(1, 7))
+    lo, hi = bench.spread_interval(steady)
+    assert abs(lo - 0.2) < 1e-12 and abs(hi - 0.2) < 1e-12
+    noisy = steady + np.random.default_rng(1).normal(0, 0.05, steady.shape)
+    lo, hi = bench.spread_interval(noisy)
+    point = np.exp(noisy.mean().max() - noisy.mean().min()) - 1
+    assert lo < point < hi
+    table = pd.DataFrame({"variant": ["a", "b"], "ratio": np.exp(noisy.mean()).to_list()})
+    table.attrs["log_ratios"] = noisy
+    assert f"(95 % CI {lo:.0%} to {hi:.0%}) (target" in bench.spread_line(table)
