@@ -77,8 +77,8 @@ Measured on a 2-core CPU, batch 128 (`make bench` shows the effect on whole epoc
   fused optimizers included): on one thread (each kernel of a report on 2 cores) lenet_lib / torch's own
   layers 2.99x (avg-pool) to 3.55x (R5 sigmoid FC, batch 64); R1 3.19-3.43x, R4 3.13-3.16x, R2 part II
   3.31x, R2 part I tanh 3.04x, R5 3.54x at batch 16, plain batch 16 3.16x, R3 3.08x: spread 19 %; on 2
-  threads 2.88x to 3.41x: spread 18 % (a 30-round run on one thread: 21 %; per-variant CIs +-2-7 %;
-  before the engine-free steps 26-32 %). Every variant >= 2.8x, but not within 10 %: a variant's ratio is
+  threads 2.88x to 3.41x: spread 18 % (two more one-thread runs: 21 % and 23 %, the last's 95 % interval
+  16-31 %; per-variant CIs +-2-7 %; before the engine-free steps 26-32 %). Every variant >= 2.8x, but not within 10 %: a variant's ratio is
   torch's time over ours, and the two do not shrink together. Where torch's layers are slow (ATen's
   max-pool and BatchNorm), or torch.optim's unfused Adam (R5) costs it more than ours, the ratio is high;
   where torch's are fast (average pooling) or a cost is the same on both sides (tanh: both run ATen's over
