@@ -110,6 +110,7 @@ def test_hands_back_to_autograd_where_it_cannot_stand_in():
         "int32 targets": lambda: net.cross_entropy_backward(x, y.int()),
         "targets of another batch": lambda: net.cross_entropy_backward(x, y[:4]),
         "double input (no plan)": lambda: net.cross_entropy_backward(x.double(), y),
+        "an input that wants its gradient": lambda: net.cross_entropy_backward(x.clone().requires_grad_(), y),
     }
     for name, call in cases.items():
         assert call() is None, name

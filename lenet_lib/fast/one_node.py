@@ -258,12 +258,12 @@ class OneNodeSequential(nn.Sequential):
 
         What it saves is the engine around the one node: the loss's two nodes, the node's Python entry and
         exit, and a gradient accumulation node per parameter (module docstring). None where it cannot stand
-        in for autograd, and the caller runs autograd: no plan (see forward), a parameter frozen, strided or
-        with hooks of its own, anomaly detection, or targets other than cross_entropy's plain case (a class
-        index per image)."""
+        in for autograd, and the caller runs autograd: no plan (see forward), an input that wants its own
+        gradient, a parameter frozen, strided or with hooks of its own, anomaly detection, or targets other
+        than cross_entropy's plain case (a class index per image)."""
         plan = self._plan(x) if self.training and torch.is_grad_enabled() else None
-        if (plan is None or len(plan.steps[-1].out_shape) != 2 or y.dtype != torch.int64 or y.dim() != 1
-                or y.shape[0] != x.shape[0] or y.device != x.device or torch.is_anomaly_enabled()):
+        if (plan is None or x.requires_grad or len(plan.steps[-1].out_shape) != 2 or y.dtype != torch.int64
+                or y.dim() != 1 or y.shape[0] != x.shape[0] or y.device != x.device or torch.is_anomaly_enabled()):
             return None
         params = [stored[name] for stored, name in plan.params]
         if not all(p.requires_grad and p.is_contiguous() and not p._backward_hooks
