@@ -281,6 +281,34 @@ def test_the_bar_counts_training_images_and_estimates_runs_not_started(tmp_path)
         bar.close()
 
 
+def test_the_bar_counts_each_runs_fixed_seconds_at_the_training_rate(tmp_path, monkeypatch):
+    """Quick runs are mostly fixed cost (kernel start, data, plots). A finished run's wall seconds outside
+    its training (10 - 2 = 8 s) at the runs' training rate (15,000 images in 3 s) count 40,000 images for every
+    run, done for the finished one; before any run finishes, PRIOR_FIXED_SECONDS stands in."""
+    import io
+    from lenet_lib.base import progress
+    from lenet_lib.running.executors import RunTask
+
+    def task(run_id, work):
+        return RunTask("grid", "nb.ipynb", run_id, str(tmp_path / "grid" / run_id), {}, work=work)
+    finished, running, waiting = task("f", 1000), task("r", 1000), task("w", 1000)
+    Path(finished.run_dir).mkdir(parents=True)
+    (Path(finished.run_dir) / progress.FILE).write_text(json.dumps(
+        {"planned": 1, "done": 1, "current": "", "planned_images": 10000, "done_images": 10000, "train_seconds": 2.0}))
+    running.staging_dir.mkdir(parents=True)
+    (running.staging_dir / progress.FILE).write_text(json.dumps(
+        {"planned": 2, "done": 1, "current": "a", "planned_images": 10000, "done_images": 5000, "train_seconds": 1.0}))
+    bar = progress.ReportBar([finished, running, waiting], set(), io.StringIO(), interval=3600)
+    try:
+        # nothing finished yet: 8 s (the prior) at 5,000 images/s, for each of the three runs
+        assert bar.bar.total == 10000 + 10000 + 10000 + 3 * progress.PRIOR_FIXED_SECONDS * 5000
+        bar.run_finished(finished, seconds=10.0)
+        fixed = (10.0 - 2.0) * (15000 / 3.0)
+        assert (bar.bar.total, bar.bar.n) == (30000 + 3 * fixed, 15000 + fixed)
+    finally:
+        bar.close()
+
+
 def test_parameter_images_of_a_run():
     from lenet_lib.base.progress import parameter_images
     r1 = {"dataset": "mnist", "seeds": [0, 1, 2], "epochs": 25, "train_size": None, "val_size": 0}

@@ -7,12 +7,16 @@ Outside the runner nothing is written.
 
 The bar's ETA counts training images, not model-epochs: a preset's model-epoch (60,000 images) costs ten to
 thirty times an exploration's, so a rate in model-epochs swings as the mix of runs changes (a default
-report's ETA said 25, 46, 63, 52 and 41 minutes for a run of 36).
+report's ETA said 25, 46, 63, 52 and 41 minutes for a run of 36). Each run's fixed cost (kernel start,
+data, plots: seconds that train nothing) is counted too, as the images those seconds would train: the quick
+profile's runs are mostly fixed cost, and an ETA of images alone said 0:33 left of 2:00.
 """
 from __future__ import annotations
 
 import json
 import os
+import statistics
+import time
 from pathlib import Path
 
 from lenet_lib.base.datafiles import TRAIN_IMAGES
@@ -29,9 +33,12 @@ class Recorder:
         self.planned = self.done = self.planned_images = self.done_images = 0
         self.images_per_epoch = 0
         self.current = ""
+        self.first_plan = self.last_epoch = None   # time.monotonic(): the span of this kernel's training
 
     def plan(self, model_epochs: int, images_per_epoch: int) -> None:
         """model_epochs more to train, each on images_per_epoch training images (until the next plan)."""
+        if self.first_plan is None:
+            self.first_plan = time.monotonic()
         self.planned += model_epochs
         self.planned_images += model_epochs * images_per_epoch
         self.images_per_epoch = images_per_epoch
@@ -41,18 +48,23 @@ class Recorder:
         self.done += 1
         self.done_images += self.images_per_epoch
         self.current = f"{model_id} epoch {epoch}/{epochs}"
+        self.last_epoch = time.monotonic()
         self._write()
 
     def _write(self) -> None:
         if not self.path:
             return
         tmp = f"{self.path}.tmp"
+        train_seconds = self.last_epoch - self.first_plan if self.last_epoch is not None else 0.0
         Path(tmp).write_text(json.dumps({"planned": self.planned, "done": self.done, "current": self.current,
-                                         "planned_images": self.planned_images, "done_images": self.done_images}))
+                                         "planned_images": self.planned_images, "done_images": self.done_images,
+                                         "train_seconds": round(train_seconds, 3)}))
         os.replace(tmp, self.path)
 
 
 RECORDER = Recorder()       # one per kernel process
+# a run's fixed seconds until one has finished: papermill, a kernel and `import torch` take 6-7 s here
+PRIOR_FIXED_SECONDS = 8.0
 
 
 def read(path: str | Path) -> dict | None:
@@ -81,7 +93,8 @@ class ReportBar:
 
     A run that has not started yet is estimated from its parameters (task.work, from parameter_images),
     scaled by the images per parameter-image that its notebook's started runs planned (all started runs'
-    when none of its notebook has): the total, and so the ETA, firm up as runs start.
+    when none of its notebook has): the total, and so the ETA, firm up as runs start. Every run also counts
+    its fixed seconds (fixed_images), done when it finishes.
     """
 
     def __init__(self, tasks, cached: set, out, interval: float | None = None):
@@ -89,6 +102,7 @@ class ReportBar:
         from tqdm import tqdm
         tqdm.set_lock(threading.RLock())    # not tqdm's multiprocessing lock: it leaves a semaphore behind
         self.tasks, self.cached, self.finished = list(tasks), set(cached), set()
+        self.walls = {}   # run_id: a finished run's wall seconds (its manifest's)
         self.bar = tqdm(total=0, unit="img", unit_scale=True, desc="report", file=out, dynamic_ncols=True)
         self.line = tqdm(total=0, bar_format="{desc}", position=1, file=out, leave=False)
         # a terminal is redrawn twice a second; a log file or pipe gets a line every 10 s
@@ -103,6 +117,17 @@ class ReportBar:
             return read(Path(task.run_dir) / FILE) or {"planned": 0, "done": 0, "current": ""}
         return read(task.staging_dir / FILE)
 
+    def fixed_images(self, states: dict) -> float:
+        """A run's fixed cost in training images: the median of finished runs' wall seconds outside training
+        (PRIOR_FIXED_SECONDS before one finishes) at the runs' training rate so far (0 before any rate)."""
+        timed = [s for s in states.values() if s and s.get("train_seconds", 0) > 0]
+        if not timed:
+            return 0.0
+        rate = sum(s["done_images"] for s in timed) / sum(s["train_seconds"] for s in timed)
+        outside = [max(self.walls[r] - states[r].get("train_seconds", 0), 0.0) for r in self.walls
+                   if r in states and states[r]]
+        return (statistics.median(outside) if outside else PRIOR_FIXED_SECONDS) * rate
+
     def totals(self, states: dict) -> dict:
         """Images planned (started runs as they said, the others estimated) and done, and model-epochs done,
         over the runs this report executes; states: {run_id: progress or None} of those runs."""
@@ -114,11 +139,14 @@ class ReportBar:
                 scale.setdefault(t.notebook, []).append(states[t.run_id]["planned_images"] / max(t.work, 1.0))
         everyone = [x for xs in scale.values() for x in xs]
         fallback = sum(everyone) / len(everyone) if everyone else 0.0
+        fixed = self.fixed_images(states)
         total = done = 0.0
         model_epochs = 0
         for t in todo:
             s = states[t.run_id] or {}
             model_epochs += s.get("done", 0)
+            total += fixed
+            done += fixed if t.run_id in self.finished else 0.0
             if t.run_id in started:
                 total += max(s["planned_images"], s["done_images"])
                 done += s["done_images"]
@@ -141,8 +169,11 @@ class ReportBar:
             self.bar.refresh()
             self.line.set_description_str("  now: " + ("; ".join(running) if running else "starting"))
 
-    def run_finished(self, task) -> None:
+    def run_finished(self, task, seconds: float | None = None) -> None:
+        """task is done; seconds: its wall time (its manifest's), for the runs' fixed cost."""
         self.finished.add(task.run_id)
+        if seconds:
+            self.walls[task.run_id] = float(seconds)
         self.refresh()
 
     def _loop(self) -> None:

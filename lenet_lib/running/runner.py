@@ -135,7 +135,7 @@ def execute(tasks: list[RunTask], all_tasks: list[RunTask], cached: set, executo
         for task, outcome in executor.imap(execute_run, tasks):
             if isinstance(outcome, BaseException):
                 lost[task.label] = outcome
-            bar.run_finished(task)
+            bar.run_finished(task, (results.read_manifest(task.run_dir) or {}).get("seconds"))
     finally:
         bar.close()
     return lost
