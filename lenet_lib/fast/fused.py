@@ -50,11 +50,16 @@ def empty(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         torch.utils.deterministic.fill_uninitialized_memory = True
 
 
+def tensor_fits_kernels(x: torch.Tensor) -> bool:
+    """x is contiguous float32 on the CPU and the C kernels are loaded: what every kernel here needs (each
+    layer adds its own shape rules)."""
+    return x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous() and c_kernels.load() is not None
+
+
 def _kernels_take(x: torch.Tensor, even_sides: bool = True) -> bool:
     """Contiguous float32 NCHW on CPU (with even height and width, for a 2x2 pool), and the C kernels loaded."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and x.is_contiguous()
-            and x.numel() > 0 and (not even_sides or (x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0))
-            and c_kernels.load() is not None)
+    return (x.dim() == 4 and x.numel() > 0 and (not even_sides or (x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0))
+            and tensor_fits_kernels(x))
 
 
 def _bn_takes(bn: nn.BatchNorm2d, x: torch.Tensor) -> bool:
@@ -138,7 +143,7 @@ class Dropout(nn.Module):
         return self.dropout.training and 0 < self.dropout.p < 1
 
     def kernels_take(self, x: torch.Tensor) -> bool:
-        return x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous() and c_kernels.load() is not None
+        return tensor_fits_kernels(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.draws_noise() and self.kernels_take(x)):
@@ -175,7 +180,7 @@ def _tail_forward(x: torch.Tensor, bn: nn.BatchNorm2d | None, flags: int, keep, 
     else:
         src = x
     out = empty(n, c, h // 2, w // 2)
-    # where each max came from, or (average pool after a ReLU, no BatchNorm) each window's ReLU bits
+    # where each max came from, or each window's ReLU bits (csrc/conv_tail.c's RELU_BITS: the same rule)
     relu_bits = flags & (AVG | RELU | BN_BEFORE | BN_AFTER) == AVG | RELU
     arg = empty(n, c, h // 2, w // 2, dtype=torch.uint8) if with_arg and (not flags & AVG or relu_bits) else None
     stats = empty(c, BN_FIELDS) if bn is not None else None

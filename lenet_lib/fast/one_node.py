@@ -199,6 +199,10 @@ class _Plan(NamedTuple):
     params: tuple  # every Step's (module._parameters, name) pairs, in order
     hooks: list    # every module's hook dicts (registering a hook adds to them)
 
+    def parameters(self) -> list:
+        """The parameters the steps train, as stored on their layers now (params' order)."""
+        return [stored[name] for stored, name in self.params]
+
 
 def _hooks_anywhere(plan: _Plan) -> bool:
     """Hooks expect each layer to be called: with any, the layers run one by one."""
@@ -215,9 +219,10 @@ class OneNodeSequential(nn.Sequential):
         return state
 
     def _plan(self, x: torch.Tensor) -> _Plan | None:
-        """How the loop runs this input, or None where the layers must run one by one."""
-        if (x.device.type != "cpu" or x.dtype != torch.float32 or not x.is_contiguous()
-                or torch.is_autocast_enabled("cpu")):
+        """How the loop trains on this input, or None where the layers must run one by one (eval mode and
+        no gradients included)."""
+        if (not (self.training and torch.is_grad_enabled()) or x.device.type != "cpu" or x.dtype != torch.float32
+                or not x.is_contiguous() or torch.is_autocast_enabled("cpu")):
             return None
         key = (x.shape, tuple(map(id, self._modules.values())))
         plans = self.__dict__.setdefault("_plans", {})
@@ -245,10 +250,10 @@ class OneNodeSequential(nn.Sequential):
         return _Plan(tuple(steps), tuple(ref for step in steps for ref in step.params), hooks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        plan = self._plan(x) if self.training and torch.is_grad_enabled() else None
+        plan = self._plan(x)
         if plan is None:
             return super().forward(x)
-        return _OneNode.apply(x, plan.steps, *[stored[name] for stored, name in plan.params])
+        return _OneNode.apply(x, plan.steps, *plan.parameters())
 
     def cross_entropy_backward(self, x: torch.Tensor, y: torch.Tensor, scale: float | None = None):
         """One training batch without the autograd engine: this network's forward pass, F.cross_entropy(logits,
@@ -261,11 +266,11 @@ class OneNodeSequential(nn.Sequential):
         in for autograd, and the caller runs autograd: no plan (see forward), an input that wants its own
         gradient, a parameter frozen, strided or with hooks of its own, anomaly detection, or targets other
         than cross_entropy's plain case (a class index per image)."""
-        plan = self._plan(x) if self.training and torch.is_grad_enabled() else None
+        plan = self._plan(x)
         if (plan is None or x.requires_grad or len(plan.steps[-1].out_shape) != 2 or y.dtype != torch.int64
                 or y.dim() != 1 or y.shape[0] != x.shape[0] or y.device != x.device or torch.is_anomaly_enabled()):
             return None
-        params = [stored[name] for stored, name in plan.params]
+        params = plan.parameters()
         if not all(p.requires_grad and p.is_contiguous() and not p._backward_hooks
                    and not p._post_accumulate_grad_hooks for p in params):
             return None

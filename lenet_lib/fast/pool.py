@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lenet_lib.fast import c_kernels
-from lenet_lib.fast.fused import empty
+from lenet_lib.fast.fused import empty, tensor_fits_kernels
 
 
 class _MaxPool2x2(torch.autograd.Function):
@@ -108,8 +108,7 @@ class _ReLUMaxPool2x2(torch.autograd.Function):
 
 
 def relu_max_pool_kernels_take(x: torch.Tensor) -> bool:
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and x.is_contiguous()
-            and c_kernels.load() is not None)
+    return x.dim() == 4 and tensor_fits_kernels(x)
 
 
 def relu_max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
