@@ -164,7 +164,7 @@ def test_list_shows_each_presets_readings(tmp_path, capsys):
     dirs = _project(tmp_path)
     assert main(["list", "--params", str(dirs["params"]), "--notebooks", str(dirs["notebooks"])]) == 0
     out = capsys.readouterr().out
-    assert "P1:1" in out.splitlines()[1]
+    assert "P1:3" in out.splitlines()[1]           # the preset's runs, all readings
     assert "  P1 (tiny): * as-printed: 1 run, protocol P1\n" in out
     assert "  P1 (tiny):   as-intended: 1 run, protocol P1:as-intended\n" in out
 

@@ -408,7 +408,8 @@ def list_notebooks(params_dir=None, notebooks_dir=None) -> int:
     rows, readings = [], []
     for nb in params.values():
         counts = {label: len(expand(block["matrix"])) for label, block in nb.blocks.items()}
-        presets = " ".join(f"{name}:{counts[f'preset {name}']}" for name in nb.presets)
+        presets = " ".join(f"{name}:{sum(n for label, n in counts.items() if nb.blocks[label].get('preset') == name)}"
+                           for name in nb.presets)      # runs of every reading
         rows.append([nb.name, *(str(counts[f"profile {p}"]) for p in PROFILES), presets or "-", nb.title])
         for label, block in nb.blocks.items():
             if "preset" in block:
@@ -418,7 +419,7 @@ def list_notebooks(params_dir=None, notebooks_dir=None) -> int:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
     for row in [header, *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
-    print("runs per profile/preset (per reading); run one with: python -m lenet_lib report --profile "
+    print("runs per profile/preset (all its readings); run one with: python -m lenet_lib report --profile "
           "quick|default|full or --preset NAME (NAME:READING for one reading)")
     if readings:
         print("readings (* primary, declared before any run):")
