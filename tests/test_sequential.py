@@ -132,3 +132,36 @@ def test_holm_reject_steps_down_with_the_levels():
     # one rejected at an earlier look: the other gets all of alpha
     assert list(seq.holm_reject([0.9 * a1, 0.9], last, rejected=[1])) == [True, True]
     assert list(seq.holm_reject([0.9 * a1, 0.9], last)) == [False, False]
+
+
+def test_one_look_at_the_cap_is_verdicts_fixed_design():
+    """With a single look the boundaries are alpha itself: look_outcomes gives verdicts.decide's outcomes."""
+    from lenet_lib.analysis import stats
+    from lenet_lib.summary import verdicts
+    rng, seen = np.random.default_rng(6), set()
+    for trial in range(60):
+        n, effects = 5, rng.normal(0, 0.003, 3)
+        values = [stats.difference(rng.normal(e, 0.002, n), rng.normal(0, 0.002, n)) for e in effects]
+        kind = ["greater", "less", "within"][trial % 3]
+        family = "pairs" if trial % 2 else ""
+        parts = [verdicts.Part(f"p{i}", v, kind, 0.002 if kind == "within" else 0.0, "points", "t",
+                               family=family) for i, v in enumerate(values)]
+        p_values = [part.p_values() for part in parts]
+        expected = [part.outcome for part in verdicts.decide(parts).parts]
+        found = seq.look_outcomes([kind] * 3, [p for p, _ in p_values], [q for _, q in p_values], [family] * 3,
+                                  n, looks=(n,))
+        assert found == expected, (trial, kind, family, p_values)
+        seen |= {(kind, o) for o in expected}
+    assert len(seen) == 9                   # every kind met every outcome
+
+
+def test_early_looks_ask_for_more_than_the_fixed_design():
+    outcome = seq.look_outcomes(["greater"], [0.01], [0.99], [""], 3)
+    assert outcome == [seq.INCONCLUSIVE]                              # p = 0.01 at 3 of 24 seeds: not yet
+    assert seq.look_outcomes(["greater"], [0.01], [0.99], [""], 24) == [seq.SUPPORTED]
+    # Holm in a family: p = 0.04 passes only once its sibling was supported at an earlier look
+    pair = dict(kinds=["greater"] * 2, p_claim=[0.04, 0.5], p_against=[0.9, 0.5], families=["pairs"] * 2, n=24)
+    assert seq.look_outcomes(**pair) == [seq.INCONCLUSIVE] * 2
+    assert seq.look_outcomes(**pair, decided=[seq.INCONCLUSIVE, seq.SUPPORTED]) == [seq.SUPPORTED] * 2
+    with pytest.raises(ValueError, match="one entry per part"):
+        seq.look_outcomes(["greater"], [0.01, 0.2], [0.99], [""], 3)

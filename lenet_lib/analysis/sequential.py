@@ -22,7 +22,8 @@ Verdicts at a look, for one part of a claim (p-values from analysis/stats.py):
   alpha / 2 (one boundary per side).
 - several parts: Holm's step-down with each step's level recomputed at alpha / (m - j) (a graphical
   sequentially rejective test, Maurer & Bretz 2013).
-Pure functions of numbers: no torch, no data.
+look_outcomes applies these to a claim's parts as verdicts.decide does at a fixed n; with one look (the
+cap) it gives decide's outcomes exactly. Pure functions of numbers: no torch, no data.
 """
 from __future__ import annotations
 
@@ -167,3 +168,43 @@ def holm_reject(p_values, n: int, looks=PLANNED_LOOKS, alpha: float = ALPHA, rej
         else:
             break
     return out
+
+
+def look_outcomes(kinds, p_claim, p_against, families, n: int, looks=PLANNED_LOOKS, alpha: float = ALPHA,
+                  decided=None) -> list[str]:
+    """The outcome of each part of one claim at the look with n seeds: verdicts.decide's rules with each
+    look's levels in place of alpha. Per part: its kind ("greater", "less", "within"), its p-values as
+    verdicts.Part.p_values gives them (for "within": the TOST p and outside_margin's doubled p) and its
+    family ("" : on its own; a family's parts are Holm-corrected together, "within" parts' TOST each at
+    the full level, as an intersection-union test). `decided`: each part's outcome at earlier looks
+    (a part once decided stays so, and its share of alpha passes to its family)."""
+    m = len(kinds)
+    decided = list(decided or [INCONCLUSIVE] * m)
+    if not m == len(p_claim) == len(p_against) == len(families) == len(decided):
+        raise ValueError("kinds, p_claim, p_against, families and decided need one entry per part")
+    out = list(decided)
+    for family in dict.fromkeys(families):
+        members = [i for i in range(m) if families[i] == family]
+        for group in ([members] if family else [[i] for i in members]):
+            tost = [i for i in group if kinds[i] == "within"]
+            for i in tost:                          # each pair's TOST at the full level
+                if out[i] == INCONCLUSIVE and p_claim[i] < level_at(n, looks, alpha):
+                    out[i] = SUPPORTED
+            ordered = [i for i in group if kinds[i] != "within"]
+            _step_down(out, decided, ordered, [p_claim[i] for i in ordered], SUPPORTED, n, looks, alpha)
+            if tost and ordered:
+                raise ValueError("a family mixes 'within' parts with others; give them families of their own")
+            # "outside the margin": half the doubled p is one side's, tested at alpha / 2 a side
+            halved = [p_against[i] / 2 if kinds[i] == "within" else p_against[i] for i in group]
+            _step_down(out, decided, group, halved, CONTRADICTED, n, looks, alpha / 2 if tost else alpha)
+    return out
+
+
+def _step_down(out, decided, parts, p, verdict, n, looks, alpha) -> None:
+    """Holm at this look over `parts` (those given `verdict` at earlier looks count as rejected)."""
+    if not parts:
+        return
+    earlier = [j for j, i in enumerate(parts) if decided[i] == verdict]
+    for j, rejected in enumerate(holm_reject(p, n, looks, alpha, earlier)):
+        if rejected and out[parts[j]] == INCONCLUSIVE:
+            out[parts[j]] = verdict
