@@ -11,11 +11,11 @@ Tests, by the kind of claim:
   pairs must pass (an intersection-union test); a pair shown outside the margin (Holm over the pairs)
   contradicts.
 - order and "better": one-sided tests over seeds, Holm-corrected across the pairs a claim makes.
+- thresholds ("< 1 point", "> 10 % more time", ">= 2x"): on the 95 % confidence interval of the difference
+  or ratio: entirely on the claimed side supports, entirely on the other side contradicts.
 Accuracy pairs are paired over seeds (paired t) where the pairing is real: both sides trained the same seeds
 in the same runs, so a seed fixed what they share (split, data order, the shared layers' initialization,
 dropout's stream; tests/test_train.py checks it); else Welch. The row names the test and the pairing's gain.
-- thresholds ("< 1 point", "> 10 % more time", ">= 2x"): on the 95 % confidence interval of the difference
-  or ratio: entirely on the claimed side supports, entirely on the other side contradicts.
 Time ratios come from core/timing.py's measurement with torch's own layers (what the reports ran), paired by
 round; lenet_lib's fast path is shown beside them, never judged.
 """
