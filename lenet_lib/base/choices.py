@@ -10,7 +10,8 @@ import math
 from lenet_lib.base.checks import check_choice, check_range
 
 DATASET_NAMES = ("mnist", "fashion_mnist", "cifar10")        # data.DATASETS describes each
-NORMALIZATIONS = ("standard", "center", "unit")   # (x-mean)/std; x-mean (R2's NumPy); x in [0, 1]
+# (x-mean)/std; x-mean (R2's NumPy); x in [0, 1] (ToTensor alone); raw pixel values 0..255 (R4's "[0,255]")
+NORMALIZATIONS = ("standard", "center", "unit", "raw")
 PRECISIONS = ("fp32", "bf16", "tf32")
 ACTIVATION_NAMES = ("relu", "tanh", "sigmoid")
 POOL_NAMES = ("max", "avg")

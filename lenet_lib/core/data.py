@@ -122,7 +122,7 @@ class DataSplits:
 
 
 def _to_float(images: torch.Tensor, info: DatasetInfo, input_size: int, resize: str, normalize: str):
-    x = images.float().div_(255.0)
+    x = images.float() if normalize == "raw" else images.float().div_(255.0)   # raw: pixel values 0..255
     if input_size != info.size:
         if resize == "pad":     # zero (black) border, as LeCun padded 28x28 digits into 32x32
             margin = (input_size - info.size) // 2
