@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from lenet_lib.base.validate import check_parameters
 from lenet_lib.core.ensemble import train_many
 from lenet_lib.core.models import build_lenet5
-from lenet_lib.core.r2_printed import PrintedOptimizer, make_printed_optimizer, printed_init_, slice_starts
+from lenet_lib.core.r2_printed import (PrintedOptimizer, double_softmax_backward, make_printed_optimizer,
+                                      printed_init_, slice_starts)
 from lenet_lib.core.specs import TrainSpec
 from lenet_lib.core.train import build_for, evaluate, train
 from lenet_lib.experiments.runs import base_hyperparameters, lr_grid
@@ -74,6 +75,21 @@ def test_printed_rates_seed_the_learning_rate_grid():
     assert base_hyperparameters("momentum") == {"lr": 0.05}
 
 
+def test_double_softmax_step_hands_back_prob_minus_onehot_of_softmax_twice():
+    net = torch.nn.Linear(2, 3)
+    with torch.no_grad():
+        net.weight.zero_()
+        net.bias.copy_(torch.tensor([0.0, math.log(2.0), 0.0]))     # softmax: [0.25, 0.5, 0.25]
+    e = [math.exp(0.25), math.exp(0.5), math.exp(0.25)]
+    prob = [v / sum(e) for v in e]                                    # softmax of that again
+    x, y = torch.zeros(2, 2), torch.tensor([1, 0])
+    logits, loss = double_softmax_backward(net, x, y, scale=2.0)      # scale = N: the batch's sum
+    assert logits.tolist() == [[0.0, pytest.approx(math.log(2.0)), 0.0]] * 2
+    assert loss.item() == pytest.approx(-(math.log(prob[1]) + math.log(prob[0])) / 2)
+    # the bias's gradient: the sum over both images of prob - onehot
+    assert net.bias.grad.tolist() == pytest.approx([2 * prob[0] - 1, 2 * prob[1] - 1, 2 * prob[2]])
+
+
 def test_printed_init_statistics():
     torch.manual_seed(0)
     model = printed_init_(build_lenet5(activation="tanh", padding="valid"))
@@ -99,9 +115,10 @@ def test_slice_starts_span_one_to_n_minus_batch_inclusive_and_follow_the_seed():
 
 
 def test_iterations_train_on_printed_slices_with_summed_gradients(mnist_small):
-    """The library's run equals a hand-written loop: R2's init, slices x[s:s+16], summed loss, p -= lr g."""
+    """The library's run equals a hand-written loop: R2's init, slices x[s:s+16], R2's loss step on the
+    batch's sum, p -= lr g."""
     spec = TrainSpec(optimizer="gd", optimizer_rules="r2_printed", init="r2_printed", grad_scale="sum",
-                     iterations=20, epochs=2, batch_size=16, activation="tanh", padding="valid", seed=3)
+                     loss="r2_double_softmax", iterations=20, epochs=2, batch_size=16, activation="tanh", padding="valid", seed=3)
     result = train(spec, mnist_small, device="cpu", progress=False)
     assert result.history["steps"].tolist() == [10, 20]                 # gd steps per batch here
     torch.manual_seed(spec.seed)
@@ -109,7 +126,9 @@ def test_iterations_train_on_printed_slices_with_summed_gradients(mnist_small):
     for start in slice_starts(len(mnist_small.y_train), 16, 20, seed=3).tolist():
         manual.zero_grad()
         xb, yb = mnist_small.x_train[start:start + 16], mnist_small.y_train[start:start + 16]
-        F.cross_entropy(manual(xb), yb, reduction="sum").backward()
+        logits = manual(xb)
+        prob = torch.softmax(torch.softmax(logits, 1), 1).detach()
+        logits.backward(prob - F.one_hot(yb, 10))
         with torch.no_grad():
             for p in manual.parameters():
                 p -= 1e-3 * p.grad
@@ -144,10 +163,12 @@ def test_bad_values_fail_before_any_work():
     with pytest.raises(ValueError, match="nesterov"):
         check_parameters({"optimizer_rules": "r2_printed", "optimizers": ["sgd", "nesterov"]})
     for name, valid in (("init", "r2_printed"), ("grad_scale", "sum"), ("train_acc_on", "full_train"),
-                        ("train_order", "file"), ("hyperparameters", "r2_printed")):
+                        ("train_order", "file"), ("hyperparameters", "r2_printed"), ("loss", "r2_double_softmax")):
         check_parameters({name: valid})
         with pytest.raises(ValueError, match=f"{name}='bogus'"):
             check_parameters({name: "bogus"})
+    with pytest.raises(ValueError, match="loss='bogus'"):
+        TrainSpec(loss="bogus")
     with pytest.raises(ValueError, match="iterations=7"):
         TrainSpec(iterations=7, epochs=2)
     with pytest.raises(ValueError, match="adadelta"):

@@ -31,6 +31,7 @@ HYPERPARAMETER_SOURCES = ("default", "r2_printed")   # DEFAULT_LR and momentum, 
 GRAD_SCALES = ("mean", "sum")
 TRAIN_ACC_ON = ("running", "full_train")   # running over the epoch's batches, or the whole training set after it
 TRAIN_ORDERS = ("shuffled", "file")        # the training set in split_seed's order, or the dataset file's
+LOSSES = ("cross_entropy", "r2_double_softmax")   # softmax cross-entropy, or R2's printed loss step (r2_printed)
 R2_PRINTED_OPTIMIZERS = ("gd", "sgd", "momentum", "adagrad", "rmsprop", "adam")   # R2 l.550-709
 
 # The one home of the LeNet-5 family's defaults: core.models.build_lenet5, numpy_ref.net.build_lenet5 and

@@ -4,7 +4,7 @@ from __future__ import annotations
 from lenet_lib.base.checks import check_bool, check_choice, check_nonneg_int, check_positive_int, check_range
 from lenet_lib.base.choices import (ACTIVATION_NAMES as ACTIVATIONS, BATCHINGS, BN_LAYERS, BN_POSITIONS,
                                     DATASET_NAMES as DATASETS, DEFAULT_LR as OPTIMIZERS, DROPOUT_AT, DROPOUT_SITES,
-                                    GRAD_SCALES, HYPERPARAMETER_SOURCES, INITS, INPUT_SIZES, NORMALIZATIONS,
+                                    GRAD_SCALES, HYPERPARAMETER_SOURCES, INITS, INPUT_SIZES, LOSSES, NORMALIZATIONS,
                                     OPTIMIZER_RULES, PADDINGS, POOL_NAMES as POOLS, PRECISIONS, RESIZE_MODES,
                                     R2_PRINTED_OPTIMIZERS, TRAIN_ACC_ON, TRAIN_ORDERS)
 
@@ -51,7 +51,7 @@ def _parameter_checks() -> dict:
         "r2_activation": choice(ACTIVATIONS), "r2_padding": choice(PADDINGS), "r2_normalize": choice(NORMALIZATIONS),
         "r2_batching": choice(BATCHINGS),
         "init": choice(INITS), "optimizer_rules": choice(OPTIMIZER_RULES), "grad_scale": choice(GRAD_SCALES),
-        "train_acc_on": choice(TRAIN_ACC_ON), "train_order": choice(TRAIN_ORDERS),
+        "train_acc_on": choice(TRAIN_ACC_ON), "loss": choice(LOSSES), "train_order": choice(TRAIN_ORDERS),
         "hyperparameters": choice(HYPERPARAMETER_SOURCES), "iterations": check_nonneg_int,
         "lr": _optional(lr), "lrs": _each(lr), "lr_grid": _each(lr), "lr_factors": _each(lr),
         "momentum": _optional(lambda n, v: check_range(n, v, 0.0, 1.0, hi_open=True)),

@@ -58,8 +58,8 @@ def train_many(specs: list[TrainSpec], data: DataSplits, *, device="auto", preci
     if data.device != device:
         data = data.to(device)     # once for all models, not once per model
     # the stacked network knows torch's rules only, not R2's printed ones (TrainSpec.init ... iterations)
-    printed = [s.model_id for s in specs if (s.init, s.optimizer_rules, s.grad_scale, s.train_acc_on, s.iterations)
-               != ("torch", "torch", "mean", "running", 0)]
+    printed = [s.model_id for s in specs if (s.init, s.optimizer_rules, s.grad_scale, s.loss, s.train_acc_on,
+                                             s.iterations) != ("torch", "torch", "mean", "cross_entropy", "running", 0)]
     if mode == "auto":
         mode = "batched" if device.type == "cuda" and not printed else "sequential"
     if mode == "batched" and printed:

@@ -95,6 +95,26 @@ def make_printed_optimizer(name: str, params, lr: float | None = None,
     return PrintedOptimizer(params, rule, **hp)
 
 
+def double_softmax_backward(net: nn.Module, x: torch.Tensor, y: torch.Tensor, scale: float | None = None):
+    """R2's printed loss step on a batch, backward included; returns (logits, loss) as train.loss_and_backward.
+
+    The printed network ends in a softmax (l.523), the loss takes a softmax of that output again
+    (l.486-487) and hands back prob - onehot as the gradient of the last layer's output (l.490-491, l.527),
+    the Softmax layer's backward being commented out (l.526): neither softmax's Jacobian is applied. That
+    gradient is (prob - onehot) / N here, times `scale` as for the mean loss (scale N: R2's batch sum).
+    The loss is the printed NLL of prob, the batch mean (l.467-476; its 500 for a zero probability cannot
+    arise, prob > 0).
+    """
+    logits = net(x)
+    with torch.no_grad():
+        prob = torch.softmax(torch.softmax(logits.float(), 1), 1)
+        loss = -prob.gather(1, y[:, None]).log().mean()
+        grad = prob.index_put_((torch.arange(len(y), device=y.device), y), torch.tensor(-1.0), accumulate=True)
+        grad *= (1.0 if scale is None else scale) / len(y)
+    logits.backward(grad.to(logits.dtype))
+    return logits.detach(), loss
+
+
 def printed_init_(model: nn.Module) -> nn.Module:
     """R2's printed initialisation, from the global RNG: weights N(0, std sqrt(2 / fan_in)) with fan_in the
     input features of a fully connected layer (l.277) and the input channels of a convolution (l.374-375,

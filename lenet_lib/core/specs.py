@@ -10,7 +10,7 @@ from lenet_lib.core.models import ARCHS, MODEL_ARGS, build_model
 from lenet_lib.core.optim import resolve_hyperparameters
 from lenet_lib.core.r2_printed import PRINTED, printed_hyperparameters
 from lenet_lib.base.checks import check_bool, check_choice, check_nonneg_int, check_positive_int
-from lenet_lib.base.choices import GRAD_SCALES, INITS, MODEL_DEFAULTS, OPTIMIZER_RULES, TRAIN_ACC_ON
+from lenet_lib.base.choices import GRAD_SCALES, INITS, LOSSES, MODEL_DEFAULTS, OPTIMIZER_RULES, TRAIN_ACC_ON
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ class TrainSpec:
     init: str = "torch"               # "r2_printed": R2's printed initialisation
     optimizer_rules: str = "torch"    # "r2_printed": R2's printed update rules, under the same names
     grad_scale: str = "mean"          # "sum": the batch's summed gradient (R2's backward has no 1/N)
+    loss: str = "cross_entropy"       # "r2_double_softmax": R2's printed loss step (r2_printed.double_softmax_backward)
     train_acc_on: str = "running"     # "full_train": train loss and accuracy on the whole training set
     iterations: int = 0               # > 0: that many steps of one random contiguous slice each, over
                                       # `epochs` equal blocks (a row per block); 0: epochs over shuffled data
@@ -57,7 +58,7 @@ class TrainSpec:
         for name in ("batch_size", "epochs", "seed", "iterations"):
             object.__setattr__(self, name, int(getattr(self, name)))
         for name, valid in (("init", INITS), ("optimizer_rules", OPTIMIZER_RULES), ("grad_scale", GRAD_SCALES),
-                            ("train_acc_on", TRAIN_ACC_ON)):
+                            ("loss", LOSSES), ("train_acc_on", TRAIN_ACC_ON)):
             check_choice(name, getattr(self, name), valid)
         if self.iterations % self.epochs:
             raise ValueError(f"iterations={self.iterations} is not valid with epochs={self.epochs}: the iterations "

@@ -20,7 +20,7 @@ from lenet_lib.fast.layers import fuse_relu_max_pool
 from lenet_lib.fast.one_node import OneNodeSequential
 from lenet_lib.core.models import build_model, eval_mode
 from lenet_lib.core.optim import make_optimizer
-from lenet_lib.core.r2_printed import make_printed_optimizer, printed_init_, slice_starts
+from lenet_lib.core.r2_printed import double_softmax_backward, make_printed_optimizer, printed_init_, slice_starts
 from lenet_lib.core.specs import TrainSpec
 from lenet_lib.base.checks import check_choice
 
@@ -192,7 +192,11 @@ def train(spec: TrainSpec, data: DataSplits, *, device: str | torch.device = "au
                 optimizer.zero_grad(set_to_none=True)
             # the loss's scale: the batch mean; its sum (R2's); full batch: the mean or sum over all n images
             scale = float(len(yb)) if spec.grad_scale == "sum" else len(yb) / n if full_batch else None
-            logits, loss = loss_and_backward(net, xb, yb, autocast, scale)
+            if spec.loss == "r2_double_softmax":
+                with autocast:
+                    logits, loss = double_softmax_backward(net, xb, yb, scale)
+            else:
+                logits, loss = loss_and_backward(net, xb, yb, autocast, scale)
             if not full_batch:
                 optimizer.step()
                 steps += 1
