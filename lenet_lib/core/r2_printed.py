@@ -1,5 +1,6 @@
 """R2 part I's NumPy code as printed (R2 l.187-795), in torch: its initialisation, its optimizers' update
-rules with their printed hyperparameters, and its batches (one contiguous slice at a random start).
+rules with their printed hyperparameters, its loss step (a softmax taken twice) and its batches (one
+contiguous slice at a random start).
 
 Where the printed code cannot run (GD's step indexes a list, RMSprop and Adam unpack a (w, b) pair from
 one array, AdaGrad is built from the loss value and re-built every iteration), the rule here is the
