@@ -24,6 +24,16 @@ RESIZE_MODES = ("pad", "interpolate")   # LeCun's zero padding to 32x32, or R2's
 ARCHS = ("lenet5", "mlp")          # LeNet-5 and the MLP baseline (R5), in torch and in NumPy
 DROPOUT_SITES = ("fc", "conv")      # the notebooks' dropout in the FC part (R1, R4) or after c3 (R3)
 BATCHINGS = ("shuffle", "contiguous")   # NumPy training: epoch_order's batches, or R2's contiguous ones
+# R2 part I's code as printed (core/r2_printed.py) beside torch's: initialisation, update rules, the
+# gradient's scale (batch mean, or R2's batch sum), where train accuracy is measured, the training set's order
+INITS = ("torch", "r2_printed")
+OPTIMIZER_RULES = ("torch", "r2_printed")
+HYPERPARAMETER_SOURCES = ("default", "r2_printed")   # DEFAULT_LR and momentum, or R2's printed rates
+GRAD_SCALES = ("mean", "sum")
+TRAIN_ACC_ON = ("running", "full_train")   # running over the epoch's batches, or the whole training set after it
+TRAIN_ORDERS = ("shuffled", "file")        # the training set in split_seed's order, or the dataset file's
+LOSSES = ("cross_entropy", "r2_double_softmax")   # softmax cross-entropy, or R2's printed loss step (r2_printed)
+R2_PRINTED_OPTIMIZERS = ("gd", "sgd", "momentum", "adagrad", "rmsprop", "adam")   # R2 l.550-709
 
 # The one home of the LeNet-5 family's defaults: core.models.build_lenet5, numpy_ref.net.build_lenet5 and
 # core.specs.TrainSpec take theirs from here; notebooks' parameters cells state them again only where they
