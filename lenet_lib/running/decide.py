@@ -228,7 +228,7 @@ def report(budget, preset: str | None = None, only=None, jobs: int | None = None
 
     with runner.outputs_lock(outputs, out):
         start, deadline = time.monotonic(), time.monotonic() + seconds * (1 + GRACE)
-        every, stages, lost, stopped, stopped_by, halted = [], [], {}, "", set(), set()
+        every, stages, lost, stopped, stopped_by, halted, was_cached = [], [], {}, "", set(), set(), set()
         by_block = {}       # (notebook, preset) -> its tasks of every stage so far, skipped ones included
         with runner.make_executor(executor, jobs, scheduler, outputs / ".logs") as ex:
             for stage in range(1, len(design.looks) + 1):
@@ -252,6 +252,7 @@ def report(budget, preset: str | None = None, only=None, jobs: int | None = None
                     stopped = (f"budget: stage {stage} ({design.looks[stage - 1]} seeds) would take about "
                                f"{guess / 60:.0f} min, {max(left, 0) / 60:.0f} min left")
                     break
+                was_cached |= cached
                 for key, ts in planned.items():
                     by_block.setdefault(key, []).extend(ts)
                 open_keys = [states[id(c)]["key"] for c in chosen if staged.is_open(states[id(c)])]
@@ -295,8 +296,7 @@ def report(budget, preset: str | None = None, only=None, jobs: int | None = None
                  "outputs": str(outputs), "notebooks": {nb.name: nb.title for nb, _ in blocks},
                  "protocols": runner.protocols(blocks), "runs": entries, "decide": record}
         runner.write_index(outputs / "index.json", index)
-        line = runner.summary_line(entries, {e["run_id"] for e in entries if e["status"] in runner.DONE}) \
-            .replace("report:", "decide:", 1)
+        line = runner.summary_line(entries, was_cached).replace("report:", "decide:", 1)
         code = 0 if all(e["status"] in runner.DONE + ("skipped", "stopped") for e in entries) else 1
         if make_report:
             try:
