@@ -88,10 +88,12 @@ def test_design_cap_becomes_the_last_look(tmp_path):
 
 
 def test_stages_add_new_seeds_and_rounds_in_proportion():
-    change = decide.staged_change((3, 6, 12, 24), 1, base_seeds=3)
+    [change] = decide.staged_changes((3, 6, 12, 24), 1, base_seeds=3)
     assert change({"seeds": [0, 1, 2], "timing_rounds": 30}) == {"seeds": [0, 1, 2], "timing_rounds": 30}
-    change = decide.staged_change((3, 6, 12, 24), 3, base_seeds=3)
-    assert change({"seeds": [0, 1, 2], "timing_rounds": 30}) == {"seeds": list(range(6, 12)), "timing_rounds": 60}
+    runs = [c({"seeds": [0, 1, 2], "timing_rounds": 30}) for c in decide.staged_changes((3, 6, 12, 24), 3, 3)]
+    assert runs == [{"seeds": [6, 7, 8], "timing_rounds": 30}, {"seeds": [9, 10, 11], "timing_rounds": 30}]
+    runs = [c({"seeds": [0, 1], "timing_rounds": 10}) for c in decide.staged_changes((2, 5), 2, 2)]
+    assert runs == [{"seeds": [2, 3], "timing_rounds": 10}, {"seeds": [4], "timing_rounds": 5}]
     assert decide.stage_seeds((3, 6, 12, 24), 4) == list(range(12, 24))
 
 
@@ -225,10 +227,10 @@ def test_stages_reuse_runs_and_a_decided_preset_stops(project, capsys):
     # P (a clear effect) is decided at look 2 and gets no third stage; Q (none) runs to the cap, open
     assert by_key["P.1"]["verdict"] == "supported" and (by_key["P.1"]["stage"], by_key["P.1"]["n"]) == (2, 4)
     assert by_key["Q.1"]["verdict"] == "inconclusive" and record["stages_run"] == 3
-    assert [s["runs"] for s in record["stages"]] == [2, 2, 1]
+    assert [s["runs"] for s in record["stages"]] == [2, 2, 2]
     assert record["stages"][0]["executed"] == 1          # P's first stage is the default report's run
     assert default_run[0] in run_dirs(project["outputs"], "seeded")
-    assert seeds_of(project["outputs"]) == [[0, 1], [0, 1], [2, 3], [2, 3], [4, 5, 6, 7]]
+    assert seeds_of(project["outputs"]) == [[0, 1], [0, 1], [2, 3], [2, 3], [4, 5], [6, 7]]
     err = capsys.readouterr().err
     assert "stage 2/3 (4 seeds); open: P.1, Q.1" in err and "P.1 supported (stage 2, n = 4" in err
     # again: every seed is cached, nothing runs, the same decisions
@@ -245,7 +247,7 @@ def test_stages_reuse_runs_and_a_decided_preset_stops(project, capsys):
     assert run_decide(project, "2s", make_report=True, claims=claims_for("Q")) == 0
     index = json.loads((project["outputs"] / "index.json").read_text())
     assert index["decide"]["stages_run"] == 1 and index["decide"]["stopped"].startswith("budget: stage 2")
-    assert index["decide"]["claims"][0]["n"] is None and len(index["runs"]) == 1
+    assert index["decide"]["claims"][0]["n"] is None and len(index["runs"]) == 1     # stage 2 never started
     assert (project["outputs"] / "report.html").exists()
 
 

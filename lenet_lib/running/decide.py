@@ -3,7 +3,8 @@ stages until its claims are decided, with each claim's error rate kept (analysis
 
 The design lives in params/profiles.yaml (`decide:`): the looks (seeds per variant, e.g. 3, 6, 12, 24), the
 cap, and the profile whose scale the first stage takes (`base`, default: its runs are reused as they are).
-Stage k runs the new seeds of look k (seeds 3..5 at the second look) as runs of their own, so every cached
+Stage k runs the new seeds of look k (seeds 3..5 at the second look) as runs of their own (at most the
+base's seed count a run), so every cached
 seed is reused and a stage's runs have ids of their own; timing rounds grow in proportion to the seeds (the
 base's rounds per first-look seed), so a time claim's information fraction is its seed look's. After each
 stage every open claim is judged at that look's boundary (summary/staged.py); a claim once decided stays
@@ -103,11 +104,15 @@ def stage_seeds(looks, stage: int) -> list[int]:
     return list(range(looks[stage - 2] if stage > 1 else 0, looks[stage - 1]))
 
 
-def staged_change(looks, stage: int, base_seeds: int):
-    """runner.plan's `change`: a staged block's run gets this stage's seeds, and timing rounds in proportion
-    (the base run's rounds per its seed, rounded up), so stage 1 at the base's seeds is the base's run."""
+def staged_changes(looks, stage: int, base_seeds: int) -> list:
+    """runner.plan's `change`s, one per run of a staged block at this stage: its new seeds in runs of at most
+    base_seeds each (so the jobs share a stage and a cut-short stage loses little), each with timing rounds
+    in proportion (the base run's rounds per seed, rounded up); stage 1 at the base's seeds is the base run."""
     seeds = stage_seeds(looks, stage)
+    return [_change(seeds[i:i + base_seeds], base_seeds) for i in range(0, len(seeds), base_seeds)]
 
+
+def _change(seeds: list[int], base_seeds: int):
     def change(parameters: dict) -> dict:
         out = {**parameters, "seeds": seeds}
         if "timing_rounds" in parameters and len(seeds) != base_seeds:
@@ -239,10 +244,11 @@ def report(budget, preset: str | None = None, only=None, jobs: int | None = None
                     break
                 planned = {}
                 for nb, label in todo_blocks:
-                    change = (staged_change(design.looks, stage, base_seeds[(nb.name, label)])
-                              if is_staged(nb, label) else None)
-                    planned[(nb.name, nb.blocks[label]["preset"])] = runner.plan(
-                        [(nb, label)], outputs, design.base, profiles, threads, change)
+                    changes = (staged_changes(design.looks, stage, base_seeds[(nb.name, label)])
+                               if is_staged(nb, label) else [None])
+                    planned[(nb.name, nb.blocks[label]["preset"])] = [
+                        t for change in changes for t in runner.plan([(nb, label)], outputs, design.base, profiles,
+                                                                      threads, change)]
                 tasks = [t for ts in planned.values() for t in ts if t.run_id not in skipped]
                 cached = {t.run_id for t in tasks if not force and runner.is_done(t)}
                 todo = runner.longest_first([t for t in tasks if t.run_id not in cached])
