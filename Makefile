@@ -4,6 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 PROFILE ?= default
+# The time PROFILE=decide may take (its stages stop cleanly within it)
+BUDGET ?= 60m
 # The data folder, absolute so that notebooks executed from notebooks/ find it too.
 LENET_DATA ?= $(CURDIR)/data
 export LENET_DATA
@@ -11,7 +13,7 @@ export LENET_DATA
 REPORT_ARGS := --profile $(PROFILE) $(if $(PRESET),--preset $(PRESET)) $(if $(ONLY),--only $(ONLY)) \
 	$(if $(JOBS),--jobs $(JOBS)) $(if $(THREADS),--threads $(THREADS)) $(if $(FORCE),--force) \
 	$(if $(EXECUTOR),--executor $(EXECUTOR)) \
-	$(if $(SCHEDULER),--scheduler $(SCHEDULER))
+	$(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(if $(filter decide,$(PROFILE)),--budget $(BUDGET))
 
 .PHONY: report test lab bench notebooks expected list venv clean
 
