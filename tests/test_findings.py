@@ -79,9 +79,9 @@ def test_findings_say_reproduced_of_scored_and_the_claims_verdicts():
                                                                      verdicts.NOT_JUDGED],
                            "note": ["", "", CIFAR]})
     lines = findings.findings(card, claims, findings.notes({"R3": CIFAR}))
-    assert lines == ["**R1** — published figures: **1 of 2** reproduced (1 of 3 not scored: smoke run) · "
+    assert lines == ["**R1** — published figures: **1 of 2** scored reproduced; 1 not scored (1 smoke run) · "
                      "claims: 1 supported, 1 inconclusive",
-                     "**R3** — published figures: none of 1 scored (not covered) · claims: 1 not judged (note 1)"]
+                     "**R3** — published figures: none of 1 scored (1 not covered) · claims: 1 not judged (note 1)"]
 
 
 def test_findings_with_readings_count_the_primary_and_any_declared_reading():

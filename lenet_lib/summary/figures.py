@@ -47,7 +47,10 @@ def _shown(x: float, scale: str) -> float:
 
 
 def _ratio_ticks(ax, low: float, high: float) -> None:
-    ticks = [t for t in (0.1, 0.2, 0.25, 0.5, 0.67, 0.8, 0.9, 1, 1.1, 1.25, 1.5, 2, 3, 4, 5, 10) if low <= t <= high]
+    """Ratio ticks spaced for the axis's span, labelled "1.25x"."""
+    steps = ((0.1, 0.2, 0.5, 1, 2, 5, 10) if high / low > 6 else (0.25, 0.5, 0.8, 1, 1.25, 1.5, 2, 3, 4)
+             if high / low > 2.5 else (0.7, 0.8, 0.9, 1, 1.1, 1.2, 1.35, 1.5))
+    ticks = [t for t in steps if low <= t <= high]
     ax.set_xticks(ticks, [f"{t:g}x" for t in ticks])
     ax.minorticks_off()
 
@@ -70,15 +73,30 @@ def _header(ax, y: float, text: str) -> None:
 
 
 # ---------------------------------------------------------------- the claims, part by part
-def _claims_panel(ax, scale: str, rows: pd.DataFrame, height: int) -> None:
+LABEL_INCH, CHAR_INCH, HEADER_CHAR_INCH = 0.25, 0.064, 0.066      # tick labels at 8 pt, headers at 7.5 pt bold
+
+
+def _claim_header(report: str, claim: str, verdict: str) -> str:
+    """"R1: <claim> — supported"; a smoke run's verdict is the same for all, said once in the legend."""
+    return f"{report}: {claim}" + ("" if verdict == verdicts.SMOKE else f" — {verdict}")
+
+
+def _header_lines(rows: pd.DataFrame, width: float) -> list[tuple[tuple, list[str]]]:
+    return [(key, textwrap.wrap(_claim_header(*key, group["verdict"].iloc[0]), int(width / HEADER_CHAR_INCH)))
+            for key, group in rows.groupby(["report", "claim"], sort=False)]
+
+
+def _claims_panel(ax, scale: str, rows: pd.DataFrame, height: int, label_width: float, width: float) -> None:
     limits = _limits([_shown(v, scale) for column in ("value", "low", "high", "region_low", "region_high")
                       for v in rows[column]] + [_shown(0.0, scale)], scale, 20.0 if scale == "ratio" else 100.0)
+    headers = dict(_header_lines(rows, label_width + width))
+    where = blended_transform_factory(ax.transAxes, ax.transData)
     y, ticks, labels = height, [], []
-    for (report, claim), group in rows.groupby(["report", "claim"], sort=False):
-        text = textwrap.wrap(f"{report}: {claim} — {group['verdict'].iloc[0]}", 70)
-        for line in text:
+    for key, group in rows.groupby(["report", "claim"], sort=False):
+        for line in headers[key]:       # the claim's title, from the labels' left edge across the panel
             y -= 1
-            _header(ax, y, line)
+            ax.text(-label_width / width, y, line, transform=where, fontsize=7.5, fontweight="bold", va="center",
+                    ha="left", bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5})
         for part in group.itertuples():
             y -= 1
             colour, marker, face = OUTCOME.get(part.outcome, OUTCOME[verdicts.SMOKE])
@@ -98,35 +116,40 @@ def _claims_panel(ax, scale: str, rows: pd.DataFrame, height: int) -> None:
     ax.set_ylim(-0.7, height - 0.3)
     ax.set_yticks(ticks, labels, fontsize=8)
     ax.grid(axis="y", visible=False)
+    ax.grid(axis="x", color="#e8e8e8")
     ax.set_xlabel("time ratio, log scale (95 % CI)" if scale == "ratio" else
-                  "accuracy difference, points (95 % CI)")
+                  "accuracy difference, points (95 % CI)", fontsize=9)
     ax.set_title("training and forward time ratios" if scale == "ratio" else "accuracy", fontsize=10)
-
-
-def _rows_needed(rows: pd.DataFrame) -> int:
-    headers = sum(len(textwrap.wrap(f"{r}: {c} — {g['verdict'].iloc[0]}", 70))
-                  for (r, c), g in rows.groupby(["report", "claim"], sort=False))
-    return headers + len(rows)
 
 
 def claims(parts: pd.DataFrame):
     """The claims figure from findings.claim_parts: accuracy differences (points) and time ratios (log axis)
-    side by side; None when no part has a number."""
+    side by side, each claim titled above its parts; None when no part has a number."""
     drawn = parts[parts["value"].notna()]
     panels = [(scale, drawn[drawn["scale"] == scale]) for scale in ("points", "ratio")
               if (drawn["scale"] == scale).any()]
     if not panels:
         return None
-    height = max(_rows_needed(rows) for _, rows in panels)
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.8 * len(panels), ROW * height + 1.3), squeeze=False)
-    for ax, (scale, rows) in zip(axes[0], panels):
-        _claims_panel(ax, scale, rows, height)
+    # laid out by hand: each panel's labels get the room their longest label needs, its claim titles that
+    # room and the panel's width
+    label_widths = [LABEL_INCH + CHAR_INCH * rows["part"].str.len().max() for _, rows in panels]
+    width = 4.0 if len(panels) > 1 else 6.0
+    height = max(sum(len(lines) for _, lines in _header_lines(rows, w + width)) + len(rows)
+                 for (_, rows), w in zip(panels, label_widths))
+    bottom, top, gap = 0.95, 0.3, 0.3
+    size = (sum(label_widths) + width * len(panels) + gap * (len(panels) - 1) + 0.2, ROW * height + bottom + top)
+    fig = plt.figure(figsize=size)
+    left = 0.0
+    for (scale, rows), label_width in zip(panels, label_widths):
+        left += label_width
+        ax = fig.add_axes((left / size[0], bottom / size[1], width / size[0], ROW * height / size[1]))
+        _claims_panel(ax, scale, rows, height, label_width, width)
+        left += width + gap
     outcomes = [o for o in OUTCOME if (drawn["outcome"] == o).any()]
     handles = [Line2D([], [], color=OUTCOME[o][0], marker=OUTCOME[o][1], mfc=OUTCOME[o][2], ms=7, mew=1.5,
                       linewidth=2, label=f"part {o}" if o in verdicts.VERDICTS else o) for o in outcomes]
-    handles.append(Patch(color=REGION, label="where the claim puts the effect (threshold or ±margin)"))
+    handles.append(Patch(color=REGION, label="where the claim puts the effect (its threshold or ±margin)"))
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.6 / (ROW * height + 1.3), 1, 1))
     return fig
 
 
@@ -169,6 +192,8 @@ def _scorecard_panel(ax, scale: str, rows: pd.DataFrame, height: int) -> None:
         value = row[column]
         if scale == "ratio":
             return math.exp(value)
+        if column in ("low", "high"):       # an accuracy's interval stops at 0 and 1, as the table's does
+            value = min(max(value, 0.0), 1.0)
         return 100 * (value - base.get((row["report"], row["figure"]), math.nan))
     spans = [place(r, c) for _, r in primary.iterrows() for c in ("low", "high")]
     published = [place(r, "value") for _, r in primary.iterrows()]
@@ -213,7 +238,9 @@ def _scorecard_panel(ax, scale: str, rows: pd.DataFrame, height: int) -> None:
     ax.set_yticks(ticks, labels, fontsize=7.5)
     ax.grid(axis="y", visible=False)
     ax.set_xlabel("time ratio between the report's own variants, log scale" if scale == "ratio" else
-                  "published − our mean, accuracy points")
+                  "published − our mean, accuracy points", fontsize=9)
+    ax.set_title("time ratios" if scale == "ratio" else "accuracies", fontsize=10)
+    ax.grid(axis="x", color="#e8e8e8")
 
 
 def scorecard_figure(card: pd.DataFrame):

@@ -105,6 +105,13 @@ def _scored(results: pd.Series) -> pd.Series:
     return results.astype(str).str.startswith((scorecard.REPRODUCED, scorecard.NOT_REPRODUCED))
 
 
+def _why(results: pd.Series) -> str:
+    """Why figures were not scored, counted: e.g. "14 smoke run, 1 not covered"."""
+    kinds = results.astype(str).map(lambda r: "smoke run" if r == scorecard.SMOKE else
+                                    "not covered" if r.startswith("not covered") else "too few values")
+    return ", ".join(f"{n} {kind}" for kind, n in kinds.value_counts().items())
+
+
 def figures_line(card: pd.DataFrame) -> str:
     """How many of one report's published figures were reproduced, of those scored; with readings
     (columns reading, primary): under the primary reading and under some declared reading."""
@@ -113,19 +120,13 @@ def figures_line(card: pd.DataFrame) -> str:
     result = card["result"].astype(str)
     reproduced = result == scorecard.REPRODUCED
     primary = card["primary"].astype(bool) if "primary" in card else pd.Series(True, index=card.index)
-    shown = int(primary.sum())
     scored = int((_scored(result) & primary).sum())
-    unscored = shown - scored
-    rest = ""
-    if unscored:
-        reasons = result[primary & ~_scored(result)]
-        why = ("smoke run" if (reasons == scorecard.SMOKE).all() else
-               "not covered" if reasons.str.startswith("not covered").all() else "not scored")
-        rest = f" ({unscored} of {shown} not scored: {why})" if scored else f"none of {shown} scored ({why})"
+    unscored = result[primary & ~_scored(result)]
     if not scored:
-        return "published figures: " + rest
+        return f"published figures: none of {int(primary.sum())} scored ({_why(unscored)})"
+    rest = f"; {len(unscored)} not scored ({_why(unscored)})" if len(unscored) else ""
     if "primary" not in card:
-        return f"published figures: **{int(reproduced.sum())} of {scored}** reproduced" + rest
+        return f"published figures: **{int(reproduced.sum())} of {scored}** scored reproduced" + rest
     some = card.loc[reproduced, "figure"].nunique()
     return (f"published figures reproduced under the primary reading: **{int((reproduced & primary).sum())} of "
             f"{scored}**; under some declared reading: **{some} of {scored}**" + rest)
