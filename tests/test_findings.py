@@ -64,7 +64,12 @@ def test_a_repeated_message_is_stated_once_and_referred_to():
     shown = findings.refer(table, numbered)
     assert (shown["result"] == "not covered: see note 1").all() and list(shown["n"]) == list(range(12))
     lines = findings.note_lines(numbered, {"R3": CIFAR, "R6": CIFAR, "R7": "no GPU"})
-    assert lines[0] == f"**Note 1** (R3, R6): {CIFAR}"
+    assert lines[0] == f"<b>Note 1</b> (R3, R6): {CIFAR}"
+    claim = pd.DataFrame({"report": ["R1"] * 3, "claim": ["c"] * 3, "verdict": ["supported"] * 3,
+                          "part": ["a", "b", "c"], "n": ["3 seeds"] * 3, "test": ["t", "t", "u"]})
+    blocks = findings.blank_repeats(claim)
+    assert list(blocks["verdict"]) == ["supported", "", ""] and list(blocks["part"]) == ["a", "b", "c"]
+    assert list(blocks["n"]) == ["3 seeds", "", ""] and list(blocks["test"]) == ["t", "", "u"]
 
 
 def card_row(report, figure, result, reading=None, primary=None):

@@ -6,17 +6,19 @@ Nothing here judges anything: the verdicts and scores come from verdicts.py and 
 """
 from __future__ import annotations
 
+import html
 import math
 
 import pandas as pd
 
 from lenet_lib.summary import scorecard, verdicts
 
-PART_COLUMNS = ["report", "claim", "verdict", "part", "effect (95 % CI)", "n", "test", "to decide", "note"]
+PART_COLUMNS = ["report", "claim", "protocol", "verdict", "part", "effect (95 % CI)", "n", "test", "to decide",
+                "note"]
 # the numbers behind a part, for figures.claims: value and its 95 % CI, and the region the claim says the
 # effect lies in (its threshold or equivalence margin); accuracies as fractions, time ratios as log ratios
-PART_NUMBERS = ["protocol", "scale", "value", "low", "high", "region_low", "region_high", "outcome"]
-CLAIM_LEVEL = ["report", "claim", "verdict", "to decide", "note"]
+PART_NUMBERS = ["scale", "value", "low", "high", "region_low", "region_high", "outcome"]
+CLAIM_LEVEL = ["report", "claim", "protocol", "verdict", "to decide", "note"]
 
 
 def _region(part: verdicts.Part) -> tuple[float, float]:
@@ -63,12 +65,16 @@ def claim_parts(tables, *, smoke: bool = False, skipped: dict | None = None) -> 
     return pd.DataFrame(rows, columns=PART_COLUMNS + PART_NUMBERS)
 
 
-def blank_repeats(table: pd.DataFrame, key=("report", "claim"), columns=CLAIM_LEVEL) -> pd.DataFrame:
-    """The claim-level cells on a claim's first row only, so each claim reads as one block of parts."""
+def blank_repeats(table: pd.DataFrame, key=("report", "claim"), columns=CLAIM_LEVEL,
+                  runs=("n", "test")) -> pd.DataFrame:
+    """The claim-level cells on a claim's first row only, and a part's `runs` cells only where they differ
+    from the part above in the same claim, so each claim reads as one block of parts."""
     repeat = table.duplicated(subset=list(key))
-    table = table.copy()
-    table.loc[repeat, [c for c in columns if c in table]] = ""
-    return table
+    shown = table.copy()
+    shown.loc[repeat, [c for c in columns if c in table]] = ""
+    for column in (c for c in runs if c in table):
+        shown.loc[repeat & (table[column] == table[column].shift()), column] = ""
+    return shown
 
 
 # ---------------------------------------------------------------- a repeated message, stated once
@@ -92,11 +98,11 @@ def refer(table: pd.DataFrame, numbered: dict[str, str]) -> pd.DataFrame:
 
 
 def note_lines(numbered: dict[str, str], skipped: dict | None) -> list[str]:
-    """"note 1 (R3): <message>" for each numbered message, naming the presets it stands for."""
+    """"<b>Note 1</b> (R3): <message>" (HTML) for each numbered message, naming the presets it stands for."""
     lines = []
     for message, note in numbered.items():
         presets = ", ".join(sorted(p for p, m in (skipped or {}).items() if m == message))
-        lines.append(f"**{note.capitalize()}** ({presets}): {message}")
+        lines.append(f"<b>{note.capitalize()}</b> ({presets}): {html.escape(message)}")
     return lines
 
 

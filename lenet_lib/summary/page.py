@@ -28,11 +28,14 @@ def details(summary: str, body: str, opened: bool = False) -> str:
             f"{summary}</summary>{body}</details>")
 
 
-def table(frame: pd.DataFrame, precision: int | None = None) -> str:
-    """A table whose long cells wrap, left-aligned, scrolling inside its own box if it is still too wide."""
+def table(frame: pd.DataFrame, precision: int | None = None, nowrap=()) -> str:
+    """A table whose long cells wrap (but the `nowrap` columns), left-aligned, scrolling inside its own box if
+    it is still too wide."""
     styler = frame.style.hide(axis="index").set_properties(**{"text-align": "left", "white-space": "normal",
                                                               "vertical-align": "top"})
     styler = styler.set_table_styles([{"selector": "th", "props": [("text-align", "left")]}])
+    if nowrap:
+        styler = styler.set_properties(subset=[c for c in nowrap if c in frame], **{"white-space": "nowrap"})
     if precision is not None:
         styler = styler.format(precision=precision)
     return f'<div style="max-width: 100%; overflow-x: auto">{styler.to_html()}</div>'
