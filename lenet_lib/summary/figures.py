@@ -65,10 +65,10 @@ def _limits(values, scale: str, cap: float) -> tuple[float, float]:
     return max(values.min() - pad, -cap), min(values.max() + pad, cap)
 
 
-def _header(ax, y: float, text: str) -> None:
-    """A group's title written across its own row, clear of the data rows below it."""
+def _header(ax, y: float, text: str, x: float = 0.005) -> None:
+    """A group's title written across its own row from x (axes fraction), clear of the data rows below it."""
     where = blended_transform_factory(ax.transAxes, ax.transData)
-    ax.text(0.005, y, text, transform=where, fontsize=7.5, fontweight="bold", va="center", ha="left",
+    ax.text(x, y, text, transform=where, fontsize=7.5, fontweight="bold", va="center", ha="left",
             bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5})
 
 
@@ -90,13 +90,11 @@ def _claims_panel(ax, scale: str, rows: pd.DataFrame, height: int, label_width: 
     limits = _limits([_shown(v, scale) for column in ("value", "low", "high", "region_low", "region_high")
                       for v in rows[column]] + [_shown(0.0, scale)], scale, 20.0 if scale == "ratio" else 100.0)
     headers = dict(_header_lines(rows, label_width + width))
-    where = blended_transform_factory(ax.transAxes, ax.transData)
     y, ticks, labels = height, [], []
     for key, group in rows.groupby(["report", "claim"], sort=False):
         for line in headers[key]:       # the claim's title, from the labels' left edge across the panel
             y -= 1
-            ax.text(-label_width / width, y, line, transform=where, fontsize=7.5, fontweight="bold", va="center",
-                    ha="left", bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5})
+            _header(ax, y, line, x=-label_width / width)
         for part in group.itertuples():
             y -= 1
             colour, marker, face = OUTCOME.get(part.outcome, OUTCOME[verdicts.SMOKE])
