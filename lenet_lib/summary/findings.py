@@ -11,14 +11,15 @@ import math
 
 import pandas as pd
 
+from lenet_lib.analysis.tidy import Tables
 from lenet_lib.summary import scorecard, verdicts
 
-PART_COLUMNS = ["report", "claim", "protocol", "verdict", "part", "effect (95 % CI)", "n", "test", "to decide",
-                "note"]
+PART_COLUMNS = ["report", "claim", "protocol", "verdict", "part", "effect (95 % CI)", "n", "test", "pairing",
+                "to decide", "note"]
 # the numbers behind a part, for figures.claims: value and its 95 % CI, and the region the claim says the
 # effect lies in (its threshold or equivalence margin); accuracies as fractions, time ratios as log ratios
 PART_NUMBERS = ["scale", "value", "low", "high", "region_low", "region_high", "outcome"]
-CLAIM_LEVEL = ["report", "claim", "protocol", "verdict", "to decide", "note"]
+CLAIM_LEVEL = ["report", "claim", "protocol", "verdict", "pairing", "to decide", "note"]
 
 
 def _region(part: verdicts.Part) -> tuple[float, float]:
@@ -37,14 +38,25 @@ def _outcome(outcomes: list[str]) -> str:
     return verdicts.SUPPORTED if all(o == verdicts.SUPPORTED for o in outcomes) else verdicts.INCONCLUSIVE
 
 
+def _judgements(tables, skipped: dict | None):
+    """(claim, judgement) for every claim, as verdicts.judge makes them."""
+    tables = tables if isinstance(tables, Tables) else Tables(tables)
+    for claim in verdicts.CLAIMS:
+        if (skipped or {}).get(claim.protocol):
+            yield claim, verdicts.Judgement(verdicts.NOT_JUDGED, note=skipped[claim.protocol])
+        else:
+            yield claim, verdicts.judge_claim(claim, tables, claim.protocol)
+
+
 def claim_parts(tables, *, smoke: bool = False, skipped: dict | None = None) -> pd.DataFrame:
     """One row per claim part (parts testing the same estimate merged), PART_COLUMNS + PART_NUMBERS; a claim
     that was not judged is one row without numbers. Arguments as verdicts.judge's."""
+    pairing = getattr(verdicts, "pairing", lambda parts: "")      # a claim's pairing over seeds, where judged so
     rows = []
-    for claim, judgement in verdicts.judgements(tables, skipped=skipped):
+    for claim, judgement in _judgements(tables, skipped):
         verdict = verdicts.SMOKE if smoke and judgement.verdict in verdicts.VERDICTS else judgement.verdict
         common = {"report": claim.report, "claim": claim.text, "verdict": verdict, "protocol": claim.where,
-                  "to decide": judgement.to_decide, "note": judgement.note}
+                  "pairing": pairing(judgement.parts), "to decide": judgement.to_decide, "note": judgement.note}
         groups: dict[str, list[verdicts.Part]] = {}
         for part in judgement.parts:
             groups.setdefault(part.label, []).append(part)
@@ -63,6 +75,13 @@ def claim_parts(tables, *, smoke: bool = False, skipped: dict | None = None) -> 
                          "region_low": max(r[0] for r in regions), "region_high": min(r[1] for r in regions),
                          "outcome": verdicts.SMOKE if smoke else outcome})
     return pd.DataFrame(rows, columns=PART_COLUMNS + PART_NUMBERS)
+
+
+def table(parts: pd.DataFrame, numbered: dict[str, str]) -> pd.DataFrame:
+    """The claims table from claim_parts: one row per part, claim-level cells once per claim, repeated
+    messages referred to their notes; the pairing column only where some claim has one."""
+    columns = [c for c in PART_COLUMNS if c != "pairing" or parts[c].astype(bool).any()]
+    return blank_repeats(refer(parts[columns], numbered))
 
 
 def blank_repeats(table: pd.DataFrame, key=("report", "claim"), columns=CLAIM_LEVEL,

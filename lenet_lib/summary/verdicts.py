@@ -359,19 +359,6 @@ def judge_claim(claim: Claim, tables: Tables, protocol: str | None) -> Judgement
     return judgement
 
 
-def judgements(tables: Tables | pd.DataFrame, reports=None, *, skipped: dict | None = None,
-               any_protocol: bool = False):
-    """(claim, judgement) for each claim (optionally only the given reports); arguments as judge's."""
-    tables = tables if isinstance(tables, Tables) else Tables(tables)
-    for claim in CLAIMS:
-        if reports and claim.report not in reports:
-            continue
-        if (skipped or {}).get(claim.protocol):
-            yield claim, Judgement(NOT_JUDGED, note=skipped[claim.protocol])
-        else:
-            yield claim, judge_claim(claim, tables, None if any_protocol else claim.protocol)
-
-
 def judge(tables: Tables | pd.DataFrame, reports=None, *, smoke: bool = False, skipped: dict | None = None,
           any_protocol: bool = False) -> pd.DataFrame:
     """One row per claim (optionally only the given reports), columns COLUMNS.
@@ -380,8 +367,15 @@ def judge(tables: Tables | pd.DataFrame, reports=None, *, smoke: bool = False, s
     skipped: {preset: why} for presets whose runs could not run here (e.g. no CIFAR-10).
     any_protocol: judge whatever runs are given (a notebook looking at its own run), not only preset runs.
     """
+    tables = tables if isinstance(tables, Tables) else Tables(tables)
     rows = []
-    for claim, judgement in judgements(tables, reports, skipped=skipped, any_protocol=any_protocol):
+    for claim in CLAIMS:
+        if reports and claim.report not in reports:
+            continue
+        if (skipped or {}).get(claim.protocol):
+            judgement = Judgement(NOT_JUDGED, note=skipped[claim.protocol])
+        else:
+            judgement = judge_claim(claim, tables, None if any_protocol else claim.protocol)
         verdict = SMOKE if smoke and judgement.verdict in VERDICTS else judgement.verdict
         parts = judgement.parts
         rows.append({"report": claim.report, "claim": claim.text, "protocol": claim.where, "verdict": verdict,
