@@ -295,5 +295,5 @@ def scorecard_caption(card: pd.DataFrame, numbered: dict | None = None) -> str:
         note = next((n for m, n in (numbered or {}).items()
                      if group["result"].astype(str).str.contains(m, regex=False).any()), None)
         said.append(f"{report}: {len(group)} not covered" + (f" ({note})" if note else ""))
-    reading = " under the primary reading" if "primary" in card else ""
-    return ("; ".join(said) or "no published figure") + f"{reading}."
+    reading = "Under the primary reading: " if "primary" in card else ""
+    return reading + ("; ".join(said) or "no published figure") + "."
