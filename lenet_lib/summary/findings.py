@@ -19,7 +19,8 @@ PART_COLUMNS = ["report", "claim", "protocol", "verdict", "part", "effect (95 % 
 # the numbers behind a part, for figures.claims: value and its 95 % CI, and the region the claim says the
 # effect lies in (its threshold or equivalence margin); accuracies as fractions, time ratios as log ratios
 PART_NUMBERS = ["scale", "value", "low", "high", "region_low", "region_high", "outcome"]
-CLAIM_LEVEL = ["report", "claim", "protocol", "verdict", "pairing", "to decide", "note"]
+CLAIM_LEVEL = ["report", "claim", "protocol", "verdict", "pairing", "to decide", "note", "decided at", "boundary",
+               "design"]
 
 
 def _region(part: verdicts.Part) -> tuple[float, float]:
@@ -48,15 +49,28 @@ def _judgements(tables, skipped: dict | None):
             yield claim, verdicts.judge_claim(claim, tables, claim.protocol)
 
 
-def claim_parts(tables, *, smoke: bool = False, skipped: dict | None = None) -> pd.DataFrame:
+def claim_parts(tables, *, smoke: bool = False, skipped: dict | None = None,
+                design: dict | None = None) -> pd.DataFrame:
     """One row per claim part (parts testing the same estimate merged), PART_COLUMNS + PART_NUMBERS; a claim
-    that was not judged is one row without numbers. Arguments as verdicts.judge's."""
-    pairing = getattr(verdicts, "pairing", lambda parts: "")      # a claim's pairing over seeds, where judged so
+    that was not judged is one row without numbers. Arguments as verdicts.judge's; `design` is a staged
+    report's index["decide"]: verdicts and part outcomes are then the sequential ones (staged.py), with its
+    design columns."""
+    from lenet_lib.summary import staged
+    states = {(s["report"], s["claim"]): s for s in (design or {}).get("claims", [])}
     rows = []
     for claim, judgement in _judgements(tables, skipped):
+        state = states.get((claim.report, claim.text))
+        if state is not None and judgement.verdict != verdicts.NOT_JUDGED:     # the staged verdict, kept
+            judgement.verdict = state["verdict"]
+            for part, outcome in zip(judgement.parts, state.get("parts") or []):
+                part.outcome = outcome
         verdict = verdicts.SMOKE if smoke and judgement.verdict in verdicts.VERDICTS else judgement.verdict
         common = {"report": claim.report, "claim": claim.text, "verdict": verdict, "protocol": claim.where,
-                  "pairing": pairing(judgement.parts), "to decide": judgement.to_decide, "note": judgement.note}
+                  "pairing": verdicts.pairing(judgement.parts), "to decide": judgement.to_decide,
+                  "note": judgement.note}
+        if design:
+            common.update(staged.design_text(state, design["looks"], design["stages_run"]) if state else
+                          dict.fromkeys(staged.DESIGN_COLUMNS, ""))
         groups: dict[str, list[verdicts.Part]] = {}
         for part in judgement.parts:
             groups.setdefault(part.label, []).append(part)
@@ -74,13 +88,15 @@ def claim_parts(tables, *, smoke: bool = False, skipped: dict | None = None) -> 
                          "value": parts[0].estimate.value, "low": low, "high": high,
                          "region_low": max(r[0] for r in regions), "region_high": min(r[1] for r in regions),
                          "outcome": verdicts.SMOKE if smoke else outcome})
-    return pd.DataFrame(rows, columns=PART_COLUMNS + PART_NUMBERS)
+    extra = [c for c in ("decided at", "boundary", "design") if design]
+    return pd.DataFrame(rows, columns=PART_COLUMNS + extra + PART_NUMBERS)
 
 
 def table(parts: pd.DataFrame, numbered: dict[str, str]) -> pd.DataFrame:
     """The claims table from claim_parts: one row per part, claim-level cells once per claim, repeated
     messages referred to their notes; the pairing column only where some claim has one."""
-    columns = [c for c in PART_COLUMNS if c != "pairing" or parts[c].astype(bool).any()]
+    design = [c for c in ("decided at", "boundary", "design") if c in parts]
+    columns = [c for c in PART_COLUMNS + design if c != "pairing" or parts[c].astype(bool).any()]
     return blank_repeats(refer(parts[columns], numbered))
 
 
