@@ -177,17 +177,16 @@ def step_times(spec: TrainSpec, data: DataSplits, batch_sizes, rounds: int = 10,
         raise ValueError(f"batch size {too_big[0]} is not valid for timing on {n} training images; "
                          f"expected batch sizes <= {n}")
     order = epoch_order(n, spec.seed, 1)
-    functions = {}
+    functions, keys = {}, {}
     for size in batch_sizes:
         sized = with_values(spec, batch_size=size)
         batches = list(index_batches(order, size, drop_last=True))[:calls]
-        functions[f"numpy {size}"] = _numpy_step(sized, data, batches)
-        functions[f"torch {size}"] = training_step(sized, data, "torch", batches)
-    times = time_in_turns(functions, rounds=rounds, calls=calls, warmup=warmup, progress=progress)
-    times[["framework", "batch_size"]] = times["name"].str.split(" ", expand=True)
-    wide = times.pivot_table(index=["batch_size", "round"], columns="framework", values="seconds").reset_index()
-    wide["batch_size"] = wide["batch_size"].astype(int)
-    wide = wide.rename(columns={"numpy": "numpy_s", "torch": "torch_s"}).sort_values(["batch_size", "round"])
-    wide.columns.name = None
-    return wide.assign(threads=torch.get_num_threads()).reset_index(drop=True)[
-        ["batch_size", "round", "numpy_s", "torch_s", "threads"]]
+        functions[f"numpy {size}"], keys[f"numpy {size}"] = _numpy_step(sized, data, batches), ("numpy_s", size)
+        functions[f"torch {size}"], keys[f"torch {size}"] = (training_step(sized, data, "torch", batches),
+                                                             ("torch_s", size))
+    rows = {}
+    for row in time_in_turns(functions, rounds=rounds, calls=calls, warmup=warmup, progress=progress).itertuples():
+        column, size = keys[row.name]
+        rows.setdefault((size, row.round), {"batch_size": size, "round": row.round})[column] = row.seconds
+    table = pd.DataFrame([rows[key] for key in sorted(rows)], columns=["batch_size", "round", "numpy_s", "torch_s"])
+    return table.assign(threads=torch.get_num_threads())
