@@ -323,7 +323,10 @@ def test_scorecard_ratios_parameters_and_missing_presets():
     assert result["c1"] == scorecard.REPRODUCED
     assert result["total"] == f"{scorecard.NOT_REPRODUCED} (exactly 48,276 here)"
     assert result["plain"].startswith("not covered: needs CIFAR-10") and "cifar-10-batches-py" in result["plain"]
-    assert scorecard.tally(card) == {"reproduced": 2, "not reproduced": 2, "not scored": 1}
+    counts = scorecard.tally(card)      # one reading each: the primary reading's rows are the figures
+    assert {k: counts[k] for k in ("reproduced", "not reproduced", "not scored")} == {
+        "reproduced": 2, "not reproduced": 2, "not scored": 1}
+    assert (counts["figures"], counts[scorecard.UNDER_PRIMARY], counts[scorecard.UNDER_SOME]) == (5, 2, 2)
     # a smoke run shows its values but scores only what no scale changes: the parameter counts
     smoke = scorecard.scorecard(Tables(grid("dropout_sweep", "R4"), timing=timing, layers=layers), protocols,
                                 smoke=True).set_index("figure")
