@@ -256,11 +256,38 @@ def forward_rows(ratio, repeats=20):
     return pd.DataFrame(rows)
 
 
+def step_rows(ratios, rounds=20, noise=0.05):
+    """numpy_vs_torch's step_times: NumPy / torch per training step, {batch size: ratio}."""
+    rng, rows = np.random.default_rng(6), []
+    for batch_size, ratio in ratios.items():
+        for number in range(1, rounds + 1):
+            torch_s = 1e-3 * batch_size * math.exp(rng.normal(0, noise))
+            rows.append(dict(notebook="numpy_vs_torch", run_id="run", protocol="R5", batch_size=batch_size,
+                             round=number, numpy_s=torch_s * ratio * math.exp(rng.normal(0, noise)),
+                             torch_s=torch_s))
+    return pd.DataFrame(rows)
+
+
 def test_r5_framework_speed_and_batch_size():
     results = tidy_rows("numpy_vs_torch", "R5", [dict(model_id="m", seed=0, epoch=1, test_acc=0.9)])
     claim = "The framework is several times (>= 2x) faster than NumPy"
-    assert verdict_of(Tables(results, forward_times=forward_rows(6.0)), claim)["verdict"] == verdicts.SUPPORTED
-    assert verdict_of(Tables(results, forward_times=forward_rows(0.8)), claim)["verdict"] == verdicts.CONTRADICTED
+    fast_steps = step_rows({16: 6.0, 32: 5.0, 64: 4.0, 128: 3.5})
+
+    def r5(forward, steps):
+        return verdict_of(Tables(results, forward_times=forward, step_times=steps), claim)
+
+    both = r5(forward_rows(6.0), fast_steps)
+    assert both["verdict"] == verdicts.SUPPORTED
+    assert "forward time per image" in both["effect (95 % CI)"] and "training step, batch 128: 3.5" in both[
+        "effect (95 % CI)"]
+    # each part alone can sink the claim: a slow forward pass, or training that is not 2x faster
+    assert r5(forward_rows(0.8), fast_steps)["verdict"] == verdicts.CONTRADICTED
+    assert r5(forward_rows(6.0), step_rows({16: 6.0, 32: 5.0, 64: 1.2, 128: 1.1}))["verdict"] == verdicts.CONTRADICTED
+    near = r5(forward_rows(6.0), step_rows({16: 6.0, 32: 5.0, 64: 4.0, 128: 2.0}, rounds=4, noise=0.3))
+    assert near["verdict"] == verdicts.INCONCLUSIVE and "timing rounds" in near["to decide"]
+    # without the training-step table (or without one of R5's batch sizes) the claim is not judged
+    assert r5(forward_rows(6.0), pd.DataFrame())["verdict"] == verdicts.NOT_JUDGED
+    assert r5(forward_rows(6.0), step_rows({16: 6.0, 32: 5.0, 64: 4.0}))["verdict"] == verdicts.NOT_JUDGED
     rng = np.random.default_rng(4)
     batches = tidy_rows("batch_size", "R5", [
         dict(model_id=f"{a}{b}-{s}", seed=s, epoch=5, batch_size=b, arch=a,

@@ -93,7 +93,8 @@ DEFAULT_LR = {"gd": 0.1, "sgd": 0.05, "momentum": 0.05, "nesterov": 0.05, "adagr
               "rmsprop": 1e-3, "adam": 1e-3, "adamw": 1e-3}
 DEFAULT_MOMENTUM = {"gd": 0.0, "sgd": 0.0, "momentum": 0.9, "nesterov": 0.9}
 EXTRA_DEFAULTS = {"adam": {"betas": (0.9, 0.999), "eps": 1e-8}, "adamw": {"betas": (0.9, 0.999), "eps": 1e-8},
-                  "rmsprop": {"alpha": 0.99, "eps": 1e-8}, "adagrad": {"eps": 1e-10},
+                  "rmsprop": {"alpha": 0.99, "eps": 1e-8},
+                  "adagrad": {"eps": 1e-10, "initial_accumulator_value": 0.0},   # TF1's AdaGrad starts at 0.1
                   "adadelta": {"rho": 0.9, "eps": 1e-6}}
 OPTIMIZER_NAMES = tuple(DEFAULT_LR)
 
@@ -123,6 +124,8 @@ def resolve_hyperparameters(name: str, lr: float | None = None, momentum: float 
     if unknown:
         raise ValueError(f"unknown argument(s) {sorted(unknown)} for optimizer {name!r}; valid: "
                          f"{['lr', 'momentum', 'weight_decay', *allowed]}")
+    if "initial_accumulator_value" in extra:
+        check_range("initial_accumulator_value", extra["initial_accumulator_value"], 0.0)
     hp = {"lr": float(lr), "weight_decay": float(weight_decay), **extra}
     if momentum is not None:
         hp["momentum"] = float(momentum)

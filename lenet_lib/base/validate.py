@@ -65,6 +65,7 @@ def _parameter_checks() -> dict:
         "r2_train_size": _optional(check_positive_int), "val_size": check_nonneg_int,
         "fc_activation": _optional(choice(ACTIVATIONS)), "mlp_activation": choice(ACTIVATIONS),
         "mlp_optimizer": choice(OPTIMIZERS), "mlp_lr": _optional(lr),
+        "mlp_adagrad_init": lambda n, v: check_range(n, v, 0.0), "step_batch_sizes": _each(check_positive_int),
         "claimed_best": check_positive_int, "tsne_points": check_positive_int, "top_mistakes": check_positive_int,
         "timing_rounds": check_positive_int, "timing_calls": check_positive_int,
         "timing_repeats": check_positive_int, "threads": check_positive_int,
@@ -99,3 +100,6 @@ def _check_together(parameters: dict) -> None:
         if printed and bad:
             raise ValueError(f"{name}={bad!r} is not valid with R2's printed rules or rates; "
                              f"choose from {list(R2_PRINTED_OPTIMIZERS)}")
+    if parameters.get("mlp_adagrad_init") and parameters.get("mlp_optimizer", "adagrad") != "adagrad":
+        raise ValueError(f"mlp_adagrad_init={parameters['mlp_adagrad_init']!r} is not valid with "
+                         f"mlp_optimizer={parameters['mlp_optimizer']!r}; only 'adagrad' has an initial accumulator")

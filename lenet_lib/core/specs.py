@@ -32,6 +32,7 @@ class TrainSpec:
     lr: float | None = None
     momentum: float | None = None
     weight_decay: float = 0.0
+    initial_accumulator_value: float = 0.0     # adagrad only: torch's 0; TF1's AdaGrad starts at 0.1
     batch_size: int = 128
     epochs: int = 5
     seed: int = 0
@@ -67,7 +68,7 @@ class TrainSpec:
             check_choice("optimizer (with optimizer_rules='r2_printed')", self.optimizer, tuple(PRINTED))
         if not isinstance(self.model_id, str):
             raise ValueError(f"model_id={self.model_id!r} is not valid; expected a string (or '' for the default)")
-        resolve_hyperparameters(self.optimizer, self.lr, self.momentum, self.weight_decay)
+        self.hyperparameters()
         with torch.device("meta"):    # checks the arguments without drawing from the RNG
             build_model(self.arch, **self.model_kwargs())
         if not self.model_id:
@@ -85,8 +86,10 @@ class TrainSpec:
         return {name: getattr(self, name) for name in MODEL_ARGS[self.arch]}
 
     def hyperparameters(self) -> dict:
-        """Optimizer hyperparameters with defaults filled in (lr, weight_decay, momentum where it applies)."""
-        return resolve_hyperparameters(self.optimizer, self.lr, self.momentum, self.weight_decay)
+        """Optimizer hyperparameters with defaults filled in (lr, weight_decay, momentum where it applies;
+        AdaGrad's initial accumulator where it is not torch's 0)."""
+        extra = {"initial_accumulator_value": self.initial_accumulator_value} if self.initial_accumulator_value else {}
+        return resolve_hyperparameters(self.optimizer, self.lr, self.momentum, self.weight_decay, **extra)
 
     def columns(self) -> dict:
         """Flat configuration columns for tidy rows: every field, learning rate and momentum resolved."""
