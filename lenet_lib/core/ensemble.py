@@ -195,8 +195,9 @@ def train_group(specs: list[TrainSpec], data: DataSplits, *, device, precision: 
                 if diverged(train_loss[i], data.info["num_classes"]):
                     status[i] = "diverged"
                 # seconds: the stacked network's, shared equally (stacked_models says by how many)
-                rows[i].append(epoch_row(bases[i], epoch, train_loss[i], train_acc[i], val[i], test[i],
-                                         train_seconds / share, epoch_seconds / share, status[i], share))
+                rows[i].append({**epoch_row(bases[i], epoch, train_loss[i], train_acc[i], val[i], test[i],
+                                            train_seconds / share, epoch_seconds / share, status[i], share),
+                                "steps": epoch * (1 if full_batch else -(-n // batch_size))})   # as train() counts
                 if on_epoch:
                     on_epoch(specs[i].model_id, epoch, first.epochs)
                 if status[i] == "diverged":

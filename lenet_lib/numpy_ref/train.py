@@ -74,7 +74,7 @@ def train(net: Sequential, data, optimizer: str = "adam", epochs: int = 1, batch
     opt = make_optimizer(optimizer, net.parameters(), **hyperparameters)
     x, y = data["x_train"], data["y_train"]
     n, full_batch = len(y), optimizer == "gd"
-    rows, status = [], "ok"
+    rows, status, steps = [], "ok", 0     # steps: optimizer steps so far, as core.train counts them
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         net.train()
@@ -93,11 +93,13 @@ def train(net: Sequential, data, optimizer: str = "adam", epochs: int = 1, batch
                              else {k: total[k] + g * weight for k, g in grads.items()})
                 else:
                     opt.step(net.grads())
+                    steps += 1
                 loss_sum += loss * len(idx)
                 correct += int((logits.argmax(1) == y[idx]).sum())
                 seen += len(idx)
             if full_batch:
                 opt.step(total)
+                steps += 1
             train_loss, train_acc = loss_sum / seen, correct / seen
             train_seconds = time.perf_counter() - start
             if diverged(train_loss, (base or {}).get("num_classes", 10)):
@@ -107,7 +109,7 @@ def train(net: Sequential, data, optimizer: str = "adam", epochs: int = 1, batch
         rows.append({**(base or {}), "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
                      "val_loss": val[0], "val_acc": val[1], "test_loss": test[0], "test_acc": test[1],
                      "train_seconds": train_seconds, "epoch_seconds": time.perf_counter() - start,
-                     "status": status})
+                     "status": status, "steps": steps})
         if on_epoch:
             on_epoch(epoch, epochs)
         if status == "diverged":
