@@ -63,7 +63,10 @@ def test_report_end_to_end_cache_force_resume_and_failure(tmp_path, capsys):
     assert [results.read_manifest(r)["parameters"]["x"] for r in runs] == [1, 2, 5]     # P1 at quick: x 5
     index = json.loads((out / "index.json").read_text())
     assert index["profile"] == "quick" and [r["status"] for r in index["runs"]] == ["ok", "diverged", "ok"]
-    assert index["verdicts"] is False and index["protocols"] == {"P1": {"tiny": {"reading": "", "published": []}}}
+    assert index["verdicts"] is False and index["protocols"] == {"P1": {"tiny": {
+        "reading": "", "sources": {}, "published": [], "readings": [
+            {"name": "as-read", "protocol": "P1", "primary": True, "summary": "", "parameters": {}, "sources": {},
+             "open": {}}]}}}
     html = (out / "report.html").read_text()
     assert "SUMMARY: 3 runs, 6 rows, profile quick" in html
     assert "read_runs" not in html                             # code cells are hidden in the report

@@ -101,3 +101,60 @@ def test_expand_grid_and_run_specs_give_tidy_rows(mnist_small):
 def test_bf16_autocast_is_recorded(mnist_small):
     result = train(TrainSpec(**R1, epochs=1), mnist_small, device="cpu", precision="bf16", progress=False)
     assert result.history["precision"].iloc[0] == "bf16" and result.history["test_acc"].iloc[0] > 0.5
+
+
+def test_a_seed_fixes_what_the_variants_a_claim_compares_share(mnist_small, monkeypatch):
+    """Common random numbers, so the verdicts may pair variants by seed: at one seed the variants get the same
+    initialization of the layers they share, the same batches in the same order, and the same dropout stream
+    (the same global RNG state before every step: BatchNorm draws nothing, so dropout's masks are equal)."""
+    from lenet_lib.core import train as train_module
+    from lenet_lib.core.data import DataSplits
+    from lenet_lib.fast import fused, one_node
+
+    class Recording(DataSplits):
+        def train_batch(self, idx):
+            seen["batches"].append(idx.clone())
+            seen["rng"].append(torch.get_rng_state())       # dropout's stream as the step starts
+            return super().train_batch(idx)
+
+    def build_for(spec, data):
+        model = real_build(spec, data)
+        seen["init"] = {k: v.clone() for k, v in model.state_dict().items()}
+        return model
+
+    def dropout_keep(numel, p):
+        keep, scale = real_keep(numel, p)
+        seen["masks"].append(keep.clone())
+        return keep, scale
+
+    real_build, real_keep = train_module.build_for, fused.dropout_keep
+    monkeypatch.setattr(train_module, "build_for", build_for)
+    monkeypatch.setattr(fused, "dropout_keep", dropout_keep)
+    monkeypatch.setattr(one_node, "dropout_keep", dropout_keep)
+    data = Recording(**{k: getattr(mnist_small, k) for k in ("x_train", "y_train", "x_val", "y_val", "x_test",
+                                                             "y_test")}, info=mnist_small.info)
+
+    def run(**changes):
+        seen.update(batches=[], rng=[], masks=[], init={})
+        spec = TrainSpec(**{**R1, "epochs": 1, "seed": 3, "bn_layers": "conv", "dropout_at": "f6", **changes})
+        train(spec, data, device="cpu", progress=False)
+        return {k: list(v) if isinstance(v, list) else dict(v) for k, v in seen.items()}
+
+    seen = {}
+    plain, bn = run(), run(bn=True)
+    drop, bn_drop = run(dropout=0.5), run(bn=True, dropout=0.5)
+    shared = [k for k in plain["init"] if k in bn["init"]]
+    assert {"c1_conv.weight", "c3_conv.weight", "c5.weight", "f6.weight", "out.bias"} <= set(shared)
+    for other in (bn, drop, bn_drop):
+        assert all(torch.equal(plain["init"][k], other["init"][k]) for k in shared)
+        assert len(other["batches"]) == 63 and all(map(torch.equal, plain["batches"], other["batches"]))
+    assert all(torch.equal(a, b) for a, b in zip(drop["rng"], bn_drop["rng"]))
+    assert not torch.equal(drop["rng"][0], drop["rng"][1])         # dropout does draw, step by step
+    assert all(torch.equal(plain["rng"][0], state) for state in plain["rng"] + bn["rng"])   # the others never
+    if drop["masks"]:                                               # drawn by the C kernels: compare them too
+        assert len(drop["masks"]) == 63 and all(map(torch.equal, drop["masks"], bn_drop["masks"]))
+    # R4's rates, R2's optimizers, R5's batch sizes: the same initialization and the same epoch order
+    for changes in (dict(dropout=0.8), dict(optimizer="adam", lr=1e-3, momentum=None), dict(batch_size=64)):
+        other = run(**changes)
+        assert all(torch.equal(plain["init"][k], other["init"][k]) for k in plain["init"])
+        assert torch.equal(torch.cat(plain["batches"]), torch.cat(other["batches"]))

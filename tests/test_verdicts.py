@@ -92,6 +92,48 @@ def test_paired_log_ratios_cancel_drift():
     assert np.allclose(logs["log_ratio"], math.log(2))                # a 10x drift between rounds cancels
 
 
+def test_paired_difference_is_scipys_paired_t_with_the_pairings_gain():
+    from scipy import stats as sps
+    a = np.array([0.981, 0.975, 0.990, 0.984, 0.979])
+    b = a - np.array([0.002, 0.0015, 0.0025, 0.001, 0.002])      # b tracks a seed by seed
+    e = stats.paired_difference(a, b)
+    assert e.paired and e.n == 5 and e.df == 4 and e.value == pytest.approx(0.0018)
+    assert e.p_above(0.0) == pytest.approx(sps.ttest_rel(a, b, alternative="greater").pvalue)
+    assert e.r == pytest.approx(np.corrcoef(a, b)[0, 1]) and e.r > 0.99
+    assert e.gain == pytest.approx((a.var(ddof=1) + b.var(ddof=1)) / (a - b).var(ddof=1))
+    assert e.pairing() == f"r = {e.r:.2f}, {e.gain:.1f}x fewer seeds"
+    assert stats.difference(a, b).p_above(0.0) > 0.3                # Welch sees the seeds' spread, not the pairs
+    anti = stats.paired_difference([1.0, 2.0, 3.0], [3.0, 2.0, 1.0])
+    assert anti.r == pytest.approx(-1.0) and anti.pairing() == "r = -1.00, 2.0x more seeds"
+    assert stats.tost(stats.paired_difference(a, a - 0.0001), 0.002) < 0.001        # paired TOST
+    assert stats.paired_difference([1.0, np.nan, 3.0], [0.5, 2.0, 2.0]).n == 2       # a missing side drops the seed
+    with pytest.raises(ValueError, match="one value per unit"):
+        stats.paired_difference([1.0, 2.0], [1.0])
+
+
+def seed_shared(rows, sd=0.004, seed=7):
+    """rows with a per-seed offset shared by every variant of that seed (what common seeds give)."""
+    offset = np.random.default_rng(seed).normal(0, sd, rows["seed"].max() + 1)
+    return rows.assign(test_acc=rows["test_acc"] + offset[rows["seed"]])
+
+
+def test_shared_seeds_are_paired_and_decide_what_welch_cannot():
+    rows = seed_shared(grid(first_epoch={"BN": 0.972, "BN+dropout": 0.972, "plain": 0.970, "dropout": 0.970},
+                            seeds=3))
+    row = verdict_of(Tables(rows), BN_FIRST)
+    assert row["verdict"] == verdicts.SUPPORTED, row.to_dict()
+    assert row["test"] == "one-sided paired t, Holm" and "fewer seeds (2 pairs)" in row["pairing"]
+    low_gain = float(row["pairing"].split(", ")[1].split("x")[0])
+    assert low_gain > 10, row["pairing"]                                      # shared seed effects cancel
+    # the same numbers with each BN model on a seed no plain model ran: no pairs, Welch, undecided
+    unpaired = rows.assign(seed=np.where(rows["bn"], rows["seed"] + 100, rows["seed"]))
+    row = verdict_of(Tables(unpaired), BN_FIRST)
+    assert row["verdict"] == verdicts.INCONCLUSIVE and row["test"] == "one-sided Welch, Holm"
+    assert row["pairing"] == "Welch for 2 pairs: seeds not shared"
+    same = verdict_of(Tables(rows), SAME)
+    assert same["test"] == "TOST (paired t), margin ±0.2 points" and "(6 pairs)" in same["pairing"]
+
+
 # ---------------------------------------------------------------- R1
 def test_true_equality_is_supported_and_a_spread_contradicts():
     supported = verdict_of(Tables(grid()), SAME)
@@ -296,7 +338,10 @@ def test_scorecard_ratios_parameters_and_missing_presets():
     assert result["c1"] == scorecard.REPRODUCED
     assert result["total"] == f"{scorecard.NOT_REPRODUCED} (exactly 48,276 here)"
     assert result["plain"].startswith("not covered: needs CIFAR-10") and "cifar-10-batches-py" in result["plain"]
-    assert scorecard.tally(card) == {"reproduced": 2, "not reproduced": 2, "not scored": 1}
+    counts = scorecard.tally(card)      # one reading each: the primary reading's rows are the figures
+    assert {k: counts[k] for k in ("reproduced", "not reproduced", "not scored")} == {
+        "reproduced": 2, "not reproduced": 2, "not scored": 1}
+    assert (counts["figures"], counts[scorecard.UNDER_PRIMARY], counts[scorecard.UNDER_SOME]) == (5, 2, 2)
     # a smoke run shows its values but scores only what no scale changes: the parameter counts
     smoke = scorecard.scorecard(Tables(grid("dropout_sweep", "R4"), timing=timing, layers=layers), protocols,
                                 smoke=True).set_index("figure")

@@ -147,7 +147,10 @@ def scorecard(card: pd.DataFrame, title: str = "Published figures, in our standa
         ax.plot(shown[far], y[far], marker, color="tab:red", label=f"not reproduced, beyond {side * clip:+.0f} sd"
                 if far.any() else None)
     ax.axvline(0, color="gray", linewidth=1)
-    ax.set_yticks(y, rows["report"] + ": " + rows["figure"], fontsize=7)
+    names = rows["report"] + ": " + rows["figure"]
+    if "reading" in rows and "primary" in rows:     # a reading that is not the primary one is named
+        names = names + [f" [{r}]" if not p else "" for r, p in zip(rows["reading"], rows["primary"])]
+    ax.set_yticks(y, names, fontsize=7)
     ax.set_xlim(-clip, clip)
     ax.set_xlabel("published - our mean, in our standard deviations"
                   + (f" (beyond ±{clip:.0f}: at the edge)" if beyond.any() else ""))

@@ -111,10 +111,12 @@ def now() -> str:
 
 def make_manifest(parameters: dict, status: str, started: str, finished: str, seconds: float,
                   profile: str | None = None, preset: str | None = None, error: str | None = None,
-                  **extra) -> dict:
+                  reading: str | None = None, primary: bool | None = None, **extra) -> dict:
+    """A run's manifest; a preset run records its preset, the reading it ran and whether that is primary."""
     if status not in RUN_STATUSES:
         raise ValueError(f"status={status!r} is not valid; expected one of {list(RUN_STATUSES)}")
-    manifest = {"parameters": parameters, "profile": profile, "preset": preset, "status": status,
+    manifest = {"parameters": parameters, "profile": profile, "preset": preset, "reading": reading,
+                "primary": primary, "status": status,
                 "started": started, "finished": finished, "seconds": round(seconds, 3),
                 "provenance": provenance(), **extra}
     if error is not None:
@@ -171,10 +173,20 @@ def damage(run_dir: str | Path, manifest: dict | None = None) -> str | None:
     return "; ".join(problems) or None
 
 
+def protocol_label(preset: str | None, reading: str | None, primary: bool | None) -> str | None:
+    """The protocol of a preset's run: "R2" under its primary reading (or a manifest from before
+    readings), "R2:as-intended" under another; None outside a preset."""
+    if preset is None:
+        return None
+    return preset if primary or primary is None or not reading else f"{preset}:{reading}"
+
+
 def _run_columns(manifest: dict, table: pd.DataFrame) -> dict:
-    """Columns every row of a run gets when read back: the protocol (the preset it ran under), profile,
-    and the run's planned kernel path where a row does not say which kernels trained it."""
-    columns = {"protocol": manifest.get("preset"), "profile": manifest.get("profile")}
+    """Columns every row of a run gets when read back: the protocol (the preset and reading it ran under,
+    protocol_label), the reading, the profile, and the run's planned kernel path where a row does not say
+    which kernels trained it."""
+    columns = {"protocol": protocol_label(manifest.get("preset"), manifest.get("reading"), manifest.get("primary")),
+               "reading": manifest.get("reading"), "profile": manifest.get("profile")}
     if "kernels" not in table:
         columns["kernels"] = manifest.get("kernels")
     return columns
@@ -204,18 +216,19 @@ def read_runs(run_dirs) -> tuple[pd.DataFrame, pd.DataFrame]:
 
     Runs without a manifest are listed with status "missing"; failed runs keep their error. A damaged run
     (files missing or not the ones its manifest lists: checked_manifest) is listed with status "damaged"
-    and why, and its rows are left out. Result rows get the run's protocol (its preset, None outside one)
-    and profile from its manifest.
+    and why, and its rows are left out. Result rows get the run's protocol (its preset, or preset:reading
+    for a reading that is not the primary one; None outside a preset), reading and profile from its manifest.
     """
     frames, runs = [], []
     for run_dir in map(Path, run_dirs):
         manifest, damaged = checked_manifest(run_dir)
         row = {"notebook": run_dir.parent.name, "run_id": run_dir.name, "run_dir": str(run_dir),
                "status": "missing", "error": None, "seconds": float("nan"), "profile": None, "preset": None,
-               "threads": None, "kernels": None}
+               "reading": None, "protocol": None, "threads": None, "kernels": None}
         if manifest is not None:
-            row.update({k: manifest.get(k) for k in ("status", "error", "seconds", "profile", "preset", "threads",
-                                                     "kernels")})
+            row.update({k: manifest.get(k) for k in ("status", "error", "seconds", "profile", "preset", "reading",
+                                                     "threads", "kernels")})
+            row["protocol"] = protocol_label(manifest.get("preset"), manifest.get("reading"), manifest.get("primary"))
             results = run_dir / RESULTS_FILE
             if manifest.get("status") in ("ok", "diverged") and not damaged and results.exists():   # a failed run's rows stay out
                 table, damaged = _read_checked(results)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -110,13 +110,28 @@ class Estimate:
     paired per-round values (e.g. log time ratios measured in turns).
 
     sd is the spread of one unit (a seed, a round), so the standard error for another number of units
-    can be predicted (units_needed)."""
+    can be predicted (units_needed). A paired difference over seeds (paired_difference) also carries
+    the pairing's correlation r and its gain: Welch's variance of the difference over the paired one,
+    i.e. how many times fewer seeds the paired test needs for the same precision."""
     value: float
     se: float
     df: float
     n: int                  # units per group (seeds per variant, or rounds)
     sd: float
-    paired: bool            # one sample of paired values (rounds); else two independent groups (seeds)
+    paired: bool            # one sample of paired values (rounds, paired seeds); else two independent groups
+    r: float = math.nan     # paired seeds: correlation of the two sides over seeds
+    gain: float = math.nan  # paired seeds: var(Welch difference) / var(paired difference)
+
+    def pairing(self) -> str:
+        """e.g. "r = 0.60, 2.4x fewer seeds" for a paired difference over seeds; "" otherwise."""
+        if math.isnan(self.gain):
+            return ""
+        r = "r = n/a" if math.isnan(self.r) else f"r = {self.r:.2f}"
+        if math.isinf(self.gain):
+            return f"{r}, no spread in the differences"
+        if self.gain >= 1:
+            return f"{r}, {self.gain:.1f}x fewer seeds"
+        return f"{r}, {1 / self.gain:.1f}x more seeds"
 
     def ci(self, confidence: float = CONFIDENCE) -> tuple[float, float]:
         if self.n < 2 or math.isnan(self.se):
@@ -188,6 +203,27 @@ def mean_estimate(values) -> Estimate:
         return Estimate(float(values.mean()) if n else math.nan, math.nan, math.nan, n, math.nan, paired=True)
     sd = float(values.std(ddof=1))
     return Estimate(float(values.mean()), sd / math.sqrt(n), n - 1, n, sd, paired=True)
+
+
+def paired_difference(a, b) -> Estimate:
+    """mean(a - b) over paired units: a[i] and b[i] come from the same seed (the same data order, split,
+    initialization and dropout stream where the two share layers). A paired t: its standard error is the
+    differences' own, with n - 1 degrees of freedom; units missing on either side are dropped. r is the
+    correlation of a and b (n >= 3), gain = (var a + var b) / var(a - b), the variance Welch's test
+    would see over the one this test sees (NaN with fewer than two pairs)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"paired samples must have one value per unit on each side; got {len(a)} and {len(b)}")
+    keep = ~(np.isnan(a) | np.isnan(b))
+    a, b = a[keep], b[keep]
+    estimate = mean_estimate(a - b)
+    if len(a) < 2:
+        return estimate
+    var_d = float((a - b).var(ddof=1))
+    spread = float(a.var(ddof=1) + b.var(ddof=1))
+    gain = spread / var_d if var_d > 0 else (math.inf if spread > 0 else 1.0)
+    r = float(np.corrcoef(a, b)[0, 1]) if len(a) >= 3 and a.std() > 0 and b.std() > 0 else math.nan
+    return replace(estimate, r=r, gain=gain)
 
 
 def tost(estimate: Estimate, margin: float) -> float:

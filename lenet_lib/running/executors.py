@@ -67,6 +67,8 @@ class RunTask:
     threads: int = 1                # CPU threads of the kernel: part of the run's identity (see runner)
     kernels: str = "c"              # the kernel path planned (base/kernel_path.py): also part of it
     work: float = 0.0               # training images its parameters imply (progress.parameter_images): the ETA
+    reading: str | None = None      # the preset's reading this run belongs to (params.py)
+    primary: bool | None = None     # whether that reading is the preset's primary one
 
     @property
     def label(self) -> str:
@@ -217,6 +219,7 @@ def execute_run(task: RunTask) -> Outcome:
     seconds = time.perf_counter() - clock
     manifest = results.make_manifest(task.parameters, status, started, results.now(), seconds,
                                      profile=task.profile, preset=task.preset, error=error,
+                                     reading=task.reading, primary=task.primary,
                                      notebook=task.notebook, run_id=task.run_id, threads=task.threads,
                                      kernels=task.kernels)
     manifest.update(kernels_taken=taken, files=results.file_checksums(staging))

@@ -2,6 +2,11 @@
 
 Everything a user can get wrong here (YAML, keys, notebook and preset names, parameter names, types and
 values) raises ConfigError naming the bad thing and the valid ones, before anything runs.
+
+A preset declares its report's readings (`readings:`, ../READINGS_SCHEMA.md): named sets of parameters on top
+of the preset's, exactly one primary, each with `sources` (the report's lines) and `open` (why a choice was
+made where the report is silent). Each reading is its own block of runs: "preset R2" runs the primary
+reading, "preset R2:as-intended" another one (the label after "preset " is the runs' protocol).
 """
 from __future__ import annotations
 
@@ -9,11 +14,13 @@ import ast
 import difflib
 import itertools
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from lenet_lib.analysis.results import protocol_label
 from lenet_lib.analysis.tidy import VARIANT_ORDER
 from lenet_lib.base.choices import ARCHS, MODEL_DEFAULTS
 from lenet_lib.base.validate import check_parameters
@@ -23,7 +30,10 @@ PROFILES_FILE = "profiles.yaml"         # params/profiles.yaml: how each profile
 PROFILE_KEYS = ("verdicts", "protocol_parameters")
 FILE_KEYS = ("notebook", "title", "parameters", "profiles", "presets")
 BLOCK_KEYS = ("matrix", "parameters")
-PRESET_KEYS = ("matrix", "parameters", "profiles", "reading", "published")
+PRESET_KEYS = ("matrix", "parameters", "profiles", "sources", "readings", "reading", "published")
+READING_KEYS = ("primary", "summary", "parameters", "sources", "open", "profiles")
+LEGACY_READING = "as-read"      # the name of the one primary reading an old `reading:` text stands for
+READING_NAME = re.compile(r"[a-z0-9]+([-_][a-z0-9]+)*")     # a slug: it becomes part of a protocol label
 FIGURE_KEYS = ("figure", "value", "metric", "epoch", "where", "versus", "reference", "rounded", "note")
 METRICS = ("test_acc", "train_acc", "val_acc", "time_ratio", "forward_ratio", "parameters")
 RATIO_METRICS = ("time_ratio", "forward_ratio")
@@ -49,10 +59,12 @@ class NotebookParams:
     file: Path                      # params/<name>.yaml
     path: Path                      # notebooks/<name>.ipynb
     parameters: dict                # the file's fixed parameters
-    blocks: dict                    # "profile quick" / "preset R1" -> {"matrix": ..., "parameters": ...}
+    blocks: dict                    # "profile quick" / "preset R1" / "preset R1:other" -> {"matrix": ...,
+                                    #   "parameters": ...; preset blocks also "preset", "reading", "primary"}
     defaults: dict = None           # the parameters cell: name -> default value
-    presets: dict = None            # preset name -> {"reading": str, "published": [figure, ...],
-                                    #                 "profiles": {profile: parameters}}
+    presets: dict = None            # preset name -> {"readings": {name: reading, primary first}, "sources",
+                                    #   "published": [figure, ...], "profiles": {profile: parameters},
+                                    #   "reading": the primary reading's summary}
 
 
 @dataclass
@@ -188,7 +200,7 @@ def _check_block(file: Path, label: str, block, defaults: dict, fixed: dict, nb_
     return {**block, "matrix": matrix, "parameters": parameters}
 
 
-def where_columns(defaults: dict, parameters: dict, matrix: dict) -> dict:
+def where_columns(defaults: dict, parameters: dict, matrix: dict, *more: dict) -> dict:
     """{column: its valid values, or None for any value of a valid type} that a figure's where/versus may
     name: the notebook's parameters, the columns every training row and run table carries (WHERE_COLUMNS)
     and `variant`. A column whose values a list parameter of the preset enumerates (dropout: dropouts,
@@ -196,8 +208,8 @@ def where_columns(defaults: dict, parameters: dict, matrix: dict) -> dict:
     columns = {name: None for name in [*defaults, *WHERE_COLUMNS] if name not in INJECTED}
     columns.update(variant=tuple(VARIANT_ORDER), arch=tuple(ARCHS))
     merged = {**defaults, **parameters}
-    for name in list(columns):
-        lists = [merged.get(f"{name}s")] + list(matrix.get(f"{name}s", []))
+    for name in list(columns):     # more: the readings' own parameters, each a set of runs of the preset
+        lists = [merged.get(f"{name}s")] + list(matrix.get(f"{name}s", [])) + [m.get(f"{name}s") for m in more]
         values = [v for values in lists if isinstance(values, (list, tuple)) for v in values]
         if values:
             columns[name] = tuple(dict.fromkeys([*values, *([MODEL_DEFAULTS[name]] if name in MODEL_DEFAULTS else [])]))
@@ -277,6 +289,85 @@ def _check_figures(where: str, figures, columns: dict | None = None) -> list[dic
     return figures
 
 
+def _check_text_map(where: str, key: str, value) -> dict:
+    """sources / open: a mapping of detail name -> text."""
+    value = {} if value is None else value
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) and v.strip()
+                                              for k, v in value.items()):
+        raise ConfigError(f"{where}: {key} must map detail names to text (e.g. lr: \"R2 l.755\"), got {value!r}")
+    return {k: " ".join(v.split()) for k, v in value.items()}
+
+
+def _check_scales(where: str, scales, defaults: dict, nb_path: Path) -> dict:
+    """profiles: {profile: parameters} for some of the profiles, each name in the notebook."""
+    scales = scales or {}
+    if not isinstance(scales, dict) or any(p not in PROFILES for p in scales):
+        raise ConfigError(f"{where}: profiles must map some of {listing(PROFILES)} to parameters")
+    for profile_name, overrides in scales.items():
+        if not isinstance(overrides, dict):
+            raise ConfigError(f"{where}: profiles.{profile_name} must be a mapping of name: value")
+        _check_names(f"{where}: profiles.{profile_name}", overrides, defaults, nb_path)
+    return scales
+
+
+def _check_readings(where: str, preset: dict, defaults: dict, fixed: dict, nb_path: Path) -> dict:
+    """The preset's readings, checked, primary first: {name: {"primary", "summary", "parameters",
+    "sources", "open", "profiles"}}. An old `reading:` text is one primary reading named as-read."""
+    if "reading" in preset and "readings" in preset:
+        raise ConfigError(f"{where}: give readings (one or more named readings) or the old reading text, "
+                          f"not both")
+    if "readings" not in preset:
+        text = preset.get("reading") or ""
+        if not isinstance(text, str):
+            raise ConfigError(f"{where}: reading must be text")
+        given = {LEGACY_READING: {"primary": True, "summary": text}}
+    else:
+        given = preset["readings"]
+        if not isinstance(given, dict) or not given:
+            raise ConfigError(f"{where}: readings must map reading names to readings (keys "
+                              f"{listing(READING_KEYS)}), one of them primary: true")
+    readings = {}
+    for name, reading in given.items():
+        at = f"{where}: reading {name!r}"
+        if not isinstance(name, str) or not READING_NAME.fullmatch(name):
+            raise ConfigError(f"{where}: reading name {name!r} is not valid; expected a slug of lowercase "
+                              f"letters and digits joined by - or _ (e.g. as-printed)")
+        if not isinstance(reading, dict):
+            raise ConfigError(f"{at}: expected a mapping with keys {listing(READING_KEYS)}")
+        unknown = [k for k in reading if k not in READING_KEYS]
+        if unknown:
+            raise ConfigError(f"{at}: unknown key(s) {listing(unknown)}; valid keys: {listing(READING_KEYS)}")
+        primary, summary = reading.get("primary", False), reading.get("summary")
+        if not isinstance(primary, bool):
+            raise ConfigError(f"{at}: primary={primary!r} is not valid; expected true or false")
+        if not isinstance(summary, str) or (not summary.strip() and "readings" in preset):
+            raise ConfigError(f"{at}: summary is required: one paragraph of text saying what this reading is "
+                              f"and why")
+        parameters = reading.get("parameters") or {}
+        if not isinstance(parameters, dict):
+            raise ConfigError(f"{at}: parameters must be a mapping of name: value")
+        _check_names(at, parameters, defaults, nb_path)
+        in_matrix = [k for k in parameters if k in preset["matrix"]]
+        if in_matrix:
+            raise ConfigError(f"{at}: {listing(in_matrix)} is in the preset's matrix, which a reading cannot "
+                              f"override; move it out of the matrix or into every reading's parameters")
+        for combination in expand(preset["matrix"]):
+            try:
+                check_parameters({**fixed, **preset["parameters"], **parameters, **combination})
+            except ValueError as exc:
+                raise ConfigError(f"{at}: {exc}") from None
+        readings[name] = {"primary": primary, "summary": " ".join(summary.split()), "parameters": parameters,
+                          "sources": _check_text_map(at, "sources", reading.get("sources")),
+                          "open": _check_text_map(at, "open", reading.get("open")),
+                          "profiles": _check_scales(at, reading.get("profiles"), defaults, nb_path)}
+    primaries = [name for name, reading in readings.items() if reading["primary"]]
+    if len(primaries) != 1:
+        what = "none is" if not primaries else f"{len(primaries)} are ({listing(primaries)})"
+        raise ConfigError(f"{where}: exactly one reading must be primary: true (declared before any run); "
+                          f"{what}; readings: {listing(readings)}")
+    return {name: readings[name] for name in sorted(readings, key=lambda n: not readings[n]["primary"])}
+
+
 def load_notebook_params(file: Path, notebooks_dir: Path) -> NotebookParams:
     data = read_yaml(file)
     unknown = [k for k in data if k not in FILE_KEYS]
@@ -309,22 +400,23 @@ def load_notebook_params(file: Path, notebooks_dir: Path) -> NotebookParams:
                                                        nb_path)
     for block_name, block in presets.items():
         label = f"preset {block_name}"
+        if not isinstance(block_name, str) or ":" in block_name or not block_name.strip():
+            raise ConfigError(f"{file}: preset name {block_name!r} is not valid; a name without ':' (e.g. R2)")
         checked = _check_block(file, label, block, defaults, fixed, nb_path, keys=PRESET_KEYS)
-        scales = checked.pop("profiles", None) or {}
-        if not isinstance(scales, dict) or any(p not in PROFILES for p in scales):
-            raise ConfigError(f"{file}: {label}: profiles must map some of {listing(PROFILES)} to parameters")
-        for profile_name, overrides in scales.items():
-            if not isinstance(overrides, dict):
-                raise ConfigError(f"{file}: {label}: profiles.{profile_name} must be a mapping of name: value")
-            _check_names(f"{file}: {label}: profiles.{profile_name}", overrides, defaults, nb_path)
-        reading = checked.pop("reading", "") or ""
-        if not isinstance(reading, str):
-            raise ConfigError(f"{file}: {label}: reading must be text")
-        figures = _check_figures(f"{file}: {label}", checked.pop("published", None),
-                                 where_columns(defaults, {**fixed, **checked["parameters"]}, checked["matrix"]))
-        blocks[label] = checked
-        preset_info[block_name] = {"reading": " ".join(reading.split()), "published": figures,
-                                   "profiles": scales}
+        scales = _check_scales(f"{file}: {label}", checked.pop("profiles", None), defaults, nb_path)
+        readings = _check_readings(f"{file}: {label}", checked, defaults, fixed, nb_path)
+        sources = _check_text_map(f"{file}: {label}", "sources", checked.get("sources"))
+        figures = _check_figures(f"{file}: {label}", checked.get("published"),
+                                 where_columns(defaults, {**fixed, **checked["parameters"]}, checked["matrix"],
+                                               *(r.get("parameters") or {} for r in readings.values())))
+        for reading_name, reading in readings.items():
+            protocol = protocol_label(block_name, reading_name, reading["primary"])
+            blocks[f"preset {protocol}"] = {"matrix": checked["matrix"], "parameters": checked["parameters"],
+                                            "preset": block_name, "reading": reading_name,
+                                            "primary": reading["primary"]}
+        primary = next(iter(readings.values()))
+        preset_info[block_name] = {"reading": primary["summary"], "readings": readings, "sources": sources,
+                                   "published": figures, "profiles": scales}
     return NotebookParams(name, str(data.get("title") or name), file, nb_path, fixed, blocks,
                           defaults, preset_info)
 
@@ -378,25 +470,29 @@ def run_parameters(nb: NotebookParams, label: str, profile: str, profiles: dict[
     """The parameters of each run of one block, in matrix order.
 
     Merge order: notebook defaults < the file's parameters < the block's parameters < (presets only) the
-    profile's protocol_parameters that the notebook has < the preset's own profiles.<profile> < the matrix
-    combination. So a preset keeps its protocol and a profile changes only its scale (seeds; data and
+    profile's protocol_parameters that the notebook has < the preset's own profiles.<profile> < the
+    reading's parameters < the reading's profiles.<profile> < the matrix combination. So a preset keeps its protocol and a profile changes only its scale (seeds; data and
     epochs for the quick smoke run). A protocol without a validation split (val_size 0) keeps none: the
     smoke run then runs the same code paths as the protocol itself.
     """
     block = nb.blocks[label]
-    scale = {}
-    if label.startswith("preset "):
-        own = nb.presets[label.split(" ", 1)[1]]["profiles"].get(profile, {})
+    scale, where = {}, None
+    if "preset" in block:
+        preset = nb.presets[block["preset"]]
+        reading = preset["readings"][block["reading"]]
+        own = preset["profiles"].get(profile, {})
         scale = {k: v for k, v in profiles[profile].protocol_parameters.items() if k in nb.defaults}
         where = f"{nb.file}: {label} at profile {profile}"
         _check_names(where, scale, nb.defaults, nb.path)
-        if {**nb.parameters, **block["parameters"]}.get("val_size") == 0:
+        if {**nb.parameters, **block["parameters"], **reading["parameters"]}.get("val_size") == 0:
             scale.pop("val_size", None)
         scale.update(own)
+        scale.update(reading["parameters"])
+        scale.update(reading["profiles"].get(profile, {}))
     runs = []
     for combination in expand(block["matrix"]):
         parameters = {**nb.parameters, **block["parameters"], **scale, **combination}
-        if scale:
+        if where:
             try:
                 check_parameters(parameters)
             except ValueError as exc:
@@ -414,7 +510,8 @@ def select(params: dict[str, NotebookParams], only, profile, preset) -> list[tup
     """(notebook, block label) for every block that runs.
 
     Without a preset, a profile runs every notebook's own block of that profile and every preset (at the
-    profile's scale); with one, only the notebooks' blocks of that preset run."""
+    profile's scale); with one, only the notebooks' blocks of that preset run (every reading's, or one
+    reading's with "R2:as-intended")."""
     names = list(params)
     for name in only or []:
         if name not in params:
@@ -428,10 +525,15 @@ def select(params: dict[str, NotebookParams], only, profile, preset) -> list[tup
     for p in params.values():
         for block_name in p.presets:
             defined.setdefault(block_name, []).append(p.name)
-    label = f"preset {preset}"
-    selected = [(p, label) for p in chosen if label in p.blocks]
+    name, _, reading = preset.partition(":")        # "R2" runs every reading, "R2:as-intended" one
+    selected = [(p, label) for p in chosen for label, block in p.blocks.items()
+                if block.get("preset") == name and (not reading or block["reading"] == reading)]
     if not selected:
         known = "; ".join(f"{k} ({', '.join(v)})" for k, v in sorted(defined.items()))
-        scope = f" among {listing(only)}" if only and preset in defined else ""
-        raise ConfigError(f"preset {preset!r} is not defined{scope}; presets defined: {known or '(none)'}")
+        scope = f" among {listing(only)}" if only and name in defined else ""
+        if reading and name in defined:
+            names = sorted({r for p in params.values() if name in p.presets for r in p.presets[name]["readings"]})
+            raise ConfigError(f"preset {name!r} has no reading {reading!r}{did_you_mean(reading, names)}; "
+                              f"its readings: {listing(names)}")
+        raise ConfigError(f"preset {name!r} is not defined{scope}; presets defined: {known or '(none)'}")
     return selected

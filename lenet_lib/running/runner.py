@@ -60,17 +60,22 @@ def notebook_source_hash(path: Path) -> str:
 
 
 def make_run_id(notebook: str, parameters: dict, nb_hash: str, lib_hash: str, threads: int = 1,
-                kernels: str = "c") -> str:
+                kernels: str = "c", protocol: str | None = None) -> str:
     """What a run's numbers depend on: its parameters, the code, CPU threads (float sums) and the kernel
-    path (base/kernel_path.py: C kernels, PyTorch fallback or CUDA agree to float rounding only)."""
-    key = json.dumps({"notebook": notebook, "parameters": parameters, "notebook_sources": nb_hash,
-                      "library": lib_hash, "threads": threads, "kernels": kernels}, sort_keys=True, default=repr)
+    path (base/kernel_path.py: C kernels, PyTorch fallback or CUDA agree to float rounding only); and, for
+    a preset's run, its protocol label, so each reading keeps its own runs (and manifest) even where two
+    readings or an exploration plan the same parameters."""
+    key = {"notebook": notebook, "parameters": parameters, "notebook_sources": nb_hash,
+           "library": lib_hash, "threads": threads, "kernels": kernels}
+    if protocol is not None:
+        key["protocol"] = protocol
+    key = json.dumps(key, sort_keys=True, default=repr)
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 def plan(selected, outputs: Path, profile, profiles, threads: int = 1) -> list[RunTask]:
-    """One RunTask per run of every selected block (params.run_parameters), once per run id: a preset
-    run that another block also plans runs once."""
+    """One RunTask per run of every selected block (params.run_parameters), once per run id. A preset's
+    runs carry its protocol label in their id (make_run_id): each reading is its own set of runs."""
     lib_hash, tasks, seen = library_hash(for_runs=True), [], set()
     # Kernels run elsewhere (another cwd, another machine): pin the data folder as an absolute path.
     try:
@@ -79,7 +84,9 @@ def plan(selected, outputs: Path, profile, profiles, threads: int = 1) -> list[R
         raise ConfigError(str(exc)) from None
     for nb, label in selected:
         nb_hash = notebook_source_hash(nb.path)
-        preset = label.split(" ", 1)[1] if label.startswith("preset ") else None
+        block = nb.blocks[label]
+        preset, reading, primary = block.get("preset"), block.get("reading"), block.get("primary")
+        protocol = results.protocol_label(preset, reading, primary)
         for parameters in run_parameters(nb, label, profile, profiles):
             try:        # with the notebook's defaults: a batch_size left at its default meets a small train_size
                 check_sizes({**nb.defaults, **parameters})
@@ -87,7 +94,7 @@ def plan(selected, outputs: Path, profile, profiles, threads: int = 1) -> list[R
                 scale = f" at profile {profile}" if preset else ""
                 raise ConfigError(f"{nb.file}: {label}{scale}: {exc}") from None
             kernels = planned_kernel_path(parameters.get("device", "auto"), {**os.environ, **env})
-            run_id = make_run_id(nb.name, parameters, nb_hash, lib_hash, threads, kernels)
+            run_id = make_run_id(nb.name, parameters, nb_hash, lib_hash, threads, kernels, protocol)
             if run_id in seen:
                 continue
             seen.add(run_id)
@@ -95,7 +102,7 @@ def plan(selected, outputs: Path, profile, profiles, threads: int = 1) -> list[R
             injected = {**parameters, "output_dir": str(run_dir), "run_id": run_id}
             tasks.append(RunTask(nb.name, str(nb.path.resolve()), run_id, str(run_dir), injected,
                                  profile, preset, env, threads, kernels,
-                                 progress.parameter_images({**nb.defaults, **parameters})))
+                                 progress.parameter_images({**nb.defaults, **parameters}), reading, primary))
     return tasks
 
 
@@ -169,6 +176,12 @@ def data_problems(tasks: list[RunTask]) -> dict[str, str]:
     return problems
 
 
+def _reading_of(task: RunTask) -> dict:
+    """A run's preset, reading, whether it is primary, and the protocol label its rows carry."""
+    return {"preset": task.preset, "reading": task.reading, "primary": task.primary,
+            "protocol": results.protocol_label(task.preset, task.reading, task.primary)}
+
+
 def index_entries(tasks: list[RunTask], lost: dict, skipped: dict | None = None,
                   rerun: dict | None = None) -> list[dict]:
     """One entry per planned run for index.json; rerun: {run_id: why} of finished runs re-run as damaged."""
@@ -176,14 +189,14 @@ def index_entries(tasks: list[RunTask], lost: dict, skipped: dict | None = None,
     for task in tasks:
         if task.run_id in (skipped or {}):
             entries.append({"notebook": task.notebook, "run_id": task.run_id, "run_dir": task.run_dir,
-                            "parameters": task.parameters, "preset": task.preset, "status": "skipped",
+                            "parameters": task.parameters, **_reading_of(task), "status": "skipped",
                             "error": skipped[task.run_id], "seconds": None})
             continue
         manifest, why = results.checked_manifest(task.run_dir)
         manifest = manifest or {}
         error = manifest.get("error") or (describe_error(lost[task.label]) if task.label in lost else None)
         entries.append({"notebook": task.notebook, "run_id": task.run_id, "run_dir": task.run_dir,
-                        "parameters": task.parameters, "preset": task.preset,
+                        "parameters": task.parameters, **_reading_of(task),
                         "status": "damaged" if why else manifest.get("status", "missing"),
                         "error": f"damaged: {why}" if why else error, "seconds": manifest.get("seconds")})
         if task.run_id in (rerun or {}):
@@ -250,13 +263,22 @@ def run_summary(job) -> None:
 
 
 def protocols(selected) -> dict:
-    """{preset: {notebook: {"reading": ..., "published": [...]}}} of the selected presets, for the summary."""
+    """{preset: {notebook: {"readings": [...], "sources", "published", "reading"}}} of the selected presets,
+    for the summary. Each reading: name, protocol (the label its runs carry), primary, summary, parameters,
+    sources, open; primary first. "reading" is the primary reading's summary."""
     found = {}
     for nb, label in selected:
-        if label.startswith("preset "):
-            name = label.split(" ", 1)[1]
-            info = nb.presets[name]
-            found.setdefault(name, {})[nb.name] = {"reading": info["reading"], "published": info["published"]}
+        block = nb.blocks[label]
+        if "preset" not in block:
+            continue
+        name, info = block["preset"], nb.presets[block["preset"]]
+        entry = found.setdefault(name, {}).setdefault(nb.name, {
+            "reading": info["reading"], "readings": [], "sources": info["sources"], "published": info["published"]})
+        reading = info["readings"][block["reading"]]
+        entry["readings"].append({"name": block["reading"], "protocol": label.split(" ", 1)[1],
+                                  "primary": reading["primary"], "summary": reading["summary"],
+                                  "parameters": reading["parameters"], "sources": reading["sources"],
+                                  "open": reading["open"]})
     return found
 
 
@@ -423,17 +445,26 @@ def refresh_notebooks(only=None, jobs: int | None = None, notebooks_dir=None, ou
 
 
 def list_notebooks(params_dir=None, notebooks_dir=None) -> int:
+    """Every notebook: runs per profile and preset, then each preset's readings (* marks the primary)."""
     params = load_params(Path(params_dir or REPO_ROOT / "params"), Path(notebooks_dir or REPO_ROOT / "notebooks"))
     header = ["notebook", *PROFILES, "presets", "title"]
-    rows = []
+    rows, readings = [], []
     for nb in params.values():
         counts = {label: len(expand(block["matrix"])) for label, block in nb.blocks.items()}
-        presets = " ".join(f"{label.split(' ', 1)[1]}:{n}" for label, n in counts.items()
-                           if label.startswith("preset "))
+        presets = " ".join(f"{name}:{sum(n for label, n in counts.items() if nb.blocks[label].get('preset') == name)}"
+                           for name in nb.presets)      # runs of every reading
         rows.append([nb.name, *(str(counts[f"profile {p}"]) for p in PROFILES), presets or "-", nb.title])
+        for label, block in nb.blocks.items():
+            if "preset" in block:
+                mark = "*" if block["primary"] else " "
+                readings.append(f"  {block['preset']} ({nb.name}): {mark} {block['reading']}: {counts[label]} "
+                                f"run{'' if counts[label] == 1 else 's'}, protocol {label.split(' ', 1)[1]}")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
     for row in [header, *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
-    print("runs per profile/preset; run one with: python -m lenet_lib report --profile quick|default|full "
-          "or --preset NAME")
+    print("runs per profile/preset (all its readings); run one with: python -m lenet_lib report --profile "
+          "quick|default|full or --preset NAME (NAME:READING for one reading)")
+    if readings:
+        print("readings (* primary, declared before any run):")
+        print("\n".join(readings))
     return 0

@@ -17,7 +17,7 @@ from lenet_lib.analysis.tidy import TABLES, Tables
 # Columns that never name a configuration: identity, measures, timing, bookkeeping.
 NOT_CONFIG = set(IDENTITY) | set(MEASURES) | {"status", "train_seconds", "model_id", "fc_activation",
                                               "device", "run_dir", "in_channels", "num_classes", "protocol",
-                                              "profile"}
+                                              "reading", "profile"}
 
 
 def load_index(index_path: str | Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
@@ -29,8 +29,8 @@ def load_index(index_path: str | Path) -> tuple[dict, pd.DataFrame, pd.DataFrame
     # The index knows about runs lost before they wrote a manifest (e.g. a killed worker): keep its word.
     runs["status"] = [row.status if row.status != "missing" else by_dir[row.run_dir].get("status", "missing")
                       for row in runs.itertuples()]
-    for column in ("error", "preset"):      # a run without a manifest (lost, skipped) has them in the index
-        runs[column] = [value if isinstance(value, str) else by_dir[run_dir].get(column)
+    for column in ("error", "preset", "reading", "protocol"):     # a run without a manifest (lost, skipped)
+        runs[column] = [value if isinstance(value, str) else by_dir[run_dir].get(column)    # has them in the index
                         for value, run_dir in zip(runs[column], runs["run_dir"])]
     return index, results, runs
 

@@ -10,9 +10,12 @@ Tests, by the kind of claim:
 - equality ("the same accuracy"): two one-sided tests (TOST) on each pair against EQUIVALENCE_MARGIN; all
   pairs must pass (an intersection-union test); a pair shown outside the margin (Holm over the pairs)
   contradicts.
-- order and "better": one-sided Welch tests over seeds, Holm-corrected across the pairs a claim makes.
+- order and "better": one-sided tests over seeds, Holm-corrected across the pairs a claim makes.
 - thresholds ("< 1 point", "> 10 % more time", ">= 2x"): on the 95 % confidence interval of the difference
   or ratio: entirely on the claimed side supports, entirely on the other side contradicts.
+Accuracy pairs are paired over seeds (paired t) where the pairing is real: both sides trained the same seeds
+in the same runs, so a seed fixed what they share (split, data order, the shared layers' initialization,
+dropout's stream; tests/test_train.py checks it); else Welch. The row names the test and the pairing's gain.
 Time ratios come from core/timing.py's measurement with torch's own layers (what the reports ran), paired by
 round; lenet_lib's fast path is shown beside them, never judged.
 """
@@ -25,7 +28,8 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
-from lenet_lib.analysis.stats import ALPHA, Estimate, difference, holm, outside_margin, tost
+from lenet_lib.analysis.stats import (ALPHA, Estimate, difference, holm, outside_margin, paired_difference,
+                                     tost)
 from lenet_lib.analysis.tidy import TABLES, Tables, at_epoch, matches, protocol_rows, table_of
 from lenet_lib.analysis.time_ratios import SHOWN_IMPLEMENTATION, forward_ratio, timing_ratio
 
@@ -115,7 +119,7 @@ def _to_decide(parts: list[Part]) -> str:
     for part in against or open_parts:
         family = max(1, sum(q.family == part.family for q in parts)) if part.family else 1
         needed.append(part.estimate.units_needed(part.gap(), part.alpha / family))
-    unit = "timing rounds" if all(p.estimate.paired for p in open_parts) else "seeds per variant"
+    unit = "timing rounds" if all(p.scale == "ratio" for p in open_parts) else "seeds per variant"
     now = min(p.estimate.n for p in open_parts)
     known = [n for n in needed if n is not None]
     if against:     # one part shown false decides the claim: the easiest one
@@ -127,13 +131,30 @@ def _to_decide(parts: list[Part]) -> str:
     return f"about {max(known)} {unit} (now {now}) would likely support it"
 
 
+PAIR_ON = ("run_id", "seed")       # a pair: the same seed in the same run
+
+
 def _accuracy(rows: pd.DataFrame, epoch="final", **where) -> pd.Series:
+    """Test accuracy of the matching models, indexed by PAIR_ON's columns where the rows have them."""
     picked = at_epoch(rows[matches(rows, where)], epoch)
-    return picked["test_acc"]
+    keys = [k for k in PAIR_ON if k in picked]
+    return picked.set_index(keys)["test_acc"] if keys else picked["test_acc"]
 
 
 def accuracy_difference(rows, a: dict, b: dict, epoch="final") -> Estimate:
-    return difference(_accuracy(rows, epoch, **a), _accuracy(rows, epoch, **b))
+    """a − b in test accuracy: paired over seeds when both sides ran the same seeds in the same runs (each
+    seed once a side), else Welch over two independent groups."""
+    left, right = _accuracy(rows, epoch, **a), _accuracy(rows, epoch, **b)
+    paired = ("seed" in left.index.names and len(left) >= 2 and not left.index.has_duplicates
+              and not right.index.has_duplicates and set(left.index) == set(right.index))
+    if paired:
+        return paired_difference(left.to_numpy(), right.loc[left.index].to_numpy())
+    return difference(left, right)
+
+
+def seed_test(text: str, estimate: Estimate) -> str:
+    """A test's description with "{t}" naming the test that ran on seeds: paired t or Welch."""
+    return text.replace("{t}", "paired t" if estimate.paired else "Welch")
 
 
 # ---------------------------------------------------------------- the claims
@@ -160,19 +181,26 @@ def r1_same_accuracy(rows, tables):
     variants = ["plain", "BN", "dropout", "BN+dropout"]
     if not _variants_present(rows, variants):
         return None
-    parts = [Part(f"{a} − {b}", accuracy_difference(rows, {"variant": a}, {"variant": b}), "within",
-                  EQUIVALENCE_MARGIN, "points", f"TOST, margin ±{100 * EQUIVALENCE_MARGIN:.1f} points",
-                  family="pairs") for a, b in combinations(variants, 2)]
+    estimates = {(a, b): accuracy_difference(rows, {"variant": a}, {"variant": b})
+                 for a, b in combinations(variants, 2)}
+    parts = [Part(f"{a} − {b}", e, "within", EQUIVALENCE_MARGIN, "points",
+                  seed_test(f"TOST ({{t}}), margin ±{100 * EQUIVALENCE_MARGIN:.1f} points", e), family="pairs")
+             for (a, b), e in estimates.items()]
     return decide(parts)
 
 
 def r1_bn_better_after_epoch_1(rows, tables):
     if not _variants_present(rows, ["plain", "BN", "dropout", "BN+dropout"]):
         return None
-    parts = [Part(f"{a} − {b}, epoch 1", accuracy_difference(rows, {"variant": a}, {"variant": b}, epoch=1),
-                  "greater", 0.0, "points", "one-sided Welch, Holm", family="pairs")
-             for a, b in (("BN", "plain"), ("BN+dropout", "dropout"))]
+    parts = [_better(f"{a} − {b}, epoch 1", accuracy_difference(rows, {"variant": a}, {"variant": b}, epoch=1),
+                     "pairs") for a, b in (("BN", "plain"), ("BN+dropout", "dropout"))]
     return decide(parts)
+
+
+def _better(label: str, estimate: Estimate, family: str = "", kind: str = "greater") -> Part:
+    """An accuracy part "a − b > 0" (or < 0), one-sided over seeds; Holm within `family`."""
+    return Part(label, estimate, kind, 0.0, "points", seed_test("one-sided {t}" + (", Holm" if family else ""),
+                                                                estimate), family=family)
 
 
 def _time_parts(timing, pairs, kind, threshold, family, test):
@@ -218,32 +246,31 @@ def r2_optimizer_order(rows, tables):
         rows = rows[rows["stage"] == "compare"]
     if "optimizer" not in rows or not set(R2_ORDER) <= set(rows["optimizer"]):
         return None
-    parts = [Part(f"{a} − {b}", accuracy_difference(rows, {"optimizer": a}, {"optimizer": b}), "greater", 0.0,
-                  "points", "one-sided Welch, Holm", family="order") for a, b in zip(R2_ORDER, R2_ORDER[1:])]
+    parts = [_better(f"{a} − {b}", accuracy_difference(rows, {"optimizer": a}, {"optimizer": b}), "order")
+             for a, b in zip(R2_ORDER, R2_ORDER[1:])]
     return decide(parts)
 
 
 def r3_plain_best(rows, tables):
     if not _variants_present(rows, ["plain", "dropout", "BN+dropout"]):
         return None
-    parts = [Part(f"plain − {v}", accuracy_difference(rows, {"variant": "plain"}, {"variant": v}), "greater",
-                  0.0, "points", "one-sided Welch, Holm", family="pairs") for v in ("dropout", "BN+dropout")]
+    parts = [_better(f"plain − {v}", accuracy_difference(rows, {"variant": "plain"}, {"variant": v}), "pairs")
+             for v in ("dropout", "BN+dropout")]
     return decide(parts)
 
 
 def r3_conv_dropout_hurts(rows, tables):
     if not _variants_present(rows, ["plain", "dropout"]):
         return None
-    return decide([Part("conv dropout − plain", accuracy_difference(rows, {"variant": "dropout"},
-                                                                     {"variant": "plain"}),
-                        "less", 0.0, "points", "one-sided Welch")])
+    return decide([_better("conv dropout − plain", accuracy_difference(rows, {"variant": "dropout"},
+                                                                        {"variant": "plain"}), kind="less")])
 
 
 def r4_bn_marginal_but_slower(rows, tables):
     if not _variants_present(rows, ["plain", "BN"]):
         return None
     gain = accuracy_difference(rows, {"variant": "BN"}, {"variant": "plain"})
-    ci_test = "95 % CI against the threshold"
+    ci_test = seed_test("95 % CI ({t}) against the threshold", gain)
     parts = [Part("BN − plain", gain, "greater", 0.0, "points", ci_test, alpha=ALPHA / 2),
              Part("BN − plain", gain, "less", 0.01, "points", ci_test, alpha=ALPHA / 2)]
     pairs = [("BN / plain time", {"variant": "BN"}, {"variant": "plain"})]
@@ -284,10 +311,10 @@ def r4_higher_p_faster_small_cost(rows, tables):
                              "training-step time in turns (torch's layers), one-sided t on log ratios, Holm")
     if time_parts is None:
         return None
-    cost = [Part(f"{v} accuracy p={low:g} − p={high:g} (< 2 points)",
-                 accuracy_difference(rows, {"variant": v, "dropout": low}, {"variant": v, "dropout": high}),
-                 "less", 0.02, "points", "95 % CI against the threshold", alpha=ALPHA / 2)
-            for v in ("dropout", "BN+dropout")]
+    costs = {v: accuracy_difference(rows, {"variant": v, "dropout": low}, {"variant": v, "dropout": high})
+             for v in ("dropout", "BN+dropout")}
+    cost = [Part(f"{v} accuracy p={low:g} − p={high:g} (< 2 points)", e, "less", 0.02, "points",
+                 seed_test("95 % CI ({t}) against the threshold", e), alpha=ALPHA / 2) for v, e in costs.items()]
     judgement = decide(time_parts + cost)
     judgement.note = _fast_path_note(timing, pairs)
     return judgement
@@ -306,8 +333,8 @@ def r5_batch_64_best(rows, tables):
         rows = rows[rows["arch"] == "lenet5"]
     if "batch_size" not in rows or not {16, 32, 64, 128} <= set(rows["batch_size"]):
         return None
-    parts = [Part(f"batch 64 − batch {b}", accuracy_difference(rows, {"batch_size": 64}, {"batch_size": b}),
-                  "greater", 0.0, "points", "one-sided Welch, Holm", family="batches") for b in (16, 32, 128)]
+    parts = [_better(f"batch 64 − batch {b}", accuracy_difference(rows, {"batch_size": 64}, {"batch_size": b}),
+                     "batches") for b in (16, 32, 128)]
     return decide(parts)
 
 
@@ -336,14 +363,38 @@ CLAIMS = [
     Claim("R5", "Batch 64 gives the best test accuracy", "R5", "batch_size", "mnist", r5_batch_64_best,
           "LeNet-5 at batch sizes 16, 32, 64 and 128"),
 ]
-COLUMNS = ["report", "claim", "protocol", "verdict", "n", "effect (95 % CI)", "test", "to decide", "note"]
+COLUMNS = ["report", "claim", "protocol", "verdict", "n", "effect (95 % CI)", "test", "pairing", "to decide",
+           "note"]
 
 
 def sample_sizes(parts: list[Part]) -> str:
     """e.g. "3 seeds; 30 rounds": the smallest group behind the claim's accuracy and its timing parts."""
-    seeds = [p.estimate.n for p in parts if not p.estimate.paired]
-    rounds = [p.estimate.n for p in parts if p.estimate.paired and p.scale == "ratio"]
+    seeds = [p.estimate.n for p in parts if p.scale == "points"]
+    rounds = [p.estimate.n for p in parts if p.scale == "ratio"]
     text = [f"{min(seeds)} seeds" for _ in seeds[:1]] + [f"{min(rounds)} rounds" for _ in rounds[:1]]
+    return "; ".join(text)
+
+
+def pairing(parts: list[Part]) -> str:
+    """The pairing over seeds of a claim's accuracy parts: "r = 0.60, 2.4x fewer seeds" for one pair (how
+    many times the seeds Welch's test would need for the same precision), the ranges over several pairs;
+    pairs tested with Welch say so. "" for a claim without accuracy parts."""
+    seeded = list({id(p.estimate): p.estimate for p in parts if p.scale == "points"}.values())
+    paired = [e for e in seeded if not math.isnan(e.gain)]
+    text = []
+    if len(paired) == 1:
+        text.append(paired[0].pairing())
+    elif paired:
+        r = [e.r for e in paired if not math.isnan(e.r)]
+        low, high = min(e.gain for e in paired), max(e.gain for e in paired)
+        gains = (f"{low:.1f}x to {high:.1f}x fewer seeds" if low >= 1 else
+                 f"{1 / low:.1f}x more to {high:.1f}x fewer seeds" if high >= 1 else
+                 f"{1 / high:.1f}x to {1 / low:.1f}x more seeds")
+        r_text = f"r = {min(r):.2f} to {max(r):.2f}" if r else "r = n/a"
+        text.append(f"{r_text}, {gains} ({len(paired)} pairs)")
+    welch = sum(not e.paired for e in seeded)
+    if welch:
+        text.append(f"Welch for {welch} pair{'s' if welch > 1 else ''}: seeds not shared")
     return "; ".join(text)
 
 
@@ -381,6 +432,6 @@ def judge(tables: Tables | pd.DataFrame, reports=None, *, smoke: bool = False, s
         rows.append({"report": claim.report, "claim": claim.text, "protocol": claim.where, "verdict": verdict,
                      "n": sample_sizes(parts),
                      "effect (95 % CI)": "; ".join(dict.fromkeys(p.effect() for p in parts)),
-                     "test": "; ".join(dict.fromkeys(p.test for p in parts)),
+                     "test": "; ".join(dict.fromkeys(p.test for p in parts)), "pairing": pairing(parts),
                      "to decide": judgement.to_decide, "note": judgement.note})
     return pd.DataFrame(rows, columns=COLUMNS)
