@@ -265,8 +265,8 @@ PRESET = "presets:\n  R1:\n    parameters: {seeds: [0, 1]}\n    published:\n    
     ("value: 0.99, where: {variant: BN-dropout}",
      r"where: variant='BN-dropout' is not a value this preset's runs have; choose one of plain, BN, dropout, "
      r"BN\+dropout \(did you mean 'BN\+dropout'\?\)"),
-    ("value: 0.99, where: {colour: red}", r"where names column 'colour', which no run of this notebook has; "
-                                          r"valid columns: .*variant"),
+    ("value: 0.99, where: {colour: red}",
+     r"where names column 'colour', which no run of this notebook has; valid columns: .*variant"),
     ("value: 0.99, where: {optimizer: adamx}", r"where: optimizer='adamx' is not valid; choose one of"),
 ])
 def test_published_figures_are_checked(tmp_path, figure, message):

@@ -230,7 +230,8 @@ def read_runs(run_dirs) -> tuple[pd.DataFrame, pd.DataFrame]:
                                                      "threads", "kernels")})
             row["protocol"] = protocol_label(manifest.get("preset"), manifest.get("reading"), manifest.get("primary"))
             results = run_dir / RESULTS_FILE
-            if manifest.get("status") in ("ok", "diverged") and not damaged and results.exists():   # a failed run's rows stay out
+            # a failed or damaged run's rows stay out
+            if manifest.get("status") in ("ok", "diverged") and not damaged and results.exists():
                 table, damaged = _read_checked(results)
                 if table is not None:
                     frames.append(table.assign(**_run_columns(manifest, table)))
