@@ -4,6 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 PROFILE ?= default
+# The time PROFILE=decide may take (its stages stop cleanly within it)
+BUDGET ?= 60m
 # The data folder, absolute so that notebooks executed from notebooks/ find it too.
 LENET_DATA ?= $(CURDIR)/data
 export LENET_DATA
@@ -11,9 +13,9 @@ export LENET_DATA
 REPORT_ARGS := --profile $(PROFILE) $(if $(PRESET),--preset $(PRESET)) $(if $(ONLY),--only $(ONLY)) \
 	$(if $(JOBS),--jobs $(JOBS)) $(if $(THREADS),--threads $(THREADS)) $(if $(FORCE),--force) \
 	$(if $(EXECUTOR),--executor $(EXECUTOR)) \
-	$(if $(SCHEDULER),--scheduler $(SCHEDULER))
+	$(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(if $(filter decide,$(PROFILE)),--budget $(BUDGET))
 
-.PHONY: report test lab bench notebooks expected list venv clean
+.PHONY: report test browser lab bench notebooks expected list venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,11 +29,19 @@ venv: $(STAMP)
 report: $(STAMP)  ## run every notebook over its params/ matrix, then outputs/report.html
 	$(PY) -m lenet_lib report $(REPORT_ARGS)
 
+# A headless Chromium for the test that opens report.html (tests/fixtures/browser.py): Debian's package, where
+# apt-get runs as root; elsewhere that test skips and says why. Never fails the build.
+browser:  ## install a headless Chromium for the report's browser test (Debian's chromium)
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || command -v google-chrome >/dev/null \
+		|| { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq \
+			&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; } \
+		|| echo "make browser: no Chromium installed (needs apt-get as root); the report's browser test will skip"
+
 # One test process per CPU (pytest-xdist), each on one BLAS/OpenMP thread: the tests train many tiny models,
 # where a thread pool costs more than it gives, and two pools on the same cores spin against each other.
 # Measured on 2 cores: 9:29 serially at 2 threads, 12:22 with 2 processes at 2 threads, 4:57 with 2 at 1.
 # --dist loadscope keeps each notebook's cells (nbval) and each test module on one process, in order.
-test: $(STAMP)  ## unit tests, runner tests, and nbval on the notebooks' stored outputs
+test: $(STAMP) browser  ## unit tests, runner tests, and nbval on the notebooks' stored outputs
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n auto --dist loadscope tests notebooks --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
 		--ignore=notebooks/summary.ipynb -p no:cacheprovider
 

@@ -43,9 +43,37 @@ def test_pad_and_resize_to_32():
     assert resized.info["normalize"] == "center"
 
 
+def test_input_scales_standard_center_unit_and_raw_pixels():
+    """One image under each normalisation: (x-mean)/std, x-mean, x in [0, 1], and the pixel values 0..255
+    themselves (R4's "normalized to [0,255]", R4 l.38)."""
+    images, _ = load_raw("mnist", False)
+    first = images[0].double()
+    x = {n: prepare_data("mnist", val_size=0, train_size=10, test_size=10000, normalize=n).x_test[0].double()
+         for n in ("standard", "center", "unit", "raw")}
+    assert torch.equal(x["raw"], first) and x["raw"].max() == 255      # exact pixel values, not rescaled
+    assert torch.allclose(x["unit"], first / 255, atol=1e-7)
+    assert torch.allclose(x["center"], first / 255 - 0.1307, atol=1e-6)
+    assert torch.allclose(x["standard"], (first / 255 - 0.1307) / 0.3081, atol=1e-5)
+    # resized to 32x32, raw inputs are the [0, 1] ones times 255 (the resize is linear)
+    unit32, raw32 = (prepare_data("mnist", val_size=0, train_size=10, test_size=10, input_size=32,
+                                  resize="interpolate", normalize=n).x_train for n in ("unit", "raw"))
+    assert raw32.shape[1:] == (1, 32, 32) and torch.allclose(raw32, unit32 * 255, atol=1e-3)
+
+
+def test_r4_split_50000_training_images_and_the_whole_test_set():
+    """R4 l.38: 50,000 training and 10,000 test images; with no validation split the other 10,000 training
+    images are left out (a seeded subset, the same for every model seed)."""
+    d = prepare_data("mnist", val_size=0, train_size=50000, normalize="unit")
+    assert d.x_train.shape == (50000, 1, 28, 28) and d.x_val.shape[0] == 0 and d.x_test.shape[0] == 10000
+    assert (d.info["train_size"], d.info["val_size"], d.info["test_size"]) == (50000, 0, 10000)
+    _, labels = load_raw("mnist", True)
+    assert not torch.equal(d.y_train, labels[:50000])                 # a shuffled subset, not the first 50k
+    assert torch.equal(prepare_data("mnist", val_size=0, train_size=50000, normalize="unit").y_train, d.y_train)
+
+
 @pytest.mark.parametrize("bad, message", [
     (dict(dataset="mnsit"), "dataset='mnsit'"),
-    (dict(normalize="zscore"), "normalize="),
+    (dict(normalize="zscore"), "normalize='zscore'.*'raw'"),
     (dict(input_size=30), "input_size=30"),
     (dict(val_size=-1), "val_size=-1"),
     (dict(train_size=0), "train_size=0"),

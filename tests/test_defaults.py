@@ -103,3 +103,21 @@ def test_the_repositorys_params_plan_every_profile_and_preset(profile):
     assert (r1["optimizer"], r1["lr"], r1["momentum"], r1["batch_size"]) == ("momentum", 0.05, 0.9, 128)
     assert r1["epochs"] == (1 if profile == "quick" else 25)
     assert len({t.run_dir for t in tasks}) == len(tasks)           # one folder per run
+
+
+@pytest.mark.parametrize("notebook", ["bn_dropout_grid", "dropout_sweep"])
+@pytest.mark.parametrize("name, bad, valid", [
+    ("normalize", "zscore", "'standard', 'center', 'unit', 'raw'"),
+    ("padding", "full", "'auto', 'same', 'valid'"),
+    ("input_size", 30, "28, 32"),
+    ("resize", "crop", "'pad', 'interpolate'"),
+])
+def test_the_grid_notebooks_input_and_geometry_parameters_are_checked_up_front(notebook, name, bad, valid):
+    """The presets' readings set these (R1's valid convolutions, R4's 32x32 inputs and input scale): each is
+    a parameter of the notebook, its default passes the checks, and a bad value is refused naming the valid."""
+    from lenet_lib.base.validate import check_parameters
+    defaults = notebook_defaults(REPO / "notebooks" / f"{notebook}.ipynb")
+    assert name in defaults
+    check_parameters({name: defaults[name]})
+    with pytest.raises(ValueError, match=f"{name}={bad!r}.*{valid}".replace("(", r"\(")):
+        check_parameters({name: bad})

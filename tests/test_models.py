@@ -7,13 +7,17 @@ from lenet_lib.core.models import build_model, forward_features, layer_table, pa
 # Each seed report's model (../shared/SEEDS.md) with its parameter count.
 REPORT_MODELS = {
     "standard": (dict(), (1, 28, 28), 61_706),
-    "R1 bn+dropout": (dict(bn=True, bn_position="after_act", dropout=0.5), (1, 28, 28), 61_706 + 12),
+    "same-padded bn+dropout": (dict(bn=True, bn_position="after_act", dropout=0.5), (1, 28, 28), 61_706 + 12),
+    # R1 l.118: c5 a 4x4 conv 16 -> 120, so valid convolutions on 28x28 (c5 reads 16*4*4 inputs)
+    "R1 bn+dropout": (dict(bn=True, bn_position="after_act", dropout=0.5, padding="valid"), (1, 28, 28),
+                      44_426 + 12),
     "R2 part I numpy": (dict(activation="tanh", padding="valid"), (1, 28, 28), 44_426),
     "R2 part II": (dict(bn=True, bn_position="after_pool", dropout=0.4), (1, 32, 32), 61_706 + 12),
     "R3 cifar dropout+bn": (dict(in_channels=3, input_size=32, conv_dropout=0.5, bn=True,
                                  bn_position="before_act"), (3, 32, 32), 62_006 + 12),
     "R4 bn in conv part": (dict(bn=True, bn_layers="conv", dropout=0.2, dropout_at="c5_f6"),
                            (1, 28, 28), 61_706 + 12 + 32),
+    "R4 32x32 valid": (dict(bn=True, bn_layers="conv", dropout=0.2, padding="valid"), (1, 32, 32), 61_706 + 12 + 32),
     "R5": (dict(activation="relu", fc_activation="sigmoid"), (1, 28, 28), 61_706),
     "LeCun sparse C3": (dict(c3_table=True, activation="tanh", pool="avg"), (1, 28, 28), 61_706 - 2416 + 1516),
 }
@@ -27,6 +31,23 @@ def test_report_models_shapes_and_parameter_counts(name):
     assert model(torch.randn(4, *shape)).shape == (4, 10)
     table = layer_table(model, shape)
     assert table["parameters"].sum() == parameter_count(model) == expected
+
+
+def test_r1_valid_geometry_feeds_a_4x4_c5():
+    """R1 l.118: c1 5x5 on 28x28 without padding (24x24 maps), s4 16x4x4, c5 a 4x4 conv 16 -> 120, which
+    on a 4x4 map is a Linear over 256 inputs: 120 * 256 + 120 parameters, as a 4x4 conv has."""
+    model = build_model(bn=True, dropout=0.5, padding="valid")
+    shapes = layer_table(model, (1, 28, 28)).set_index("layer")["output_shape"]
+    assert shapes["c1_conv"] == (6, 24, 24) and shapes["s2"] == (6, 12, 12) and shapes["c3_conv"] == (16, 8, 8)
+    assert shapes["s4"] == (16, 4, 4) and shapes["c5"] == (120,)
+    assert model.c5.weight.shape == (120, 256) and parameter_count(model.c5) == 30_840
+    conv = nn.Conv2d(16, 120, 4)
+    conv.weight.data.copy_(model.c5.weight.data.view(120, 16, 4, 4))
+    conv.bias.data.copy_(model.c5.bias.data)
+    x = torch.randn(3, 16, 4, 4)
+    assert torch.allclose(conv(x).flatten(1), model.c5(x.flatten(1)), atol=1e-5)
+    assert layer_table(build_model(padding="auto"), (1, 28, 28)).set_index("layer").loc["s4", "output_shape"] \
+        == (16, 5, 5)                                                      # "auto" pads 28x28: not R1's net
 
 
 def test_r5_conv_and_fc_totals():

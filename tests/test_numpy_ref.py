@@ -259,7 +259,8 @@ OPTIMIZER_CASES = [(name, {}) for name in OPTIMIZER_NAMES] + [
     (name, {"weight_decay": 0.01}) for name in OPTIMIZER_NAMES] + [
     ("sgd", {"momentum": 0.5, "lr": 0.2}), ("nesterov", {"momentum": 0.7, "weight_decay": 1e-3}),
     ("rmsprop", {"alpha": 0.9, "eps": 1e-6}), ("adam", {"betas": (0.8, 0.99), "lr": 0.01}),
-    ("adadelta", {"rho": 0.5, "lr": 0.5}), ("adagrad", {"eps": 1e-6, "lr": 0.1})]
+    ("adadelta", {"rho": 0.5, "lr": 0.5}), ("adagrad", {"eps": 1e-6, "lr": 0.1}),
+    ("adagrad", {"initial_accumulator_value": 0.1, "lr": 0.1})]
 
 
 @pytest.mark.parametrize("name,hp", OPTIMIZER_CASES, ids=lambda v: str(v))
@@ -326,6 +327,28 @@ def test_layer_times_take_torchs_own_layers_and_leave_the_model_alone(mnist_smal
     times = layer_times(net, model, mnist_small.x_test[:1].numpy(), repeats=2, calls=1)
     assert len(times) == 2 * len(before) and (times[["numpy_s", "torch_s"]] > 0).all().all()
     assert calls and [type(layer) for layer in model] == before and model.training
+
+
+def test_step_times_put_numpy_against_torchs_own_layers_in_turns(mnist_small, monkeypatch):
+    """R5's training-time claim: one row per batch size and round, NumPy and torch per step; the torch
+    side is core.timing's "torch" step (torch's own pooling and optimizer), not lenet_lib's fast path."""
+    from lenet_lib.numpy_ref import compare
+    import torch.nn.modules.pooling as pooling
+    pools, max_pool2d = [], pooling.F.max_pool2d
+    monkeypatch.setattr(pooling.F, "max_pool2d", lambda *a, **k: pools.append(1) or max_pool2d(*a, **k))
+    implementations, training_step = [], compare.training_step
+    monkeypatch.setattr(compare, "training_step",
+                        lambda spec, data, implementation, batches: implementations.append(implementation)
+                        or training_step(spec, data, implementation, batches))
+    spec = TrainSpec(fc_activation="sigmoid", padding="same", optimizer="adam", lr=1e-3)
+    with threads(1):
+        times = compare.step_times(spec, mnist_small, [16, 64], rounds=3, calls=2, warmup=0)
+    assert list(times.columns) == ["batch_size", "round", "numpy_s", "torch_s", "threads"]
+    assert times[["batch_size", "round"]].values.tolist() == [[b, r] for b in (16, 64) for r in (1, 2, 3)]
+    assert (times[["numpy_s", "torch_s"]] > 0).all().all() and set(times["threads"]) == {1}
+    assert implementations == ["torch", "torch"] and len(pools) >= 2 * 3 * 2 * 2   # 2 pools per step
+    with pytest.raises(ValueError, match="batch size 4000"):
+        compare.step_times(spec, mnist_small, [4000], rounds=1, calls=1)
 
 
 def test_numpy_training_learns_mnist(mnist_small):

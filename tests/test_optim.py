@@ -45,6 +45,8 @@ def test_defaults_and_meaning():
     (dict(name="sgd", weight_decay=-1), "weight_decay=-1"),
     (dict(name="adam", beta=0.9), "unknown argument.*beta.*betas"),
     (dict(name="nesterov", momentum=0), "nesterov"),
+    (dict(name="adagrad", initial_accumulator_value=-0.1), "initial_accumulator_value=-0.1"),
+    (dict(name="adam", initial_accumulator_value=0.1), "unknown argument.*initial_accumulator_value"),
 ])
 def test_bad_values_are_clear_errors(args, message):
     with pytest.raises(ValueError, match=message):
@@ -133,3 +135,49 @@ def test_lean_step_falls_back_to_torchs_with_hooks_and_closures():
     assert calls == [1, 1, 1]                       # every step went through torch's, which runs the hook
     loss = opt.step(lambda: torch.tensor(2.0))
     assert loss.item() == 2.0 and calls == [1, 1, 1, 1]
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_adagrad_initial_accumulator_is_torchs_argument(fused):
+    """R5's TF1-style MLP: AdaGrad's squared-gradient sum starts at 0.1, as torch.optim.Adagrad's
+    initial_accumulator_value says; the first step is lr * g / sqrt(0.1 + g^2), not lr * sign(g)."""
+    p = torch.tensor([1.0, -2.0, 0.5], requires_grad=True)
+    opt = make_optimizer("adagrad", [p], fused=fused, lr=0.01, initial_accumulator_value=0.1)
+    assert opt.defaults["initial_accumulator_value"] == 0.1
+    grads = [torch.tensor([0.3, -0.2, 1.0]), torch.tensor([-0.1, 0.4, 0.2]), torch.tensor([0.5, 0.5, -0.5])]
+    expected, total = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64), torch.full((3,), 0.1, dtype=torch.float64)
+    for g in grads:
+        p.grad = g.clone()
+        opt.step()
+        total += g.double() ** 2
+        expected -= 0.01 * g.double() / (total.sqrt() + 1e-10)
+    torch.testing.assert_close(p.detach().double(), expected, rtol=1e-6, atol=1e-7)
+    plain = torch.tensor([1.0, -2.0, 0.5], requires_grad=True)
+    zero = make_optimizer("adagrad", [plain], fused=fused, lr=0.01)
+    plain.grad = grads[0].clone()
+    zero.step()     # torch's default: the first step moves every weight by lr
+    torch.testing.assert_close((plain.detach() - torch.tensor([1.0, -2.0, 0.5])).abs(), torch.full((3,), 0.01))
+
+
+def test_train_spec_carries_the_initial_accumulator():
+    from lenet_lib.core.specs import TrainSpec
+    spec = TrainSpec(arch="mlp", optimizer="adagrad", lr=0.01, initial_accumulator_value=0.1)
+    assert spec.hyperparameters() == {"lr": 0.01, "weight_decay": 0.0, "initial_accumulator_value": 0.1}
+    assert spec.columns()["initial_accumulator_value"] == 0.1
+    assert "initial_accumulator_value" not in TrainSpec(optimizer="adagrad").hyperparameters()   # torch's 0
+    with pytest.raises(ValueError, match="initial_accumulator_value.*optimizer 'adam'"):
+        TrainSpec(optimizer="adam", initial_accumulator_value=0.1)
+
+
+@pytest.mark.parametrize("parameters, message", [
+    ({"mlp_adagrad_init": -0.1}, "mlp_adagrad_init=-0.1"),
+    ({"mlp_adagrad_init": 0.1, "mlp_optimizer": "adam"}, "mlp_adagrad_init=0.1 .* mlp_optimizer='adam'"),
+    ({"normalize": "zscore"}, "normalize='zscore'.*'unit'"),
+    ({"step_batch_sizes": [16, 0]}, r"step_batch_sizes\[1\]=0"),
+])
+def test_r5_reading_parameters_are_checked_before_any_run(parameters, message):
+    from lenet_lib.base.validate import check_parameters
+    with pytest.raises(ValueError, match=message):
+        check_parameters(parameters)
+    check_parameters({"mlp_adagrad_init": 0.1, "mlp_optimizer": "adagrad", "normalize": "unit",
+                      "step_batch_sizes": [16, 32, 64, 128]})

@@ -247,17 +247,19 @@ def test_scorecard_scores_every_figure_under_every_reading_primary_first():
     assert scorecard.INTERVAL_NOTE.startswith("The intervals hold our seed-to-seed variance only")
 
 
-def test_scorecard_plot_names_the_reading_of_rows_that_are_not_primary():
+def test_scorecard_figure_marks_the_rows_of_other_readings():
     import matplotlib
     matplotlib.use("Agg")
-    from lenet_lib.analysis import plots
+    from lenet_lib.summary import figures
     values = 0.99 + np.random.default_rng(4).normal(0, 0.001, 4)
     tables = Tables(pd.concat([_rows("R1", values), _rows("R1:b", values)], ignore_index=True))
     protocols = {"R1": {"bn_dropout_grid": {"published": [{"figure": "f", "value": 0.99, "metric": "test_acc"}],
                                             "readings": [{"name": "a", "protocol": "R1", "primary": True},
                                                          {"name": "b", "protocol": "R1:b", "primary": False}]}}}
-    ticks = [t.get_text() for t in plots.scorecard(scorecard.scorecard(tables, protocols)).axes[0].get_yticklabels()]
-    assert ticks == ["R1: f", "R1: f [b]"]
+    fig = figures.scorecard_figure(scorecard.scorecard(tables, protocols))
+    labels = [t.get_text() for ax in fig.axes for t in (ax.get_legend().get_texts() if ax.get_legend() else [])]
+    labels += [t.get_text() for t in (fig.legends[0].get_texts() if fig.legends else [])]
+    assert "another declared reading" in labels
 
 
 def test_an_index_from_before_readings_scores_as_one_primary_reading():

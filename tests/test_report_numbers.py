@@ -3,17 +3,20 @@ preset at the smoke scale, real kernels, the real summary), and its key results 
 
 Stored values: tests/expected/quick_report.json. A change that moves them past the tolerances is a
 regression, or a change of what the suite computes: then look at why, and re-record with
-`make expected` (LENET_RECORD_EXPECTED=1), saying so in the commit.
+`make expected` (LENET_RECORD_EXPECTED=1), saying so in the commit. The same report is opened in headless
+Chromium (tests/fixtures/browser.py) to check its page: findings first, every image loaded, nothing too wide.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from fixtures import browser
 
 from lenet_lib.summary import report
 from lenet_lib.summary import verdicts
@@ -85,3 +88,27 @@ def test_quick_report_is_a_smoke_run_with_a_scorecard(quick):
     assert all(s in ("ok", "skipped") for s in statuses.values()), statuses
     timing = quick["tables"].timing
     assert set(timing["implementation"]) == {"torch", "lenet_lib"} and (timing["seconds"] > 0).all()
+
+
+def test_report_opens_in_a_browser_with_the_findings_first(quick):
+    """The quick report in headless Chromium at 1400x900: the findings are the first section and start on
+    the first screen with both figures, every image loads, and nothing is wider than the window."""
+    found = browser.check(quick["outputs"] / "report.html")
+    assert browser.problems(found) == [], found
+    assert found["images"] >= 2 + len(quick["index"]["notebooks"])      # findings' figures + one per notebook
+
+
+def test_the_browser_check_fails_when_the_findings_or_a_figure_go_missing(quick, tmp_path):
+    html = (quick["outputs"] / "report.html").read_text(encoding="utf-8")
+    damaged = {
+        "no findings": re.sub(r'<h2 id="findings">.*?</h2>', "", html, count=1, flags=re.S),
+        "no claims figure": re.sub(r'<figure id="claims-figure".*?</figure>', "", html, count=1, flags=re.S),
+        "a broken image": re.sub(r'(src="data:image/png;base64,)', r"\1broken", html, count=1)}
+    said = {}
+    for name, text in damaged.items():
+        assert text != html, name
+        (tmp_path / "report.html").write_text(text, encoding="utf-8")
+        said[name] = " | ".join(browser.problems(browser.check(tmp_path / "report.html")))
+    assert "not the findings" in said["no findings"], said
+    assert "#claims-figure is missing" in said["no claims figure"], said
+    assert "do not load" in said["a broken image"], said

@@ -117,49 +117,6 @@ def ratio_bars(ratios: pd.DataFrame, x: str, title: str = "", hue: str = "implem
     return ax.figure
 
 
-def scorecard(card: pd.DataFrame, title: str = "Published figures, in our standard deviations"):
-    """Each scored figure as its distance from our mean in our standard deviations (time ratios on the log
-    scale), against the band our 95 % prediction interval spans: inside the band, reproduced. Exact
-    figures (parameter counts) are left to the table."""
-    result = card["result"].astype(str)
-    scored = (result == "reproduced") | result.str.startswith("not reproduced")     # not smoke or uncovered
-    rows = card[scored & card["low"].notna() & (card["high"] > card["low"])].copy()
-    if rows.empty:
-        return None
-    half = rows["half_width_sd"]
-    sd = (rows["high"] - rows["mean"]) / half
-    nearest = np.where(rows["value_low"] > rows["high"], rows["value_low"],
-                       np.where(rows["value_high"] < rows["low"], rows["value_high"], rows["value"]))
-    distance = (nearest - rows["mean"]) / sd
-    y = np.arange(len(rows))[::-1]
-    fig, ax = plt.subplots(figsize=(9, 0.26 * len(rows) + 1.4))
-    ax.hlines(y, -half, half, color="tab:blue", linewidth=5, alpha=0.35, label="our 95 % prediction interval")
-    inside = (rows["result"] == "reproduced").to_numpy()
-    # the axis reaches +-clip sd; a figure beyond it is drawn at the edge, an arrow head pointing where it lies
-    clip = min(30.0, max(6.0, float(np.nanmax(np.abs(distance))) + 1))
-    shown = np.clip(distance, -clip + 0.5, clip - 0.5)
-    beyond = np.abs(distance.to_numpy()) > clip - 0.5
-    ax.plot(shown[inside], y[inside], "D", color="tab:green", label="published: reproduced")
-    ax.plot(shown[~inside & ~beyond], y[~inside & ~beyond], "D", mfc="none", color="tab:red",
-            label="published: not reproduced")
-    for side, marker in ((1, ">"), (-1, "<")):
-        far = ~inside & beyond & (np.sign(distance.to_numpy()) == side)
-        ax.plot(shown[far], y[far], marker, color="tab:red", label=f"not reproduced, beyond {side * clip:+.0f} sd"
-                if far.any() else None)
-    ax.axvline(0, color="gray", linewidth=1)
-    names = rows["report"] + ": " + rows["figure"]
-    if "reading" in rows and "primary" in rows:     # a reading that is not the primary one is named
-        names = names + [f" [{r}]" if not p else "" for r, p in zip(rows["reading"], rows["primary"])]
-    ax.set_yticks(y, names, fontsize=7)
-    ax.set_xlim(-clip, clip)
-    ax.set_xlabel("published - our mean, in our standard deviations"
-                  + (f" (beyond ±{clip:.0f}: at the edge)" if beyond.any() else ""))
-    ax.legend(fontsize=7, loc="lower right")
-    ax.set_title(title)
-    fig.tight_layout()
-    return fig
-
-
 def held_out(rows: pd.DataFrame) -> str:
     """"val" when the rows have validation measures, else "test" (a protocol without a validation split)."""
     return "val" if "val_acc" in rows and rows["val_acc"].notna().any() else "test"

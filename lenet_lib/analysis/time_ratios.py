@@ -63,3 +63,16 @@ def forward_log_ratios(forward_times: pd.DataFrame, batch: int = 1) -> pd.Series
 
 def forward_ratio(forward_times: pd.DataFrame, batch: int = 1) -> Estimate:
     return mean_estimate(forward_log_ratios(forward_times, batch))
+
+
+def step_log_ratios(step_times: pd.DataFrame, batch_size: int) -> pd.Series:
+    """log(NumPy's / torch's training-step time) at one batch size, one value per run and timing round."""
+    if step_times.empty:
+        return pd.Series(dtype=float)
+    rows = step_times[step_times["batch_size"] == batch_size]
+    return np.log(rows["numpy_s"] / rows["torch_s"]).reset_index(drop=True)
+
+
+def step_ratio(step_times: pd.DataFrame, batch_size: int) -> Estimate:
+    return mean_estimate(step_log_ratios(step_times, batch_size))
+

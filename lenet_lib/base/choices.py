@@ -10,7 +10,8 @@ import math
 from lenet_lib.base.checks import check_choice, check_range
 
 DATASET_NAMES = ("mnist", "fashion_mnist", "cifar10")        # data.DATASETS describes each
-NORMALIZATIONS = ("standard", "center", "unit")   # (x-mean)/std; x-mean (R2's NumPy); x in [0, 1]
+# (x-mean)/std; x-mean (R2's NumPy); x in [0, 1] (ToTensor alone); raw pixel values 0..255 (R4's "[0,255]")
+NORMALIZATIONS = ("standard", "center", "unit", "raw")
 PRECISIONS = ("fp32", "bf16", "tf32")
 ACTIVATION_NAMES = ("relu", "tanh", "sigmoid")
 POOL_NAMES = ("max", "avg")
@@ -23,6 +24,16 @@ RESIZE_MODES = ("pad", "interpolate")   # LeCun's zero padding to 32x32, or R2's
 ARCHS = ("lenet5", "mlp")          # LeNet-5 and the MLP baseline (R5), in torch and in NumPy
 DROPOUT_SITES = ("fc", "conv")      # the notebooks' dropout in the FC part (R1, R4) or after c3 (R3)
 BATCHINGS = ("shuffle", "contiguous")   # NumPy training: epoch_order's batches, or R2's contiguous ones
+# R2 part I's code as printed (core/r2_printed.py) beside torch's: initialisation, update rules, the
+# gradient's scale (batch mean, or R2's batch sum), where train accuracy is measured, the training set's order
+INITS = ("torch", "r2_printed")
+OPTIMIZER_RULES = ("torch", "r2_printed")
+HYPERPARAMETER_SOURCES = ("default", "r2_printed")   # DEFAULT_LR and momentum, or R2's printed rates
+GRAD_SCALES = ("mean", "sum")
+TRAIN_ACC_ON = ("running", "full_train")   # running over the epoch's batches, or the whole training set after it
+TRAIN_ORDERS = ("shuffled", "file")        # the training set in split_seed's order, or the dataset file's
+LOSSES = ("cross_entropy", "r2_double_softmax")   # softmax cross-entropy, or R2's printed loss step (r2_printed)
+R2_PRINTED_OPTIMIZERS = ("gd", "sgd", "momentum", "adagrad", "rmsprop", "adam")   # R2 l.550-709
 
 # The one home of the LeNet-5 family's defaults: core.models.build_lenet5, numpy_ref.net.build_lenet5 and
 # core.specs.TrainSpec take theirs from here; notebooks' parameters cells state them again only where they
@@ -82,7 +93,8 @@ DEFAULT_LR = {"gd": 0.1, "sgd": 0.05, "momentum": 0.05, "nesterov": 0.05, "adagr
               "rmsprop": 1e-3, "adam": 1e-3, "adamw": 1e-3}
 DEFAULT_MOMENTUM = {"gd": 0.0, "sgd": 0.0, "momentum": 0.9, "nesterov": 0.9}
 EXTRA_DEFAULTS = {"adam": {"betas": (0.9, 0.999), "eps": 1e-8}, "adamw": {"betas": (0.9, 0.999), "eps": 1e-8},
-                  "rmsprop": {"alpha": 0.99, "eps": 1e-8}, "adagrad": {"eps": 1e-10},
+                  "rmsprop": {"alpha": 0.99, "eps": 1e-8},
+                  "adagrad": {"eps": 1e-10, "initial_accumulator_value": 0.0},   # TF1's AdaGrad starts at 0.1
                   "adadelta": {"rho": 0.9, "eps": 1e-6}}
 OPTIMIZER_NAMES = tuple(DEFAULT_LR)
 
@@ -112,6 +124,8 @@ def resolve_hyperparameters(name: str, lr: float | None = None, momentum: float 
     if unknown:
         raise ValueError(f"unknown argument(s) {sorted(unknown)} for optimizer {name!r}; valid: "
                          f"{['lr', 'momentum', 'weight_decay', *allowed]}")
+    if "initial_accumulator_value" in extra:
+        check_range("initial_accumulator_value", extra["initial_accumulator_value"], 0.0)
     hp = {"lr": float(lr), "weight_decay": float(weight_decay), **extra}
     if momentum is not None:
         hp["momentum"] = float(momentum)

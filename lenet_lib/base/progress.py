@@ -77,13 +77,16 @@ def read(path: str | Path) -> dict | None:
 
 def parameter_images(parameters: dict) -> float:
     """A run's training images from its parameters (the notebook's defaults included) alone: seeds x epochs
-    x training-set size. The models per seed (variants, optimizers, batch sizes) are the notebook's own, so
+    x training-set size (seeds x iterations x batch size where a run trains by iterations). The models per seed (variants, optimizers, batch sizes) are the notebook's own, so
     ReportBar scales this by what the notebook's started runs planned."""
     seeds = parameters.get("seeds", [parameters.get("seed", 0)])
     dataset = parameters.get("dataset", "mnist")
     full = TRAIN_IMAGES.get(dataset, TRAIN_IMAGES["mnist"]) - (parameters.get("val_size") or 0)
     size = min(parameters.get("train_size") or full, full)
-    return max(len(seeds) if isinstance(seeds, (list, tuple)) else 1, 1) * parameters.get("epochs", 1) * size
+    runs = max(len(seeds) if isinstance(seeds, (list, tuple)) else 1, 1)
+    if parameters.get("iterations"):    # training by iterations: one batch each, whatever the set's size
+        return runs * parameters["iterations"] * parameters.get("batch_size", 64)
+    return runs * parameters.get("epochs", 1) * size
 
 
 class ReportBar:

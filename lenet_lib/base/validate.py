@@ -4,8 +4,9 @@ from __future__ import annotations
 from lenet_lib.base.checks import check_bool, check_choice, check_nonneg_int, check_positive_int, check_range
 from lenet_lib.base.choices import (ACTIVATION_NAMES as ACTIVATIONS, BATCHINGS, BN_LAYERS, BN_POSITIONS,
                                     DATASET_NAMES as DATASETS, DEFAULT_LR as OPTIMIZERS, DROPOUT_AT, DROPOUT_SITES,
-                                    INPUT_SIZES, NORMALIZATIONS, PADDINGS, POOL_NAMES as POOLS, PRECISIONS,
-                                    RESIZE_MODES)
+                                    GRAD_SCALES, HYPERPARAMETER_SOURCES, INITS, INPUT_SIZES, LOSSES, NORMALIZATIONS,
+                                    OPTIMIZER_RULES, PADDINGS, POOL_NAMES as POOLS, PRECISIONS, RESIZE_MODES,
+                                    R2_PRINTED_OPTIMIZERS, TRAIN_ACC_ON, TRAIN_ORDERS)
 from lenet_lib.base.datafiles import TRAIN_IMAGES
 
 
@@ -54,6 +55,9 @@ def _parameter_checks() -> dict:
         "resize": choice(RESIZE_MODES), "padding": choice(PADDINGS),
         "r2_activation": choice(ACTIVATIONS), "r2_padding": choice(PADDINGS), "r2_normalize": choice(NORMALIZATIONS),
         "r2_batching": choice(BATCHINGS),
+        "init": choice(INITS), "optimizer_rules": choice(OPTIMIZER_RULES), "grad_scale": choice(GRAD_SCALES),
+        "train_acc_on": choice(TRAIN_ACC_ON), "loss": choice(LOSSES), "train_order": choice(TRAIN_ORDERS),
+        "hyperparameters": choice(HYPERPARAMETER_SOURCES), "iterations": check_nonneg_int,
         "lr": _optional(lr), "lrs": _each(lr), "lr_grid": _each(lr), "lr_factors": _each(lr),
         "momentum": _optional(lambda n, v: check_range(n, v, 0.0, 1.0, hi_open=True)),
         "weight_decay": lambda n, v: check_range(n, v, 0.0),
@@ -66,6 +70,7 @@ def _parameter_checks() -> dict:
         "r2_train_size": _optional(check_positive_int), "val_size": check_nonneg_int,
         "fc_activation": _optional(choice(ACTIVATIONS)), "mlp_activation": choice(ACTIVATIONS),
         "mlp_optimizer": choice(OPTIMIZERS), "mlp_lr": _optional(lr),
+        "mlp_adagrad_init": lambda n, v: check_range(n, v, 0.0), "step_batch_sizes": _each(check_positive_int),
         "claimed_best": check_positive_int, "tsne_points": check_positive_int, "top_mistakes": check_positive_int,
         "timing_rounds": check_positive_int, "timing_calls": check_positive_int,
         "timing_repeats": check_positive_int, "threads": check_positive_int,
@@ -83,6 +88,7 @@ def check_parameters(parameters: dict) -> None:
     for name, value in parameters.items():
         if name in checks:
             checks[name](name, value)
+    _check_together(parameters)
     check_sizes(parameters)
 
 
@@ -115,3 +121,22 @@ def check_sizes(parameters: dict) -> None:
             source = f"train_size={train}" if train is not None else f"{'/'.join(totals)} less val_size={val}"
             raise ValueError(f"{name}={batch} is larger than the training set ({training:,} images: {source}); "
                              f"choose {name.split('[')[0]} <= {training:,} or more training images")
+
+
+def _check_together(parameters: dict) -> None:
+    """Values that are valid alone but not with each other."""
+    iterations, epochs = parameters.get("iterations", 0), parameters.get("epochs", 1)
+    if iterations and iterations % epochs:
+        raise ValueError(f"iterations={iterations} is not valid with epochs={epochs}: the iterations are recorded "
+                         f"in `epochs` equal blocks; expected a multiple of {epochs}")
+    printed = parameters.get("optimizer_rules") == "r2_printed" or parameters.get("hyperparameters") == "r2_printed"
+    for name in ("optimizer", "optimizers"):
+        values = parameters.get(name)
+        values = [values] if isinstance(values, str) else values or []
+        bad = [v for v in values if v not in R2_PRINTED_OPTIMIZERS]
+        if printed and bad:
+            raise ValueError(f"{name}={bad!r} is not valid with R2's printed rules or rates; "
+                             f"choose from {list(R2_PRINTED_OPTIMIZERS)}")
+    if parameters.get("mlp_adagrad_init") and parameters.get("mlp_optimizer", "adagrad") != "adagrad":
+        raise ValueError(f"mlp_adagrad_init={parameters['mlp_adagrad_init']!r} is not valid with "
+                         f"mlp_optimizer={parameters['mlp_optimizer']!r}; only 'adagrad' has an initial accumulator")

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from lenet_lib.base.choices import NORMALIZATIONS, RESIZE_MODES
+from lenet_lib.base.choices import NORMALIZATIONS, RESIZE_MODES, TRAIN_ORDERS
 from lenet_lib.base import datafiles
 from lenet_lib.base.datafiles import data_root
 from lenet_lib.base.checks import check_choice, check_nonneg_int, check_positive_int
@@ -122,7 +122,7 @@ class DataSplits:
 
 
 def _to_float(images: torch.Tensor, info: DatasetInfo, input_size: int, resize: str, normalize: str):
-    x = images.float().div_(255.0)
+    x = images.float() if normalize == "raw" else images.float().div_(255.0)   # raw: pixel values 0..255
     if input_size != info.size:
         if resize == "pad":     # zero (black) border, as LeCun padded 28x28 digits into 32x32
             margin = (input_size - info.size) // 2
@@ -146,6 +146,7 @@ def prepare_data(
     resize: str = "pad",
     normalize: str = "standard",
     split_seed: int = 0,
+    train_order: str = "shuffled",
     device: str | torch.device = "cpu",
     root: str | None = None,
     download: bool = True,
@@ -155,11 +156,14 @@ def prepare_data(
     val_size images are held out of the training set (the test set is never used for a choice);
     train_size / test_size take seeded subsets for quick runs (None: all). input_size 32 pads (or
     interpolates, resize="interpolate") 28x28 images. The split depends on split_seed only, so every
-    model of an experiment sees the same validation set whatever its own seed.
+    model of an experiment sees the same validation set whatever its own seed. train_order "file" keeps
+    the training images in the dataset file's order (R2's contiguous slices, R2 l.252-255) instead of the
+    split's shuffled one.
     """
     check_choice("dataset", dataset, tuple(DATASETS))
     check_choice("normalize", normalize, NORMALIZATIONS)
     check_choice("resize", resize, RESIZE_MODES)
+    check_choice("train_order", train_order, TRAIN_ORDERS)
     info = DATASETS[dataset]
     input_size = input_size or info.size
     check_choice("input_size", input_size, tuple(sorted({info.size, 32})))
@@ -179,6 +183,8 @@ def prepare_data(
     val_idx, train_idx = order[:val_size], order[val_size:]
     if train_size is not None:
         train_idx = train_idx[:train_size]
+    if train_order == "file":
+        train_idx = train_idx.sort().values
     test_idx = torch.arange(len(test_labels))
     if test_size is not None:
         test_size = min(test_size, len(test_labels))
@@ -193,6 +199,7 @@ def prepare_data(
     x_test, y_test = split(test_images, test_labels, test_idx)
     meta = {"dataset": dataset, "train_size": len(y_train), "val_size": len(y_val), "test_size": len(y_test),
             "input_size": input_size, "resize": resize, "normalize": normalize, "split_seed": split_seed,
+            "train_order": train_order,
             "in_channels": info.channels, "num_classes": 10}
     return DataSplits(x_train, y_train, x_val, y_val, x_test, y_test, meta)
 

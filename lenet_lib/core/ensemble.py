@@ -57,8 +57,14 @@ def train_many(specs: list[TrainSpec], data: DataSplits, *, device="auto", preci
     precision_context(precision, device)          # a bad precision fails here, before any work
     if data.device != device:
         data = data.to(device)     # once for all models, not once per model
+    # the stacked network knows torch's rules only, not R2's printed ones (TrainSpec.init ... iterations)
+    printed = [s.model_id for s in specs if (s.init, s.optimizer_rules, s.grad_scale, s.loss, s.train_acc_on,
+                                             s.iterations) != ("torch", "torch", "mean", "cross_entropy", "running", 0)]
     if mode == "auto":
-        mode = "batched" if device.type == "cuda" else "sequential"
+        mode = "batched" if device.type == "cuda" and not printed else "sequential"
+    if mode == "batched" and printed:
+        raise ValueError(f"mode='batched' is not valid for {printed[:3]}: R2's printed options train one model "
+                         f"at a time; use mode='sequential' or 'auto'")
     if mode == "sequential":
         # One bar over the models; a model's own epoch bar only when it is the only one.
         return [train(spec, data, device=device, precision=precision, progress=progress and len(specs) == 1,

@@ -8,8 +8,9 @@ import torch
 
 from lenet_lib.core.models import ARCHS, MODEL_ARGS, build_model
 from lenet_lib.core.optim import resolve_hyperparameters
+from lenet_lib.core.r2_printed import PRINTED, printed_hyperparameters
 from lenet_lib.base.checks import check_bool, check_choice, check_nonneg_int, check_positive_int
-from lenet_lib.base.choices import MODEL_DEFAULTS
+from lenet_lib.base.choices import GRAD_SCALES, INITS, LOSSES, MODEL_DEFAULTS, OPTIMIZER_RULES, TRAIN_ACC_ON
 
 
 @dataclass(frozen=True)
@@ -31,9 +32,18 @@ class TrainSpec:
     lr: float | None = None
     momentum: float | None = None
     weight_decay: float = 0.0
+    initial_accumulator_value: float = 0.0     # adagrad only: torch's 0; TF1's AdaGrad starts at 0.1
     batch_size: int = 128
     epochs: int = 5
     seed: int = 0
+    # R2 part I's code as printed (core/r2_printed.py) beside torch's; the defaults are torch's
+    init: str = "torch"               # "r2_printed": R2's printed initialisation
+    optimizer_rules: str = "torch"    # "r2_printed": R2's printed update rules, under the same names
+    grad_scale: str = "mean"          # "sum": the batch's summed gradient (R2's backward has no 1/N)
+    loss: str = "cross_entropy"       # "r2_double_softmax": R2's printed loss step (r2_printed.double_softmax_backward)
+    train_acc_on: str = "running"     # "full_train": train loss and accuracy on the whole training set
+    iterations: int = 0               # > 0: that many steps of one random contiguous slice each, over
+                                      # `epochs` equal blocks (a row per block); 0: epochs over shuffled data
     model_id: str = ""
 
     def __post_init__(self):
@@ -45,11 +55,20 @@ class TrainSpec:
         check_positive_int("batch_size", self.batch_size)
         check_positive_int("epochs", self.epochs)
         check_nonneg_int("seed", self.seed)
-        for name in ("batch_size", "epochs", "seed"):
+        check_nonneg_int("iterations", self.iterations)
+        for name in ("batch_size", "epochs", "seed", "iterations"):
             object.__setattr__(self, name, int(getattr(self, name)))
+        for name, valid in (("init", INITS), ("optimizer_rules", OPTIMIZER_RULES), ("grad_scale", GRAD_SCALES),
+                            ("loss", LOSSES), ("train_acc_on", TRAIN_ACC_ON)):
+            check_choice(name, getattr(self, name), valid)
+        if self.iterations % self.epochs:
+            raise ValueError(f"iterations={self.iterations} is not valid with epochs={self.epochs}: the iterations "
+                             f"are recorded in `epochs` equal blocks; expected a multiple of {self.epochs}")
+        if self.optimizer_rules == "r2_printed":
+            check_choice("optimizer (with optimizer_rules='r2_printed')", self.optimizer, tuple(PRINTED))
         if not isinstance(self.model_id, str):
             raise ValueError(f"model_id={self.model_id!r} is not valid; expected a string (or '' for the default)")
-        resolve_hyperparameters(self.optimizer, self.lr, self.momentum, self.weight_decay)
+        self.hyperparameters()
         with torch.device("meta"):    # checks the arguments without drawing from the RNG
             build_model(self.arch, **self.model_kwargs())
         if not self.model_id:
@@ -67,13 +86,18 @@ class TrainSpec:
         return {name: getattr(self, name) for name in MODEL_ARGS[self.arch]}
 
     def hyperparameters(self) -> dict:
-        """Optimizer hyperparameters with defaults filled in (lr, weight_decay, momentum where it applies)."""
-        return resolve_hyperparameters(self.optimizer, self.lr, self.momentum, self.weight_decay)
+        """Optimizer hyperparameters with defaults filled in (lr, weight_decay, momentum where it applies;
+        AdaGrad's initial accumulator where it is not torch's 0)."""
+        extra = {"initial_accumulator_value": self.initial_accumulator_value} if self.initial_accumulator_value else {}
+        return resolve_hyperparameters(self.optimizer, self.lr, self.momentum, self.weight_decay, **extra)
 
     def columns(self) -> dict:
         """Flat configuration columns for tidy rows: every field, learning rate and momentum resolved."""
         row = asdict(self)
         hp = self.hyperparameters()
+        if self.optimizer_rules == "r2_printed":
+            hp = {**printed_hyperparameters(self.optimizer),
+                  **{k: v for k, v in (("lr", self.lr), ("momentum", self.momentum)) if v is not None}}
         row["lr"] = hp["lr"]
         row["momentum"] = hp.get("momentum", float("nan"))
         row["fc_activation"] = self.fc_activation or self.activation

@@ -20,6 +20,7 @@ from lenet_lib.fast.layers import fuse_relu_max_pool
 from lenet_lib.fast.one_node import OneNodeSequential
 from lenet_lib.core.models import build_model, eval_mode
 from lenet_lib.core.optim import make_optimizer
+from lenet_lib.core.r2_printed import double_softmax_backward, make_printed_optimizer, printed_init_, slice_starts
 from lenet_lib.core.specs import TrainSpec
 from lenet_lib.base.checks import check_choice
 
@@ -88,9 +89,29 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision_ctx=N
 
 
 def build_for(spec: TrainSpec, data: DataSplits) -> nn.Module:
-    """The spec's model shaped for the data (channels, input size, classes)."""
-    return build_model(spec.arch, in_channels=data.info["in_channels"], input_size=data.info["input_size"],
-                       num_classes=data.info["num_classes"], **spec.model_kwargs())
+    """The spec's model shaped for the data (channels, input size, classes), initialised as spec.init says."""
+    model = build_model(spec.arch, in_channels=data.info["in_channels"], input_size=data.info["input_size"],
+                        num_classes=data.info["num_classes"], **spec.model_kwargs())
+    return printed_init_(model) if spec.init == "r2_printed" else model
+
+
+def build_optimizer(spec: TrainSpec, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    """torch's optimizer for spec.optimizer (fused on CPU: optim.FUSED), or R2's printed rule under that name."""
+    if spec.optimizer_rules == "r2_printed":
+        return make_printed_optimizer(spec.optimizer, model.parameters(), spec.lr, spec.momentum)
+    return make_optimizer(spec.optimizer, model.parameters(), fused=device.type == "cpu", **spec.hyperparameters())
+
+
+def training_batches(spec: TrainSpec, data: DataSplits, epoch: int, starts: torch.Tensor | None):
+    """One epoch's (images, labels) batches: shuffled batches of the whole training set, or, with
+    spec.iterations, this block's contiguous slices x[start:start + batch_size] (r2_printed.slice_starts)."""
+    if starts is None:
+        for idx in index_batches(epoch_order(len(data.y_train), spec.seed, epoch).to(data.device), spec.batch_size):
+            yield data.train_batch(idx)
+        return
+    block = spec.iterations // spec.epochs
+    for start in starts[(epoch - 1) * block:epoch * block].tolist():
+        yield data.x_train[start:start + spec.batch_size], data.y_train[start:start + spec.batch_size]
 
 
 def kernel_path(device: torch.device) -> str:
@@ -135,8 +156,10 @@ def train(spec: TrainSpec, data: DataSplits, *, device: str | torch.device = "au
     """Train one model as `spec` says; evaluate on validation and test after every epoch.
 
     The optimizer "gd" is full-batch gradient descent: gradients of all batches are summed (weighted
-    by batch size) and one step is taken per epoch. A loss that diverges (choices.diverged) ends training
-    after that epoch with status "diverged"; it never raises. on_epoch(model_id, epoch, epochs) is called
+    by batch size) and one step is taken per epoch; with spec.iterations it steps per batch like the rest.
+    Each row's `steps` counts the optimizer steps taken so far; with train_acc_on="full_train" its
+    train_loss and train_acc are the model's after that epoch on the whole training set. A loss that
+    diverges (choices.diverged) ends training after that epoch with status "diverged"; it never raises. on_epoch(model_id, epoch, epochs) is called
     after each epoch (the runner's progress bar).
     """
     device = resolve_device(device)
@@ -147,12 +170,13 @@ def train(spec: TrainSpec, data: DataSplits, *, device: str | torch.device = "au
     model = build_for(spec, data).to(device)
     # On CPU each conv tail runs fused (fast/layers.py): torch's numbers to float rounding; `net` shares model's layers.
     net = fuse_relu_max_pool(model) if device.type == "cpu" else model
-    optimizer = make_optimizer(spec.optimizer, model.parameters(), fused=device.type == "cpu",   # optim.FUSED
-                               **spec.hyperparameters())
-    full_batch = spec.optimizer == "gd"
+    optimizer = build_optimizer(spec, model, device)
+    # by iterations every optimizer steps per batch, "gd" included (R2 l.748-759)
+    full_batch = spec.optimizer == "gd" and not spec.iterations
     base = base_columns(spec, data, device, precision)
     n = len(data.y_train)
-    rows, status = [], "ok"
+    starts = slice_starts(n, spec.batch_size, spec.iterations, spec.seed) if spec.iterations else None
+    rows, status, steps = [], "ok", 0
     bar = tqdm(range(1, spec.epochs + 1), desc=spec.model_id, disable=not progress, leave=False)
     for epoch in bar:
         start = time.perf_counter()
@@ -160,28 +184,38 @@ def train(spec: TrainSpec, data: DataSplits, *, device: str | torch.device = "au
         # Running sums stay on the device: no host sync per batch, one .item() per epoch.
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.int64)
-        order = epoch_order(n, spec.seed, epoch).to(device)
+        seen = 0
         if full_batch:
             optimizer.zero_grad(set_to_none=True)
-        for idx in index_batches(order, spec.batch_size):
-            xb, yb = data.train_batch(idx)
+        for xb, yb in training_batches(spec, data, epoch, starts):
             if not full_batch:
                 optimizer.zero_grad(set_to_none=True)
-            logits, loss = loss_and_backward(net, xb, yb, autocast, len(idx) / n if full_batch else None)
+            # the loss's scale: the batch mean; its sum (R2's); full batch: the mean or sum over all n images
+            scale = float(len(yb)) if spec.grad_scale == "sum" else len(yb) / n if full_batch else None
+            if spec.loss == "r2_double_softmax":
+                with autocast:
+                    logits, loss = double_softmax_backward(net, xb, yb, scale)
+            else:
+                logits, loss = loss_and_backward(net, xb, yb, autocast, scale)
             if not full_batch:
                 optimizer.step()
-            loss_sum += loss.detach() * len(idx)
+                steps += 1
+            loss_sum += loss.detach() * len(yb)
             correct += (logits.argmax(1) == yb).sum()
+            seen += len(yb)
         if full_batch:
             optimizer.step()
-        train_loss, train_acc = loss_sum.item() / n, correct.item() / n
+            steps += 1
+        train_loss, train_acc = loss_sum.item() / seen, correct.item() / seen
         train_seconds = time.perf_counter() - start
         if diverged(train_loss, data.info["num_classes"]):
             status = "diverged"
+        if spec.train_acc_on == "full_train":   # the model after this epoch, on every training image
+            train_loss, train_acc = evaluate(net, data.x_train, data.y_train, autocast)
         val = evaluate(net, data.x_val, data.y_val, autocast)
         test = evaluate(net, data.x_test, data.y_test, autocast)
-        rows.append(epoch_row(base, epoch, train_loss, train_acc, val, test, train_seconds,
-                              time.perf_counter() - start, status))
+        rows.append({**epoch_row(base, epoch, train_loss, train_acc, val, test, train_seconds,
+                                 time.perf_counter() - start, status), "steps": steps})
         bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{val[1]:.3f}")
         if on_epoch:
             on_epoch(spec.model_id, epoch, spec.epochs)

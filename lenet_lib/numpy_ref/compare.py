@@ -5,19 +5,21 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import time
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from threadpoolctl import threadpool_limits
 
-from lenet_lib.core.data import DataSplits, epoch_order
-from lenet_lib.core.specs import TrainSpec
+from lenet_lib.core.data import DataSplits, epoch_order, index_batches
+from lenet_lib.core.specs import TrainSpec, with_values
+from lenet_lib.core.timing import time_in_turns, training_step
 from lenet_lib.core.train import base_columns, build_for, set_determinism
 from lenet_lib.fast.layers import with_torch_layers
 from lenet_lib.numpy_ref import net as numpy_net
+from lenet_lib.numpy_ref import optim as numpy_optim
 from lenet_lib.numpy_ref.layers import cross_entropy
 from lenet_lib.numpy_ref.train import train as train_loop
 
@@ -94,24 +96,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_it(fn, repeats: int = 5, device: torch.device | None = None) -> float:
-    """Fastest of `repeats` timed calls of fn(), after one warm-up call.
-
-    The minimum, not the mean: other work on the machine only ever adds time, so the fastest call is
-    the best estimate of what the code itself costs.
-    """
-    device = device or torch.device("cpu")
-    fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def layer_times(net, model: torch.nn.Module, x: np.ndarray, repeats: int = 5, device: str = "cpu",
                 calls: int = 10) -> pd.DataFrame:
     """Forward time of each layer alone (eval mode, no gradients) on input x, NumPy and torch in turns.
@@ -160,22 +144,49 @@ def fastest(times: pd.DataFrame) -> pd.DataFrame:
                                                   ).reset_index()
 
 
-def forward_backward_times(net, model: torch.nn.Module, x: np.ndarray, y: np.ndarray, repeats: int = 5,
-                           device: str = "cpu") -> dict:
-    """Seconds for one training forward + backward (loss and all parameter gradients) of batch (x, y)."""
-    device = torch.device(device)
-    model = model.to(device).train()
+def _numpy_step(spec: TrainSpec, data: DataSplits, batches: list[torch.Tensor]):
+    """One NumPy training step as a function of no arguments: the next batch, forward, cross-entropy,
+    backward, optimizer step (numpy_ref.train's loop), from torch's initial weights."""
+    net, _ = twin(spec, data, np.float32)
+    optimizer = numpy_optim.make_optimizer(spec.optimizer, net.parameters(), **spec.hyperparameters())
+    x, y = data.x_train.numpy(), data.y_train.numpy()
+    batch = itertools.cycle([b.numpy() for b in batches])
     net.train()
-    xn = np.asarray(x, dtype=net.dtype)
-    xt = torch.as_tensor(x, dtype=torch.float32, device=device)
-    yt = torch.as_tensor(y, device=device)
 
-    def numpy_step():
-        loss, dlogits = cross_entropy(net(xn), y)
+    def step():
+        idx = next(batch)
+        loss, dlogits = cross_entropy(net(x[idx]), y[idx])
         net.backward(dlogits)
+        optimizer.step(net.grads())
+    return step
 
-    def torch_step():
-        model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(xt), yt).backward()
 
-    return {"numpy_s": time_it(numpy_step, repeats), "torch_s": time_it(torch_step, repeats, device)}
+def step_times(spec: TrainSpec, data: DataSplits, batch_sizes, rounds: int = 10, calls: int = 3,
+               warmup: int = 1, progress: bool = False) -> pd.DataFrame:
+    """Seconds per training step of spec's model at each batch size, NumPy against torch's own layers and
+    optimizer (core.timing.training_step "torch": not lenet_lib's fast path), on the CPU, all in turns:
+    every round calls each of them `calls` times, in a shuffled order (core.timing.time_in_turns).
+
+    One row per batch size and kept round: batch_size, round, numpy_s, torch_s (per step), threads.
+    """
+    batch_sizes = [int(b) for b in batch_sizes]
+    data = data if data.device.type == "cpu" else data.to("cpu")
+    n = len(data.y_train)
+    too_big = [b for b in batch_sizes if b > n]
+    if too_big:
+        raise ValueError(f"batch size {too_big[0]} is not valid for timing on {n} training images; "
+                         f"expected batch sizes <= {n}")
+    order = epoch_order(n, spec.seed, 1)
+    functions, keys = {}, {}
+    for size in batch_sizes:
+        sized = with_values(spec, batch_size=size)
+        batches = list(index_batches(order, size, drop_last=True))[:calls]
+        functions[f"numpy {size}"], keys[f"numpy {size}"] = _numpy_step(sized, data, batches), ("numpy_s", size)
+        functions[f"torch {size}"], keys[f"torch {size}"] = (training_step(sized, data, "torch", batches),
+                                                             ("torch_s", size))
+    rows = {}
+    for row in time_in_turns(functions, rounds=rounds, calls=calls, warmup=warmup, progress=progress).itertuples():
+        column, size = keys[row.name]
+        rows.setdefault((size, row.round), {"batch_size": size, "round": row.round})[column] = row.seconds
+    table = pd.DataFrame([rows[key] for key in sorted(rows)], columns=["batch_size", "round", "numpy_s", "torch_s"])
+    return table.assign(threads=torch.get_num_threads())

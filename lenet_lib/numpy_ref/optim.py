@@ -57,14 +57,15 @@ class SGD(Optimizer):
 
 
 class Adagrad(Optimizer):
-    """torch.optim.Adagrad (no lr decay, zero initial accumulator): p -= lr * g / (sqrt(sum g^2) + eps)."""
+    """torch.optim.Adagrad (no lr decay): p -= lr * g / (sqrt(sum g^2) + eps), the sum starting at
+    initial_accumulator_value."""
 
-    def __init__(self, params, lr, weight_decay=0.0, eps=1e-10):
+    def __init__(self, params, lr, weight_decay=0.0, eps=1e-10, initial_accumulator_value=0.0):
         super().__init__(params, lr, weight_decay)
-        self.eps = eps
+        self.eps, self.initial = eps, initial_accumulator_value
 
     def update(self, p, g, state):
-        state.setdefault("sum", np.zeros_like(p))
+        state.setdefault("sum", np.full_like(p, self.initial))
         state["sum"] += g * g
         p -= self.lr * g / (np.sqrt(state["sum"]) + self.eps)
 

@@ -6,6 +6,8 @@ import signal
 import sys
 import threading
 
+from lenet_lib.running import decide
+from lenet_lib.running.decide import DECIDE
 from lenet_lib.running.executors import ExecutorError
 from lenet_lib.running.runner import PROFILES, ConfigError, list_notebooks, refresh_notebooks, report
 
@@ -19,7 +21,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     rep = commands.add_parser("report", help="run the params/ matrix (cached), then build outputs/report.html")
-    rep.add_argument("--profile", choices=PROFILES, help="matrix size: quick, default (the default) or full")
+    rep.add_argument("--profile", choices=(*PROFILES, DECIDE), help="matrix size: quick, default (the default) "
+                     "or full; or decide: seeds in stages until the claims are decided (needs --budget)")
+    rep.add_argument("--budget", metavar="TIME", help="with --profile decide: the time it may take, e.g. 60m, "
+                     "90s, 1h30m (a plain number is minutes); no stage starts that would not finish in it")
     rep.add_argument("--preset", help="a seed report's protocol (e.g. R1): only notebooks defining it run")
     rep.add_argument("--only", metavar="NB[,NB...]", help="run these notebooks only")
     rep.add_argument("--jobs", type=int, help="runs side by side (default: 1 with CUDA, else min(2, CPUs))")
@@ -59,6 +64,16 @@ def main(argv: list[str] | None = None) -> int:
     on_main_thread = threading.current_thread() is threading.main_thread()    # signals go there only
     previous = signal.signal(signal.SIGTERM, _terminate) if on_main_thread else None
     try:
+        if args.command == "report" and (args.profile == DECIDE or args.budget is not None):
+            if args.profile != DECIDE:
+                raise ConfigError(f"--budget needs --profile decide (got --profile {args.profile or 'default'})")
+            if args.budget is None:
+                raise ConfigError("--profile decide needs --budget, e.g. --budget 60m")
+            return decide.report(args.budget, preset=args.preset, only=_names(args.only), jobs=args.jobs,
+                                 force=args.force, outputs=args.outputs,
+                                 executor=args.executor or ("dask" if args.scheduler else "local"),
+                                 scheduler=args.scheduler, make_report=not args.no_report,
+                                 params_dir=args.params, notebooks_dir=args.notebooks, threads=args.threads)
         if args.command == "report":
             return report(profile=args.profile, preset=args.preset, only=_names(args.only), jobs=args.jobs,
                           force=args.force, outputs=args.outputs,

@@ -27,6 +27,7 @@ from lenet_lib.base.validate import check_parameters
 
 PROFILES = ("quick", "default", "full")
 PROFILES_FILE = "profiles.yaml"         # params/profiles.yaml: how each profile runs the presets
+STAGED = "decide"       # its other block: the staged design of `--profile decide` (running/decide.py reads it)
 PROFILE_KEYS = ("verdicts", "protocol_parameters")
 FILE_KEYS = ("notebook", "title", "parameters", "profiles", "presets")
 BLOCK_KEYS = ("matrix", "parameters")
@@ -444,7 +445,7 @@ def load_profiles(params_dir: Path) -> dict[str, Profile]:
         raise ConfigError(f"{path} does not exist; it says how each profile ({listing(PROFILES)}) runs the "
                           f"presets (see CONTRIBUTING.md)")
     data = read_yaml(path)
-    absent, extra = [p for p in PROFILES if p not in data], [p for p in data if p not in PROFILES]
+    absent, extra = [p for p in PROFILES if p not in data], [p for p in data if p not in (*PROFILES, STAGED)]
     if absent or extra:
         what = f"missing profile(s) {listing(absent)}" if absent else f"unknown profile(s) {listing(extra)}"
         raise ConfigError(f"{path}: {what}; the file defines exactly {listing(PROFILES)}")

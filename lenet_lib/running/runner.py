@@ -73,9 +73,10 @@ def make_run_id(notebook: str, parameters: dict, nb_hash: str, lib_hash: str, th
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
-def plan(selected, outputs: Path, profile, profiles, threads: int = 1) -> list[RunTask]:
+def plan(selected, outputs: Path, profile, profiles, threads: int = 1, change=None) -> list[RunTask]:
     """One RunTask per run of every selected block (params.run_parameters), once per run id. A preset's
-    runs carry its protocol label in their id (make_run_id): each reading is its own set of runs."""
+    runs carry its protocol label in their id (make_run_id): each reading is its own set of runs.
+    change: parameters -> the parameters a run gets instead (decide.py's stages: their seeds)."""
     lib_hash, tasks, seen = library_hash(for_runs=True), [], set()
     # Kernels run elsewhere (another cwd, another machine): pin the data folder as an absolute path.
     try:
@@ -88,6 +89,7 @@ def plan(selected, outputs: Path, profile, profiles, threads: int = 1) -> list[R
         preset, reading, primary = block.get("preset"), block.get("reading"), block.get("primary")
         protocol = results.protocol_label(preset, reading, primary)
         for parameters in run_parameters(nb, label, profile, profiles):
+            parameters = change(parameters) if change else parameters
             try:        # with the notebook's defaults: a batch_size left at its default meets a small train_size
                 check_sizes({**nb.defaults, **parameters})
             except ValueError as exc:

@@ -180,7 +180,7 @@ def _row(figure: dict, tables: Tables, notebook: str, protocol: str, skipped: st
     return {"published": _published_text(figure), "ours (mean)": _fmt(figure, result["mean"]),
             "95 % prediction interval": interval, "n": result["n"], "result": result["result"],
             "note": f"{notebook}" + (f"; {figure['note']}" if figure.get("note") else ""),
-            # the numbers behind the text, for plots.scorecard (log scale for ratios)
+            # the numbers behind the text, for figures.scorecard_figure (log scale for ratios)
             "metric": figure["metric"], "value": value, "value_low": low, "value_high": high,
             "mean": result["mean"], "low": result["lo"], "high": result["hi"],
             "half_width_sd": prediction_factor(result["n"])}

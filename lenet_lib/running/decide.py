@@ -1,0 +1,335 @@
+"""`python -m lenet_lib report --profile decide --budget 60m`: each preset's primary reading gets its seeds in
+stages until its claims are decided, with each claim's error rate kept (analysis/sequential.py).
+
+The design lives in params/profiles.yaml (`decide:`): the looks (seeds per variant, e.g. 3, 6, 12, 24), the
+cap, and the profile whose scale the first stage takes (`base`, default: its runs are reused as they are).
+Stage k runs the new seeds of look k (seeds 3..5 at the second look) as runs of their own (at most the
+base's seed count a run), so every cached
+seed is reused and a stage's runs have ids of their own; timing rounds grow in proportion to the seeds (the
+base's rounds per first-look seed), so a time claim's information fraction is its seed look's. After each
+stage every open claim is judged at that look's boundary (summary/staged.py); a claim once decided stays
+decided, and a preset stops getting seeds when none of its claims is open. Only the primary readings'
+blocks that some claim judges run (a claim judges nothing else); a block without seeds to add (numpy_vs_torch)
+runs once and its claim gets one look at the 5 % level.
+
+The budget: no stage starts that would not finish within it (estimated from the seconds per training image
+of the runs of the stage before, the jobs splitting them); a run that is running when the budget is spent is
+let finish, and is stopped only once the budget is exceeded by GRACE (a quarter of it), so an estimate that
+was a little short costs no work. The report is then written from what finished: a stage cut short is not
+judged (its look never happened), and its claims stay as the last complete look left them.
+"""
+from __future__ import annotations
+
+import math
+import re
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from lenet_lib.analysis import results
+from lenet_lib.analysis.sequential import check_looks
+from lenet_lib.analysis.tidy import TABLES, Tables
+from lenet_lib.base import progress
+from lenet_lib.running import runner
+from lenet_lib.running.params import PROFILES, PROFILES_FILE, ConfigError, listing, load_params, load_profiles, \
+    read_yaml, select
+from lenet_lib.summary import staged
+from lenet_lib.summary.verdicts import CLAIMS
+
+DECIDE = "decide"
+DESIGN_KEYS = ("base", "looks", "cap")
+GRACE = 0.25            # a running run is stopped only when the budget is exceeded by this fraction of it
+BUDGET_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+class BudgetSpent(Exception):
+    """The budget plus its grace ran out while runs were running."""
+
+
+@dataclass(frozen=True)
+class Design:
+    looks: tuple            # seeds per variant at each look; the last is the cap
+    base: str               # the profile whose preset runs are the first stage
+
+
+def parse_budget(text) -> float:
+    """"60m", "90s", "1h", "1h30m" or a number of minutes -> seconds (> 0); else a ConfigError."""
+    raw = str(text).strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", raw):
+        seconds = float(raw) * 60
+    else:
+        parts = re.findall(r"(\d+(?:\.\d+)?)([smh])", raw)
+        if not parts or "".join(n + u for n, u in parts) != raw:
+            raise ConfigError(f"--budget {text!r} is not valid; expected a duration such as 60m, 90s, 1h or "
+                              f"1h30m (a plain number is minutes)")
+        seconds = sum(float(n) * BUDGET_UNITS[u] for n, u in parts)
+    if seconds <= 0:
+        raise ConfigError(f"--budget {text!r} is not valid; expected a duration above zero, such as 60m")
+    return seconds
+
+
+def load_design(params_dir: Path) -> Design:
+    """params/profiles.yaml's `decide:` block, checked: base (a profile), looks (increasing, each >= 2), cap."""
+    path = Path(params_dir) / PROFILES_FILE
+    block = read_yaml(path).get(DECIDE) if path.exists() else None
+    where = f"{path}: {DECIDE}"
+    if not isinstance(block, dict):
+        raise ConfigError(f"{where}: missing; --profile decide needs a mapping with keys {listing(DESIGN_KEYS)}, "
+                          f"e.g. {{base: default, looks: [3, 6, 12, 24], cap: 24}}")
+    unknown = [k for k in block if k not in DESIGN_KEYS]
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {listing(unknown)}; valid keys: {listing(DESIGN_KEYS)}")
+    base, looks, cap = block.get("base", "default"), block.get("looks"), block.get("cap")
+    if base not in PROFILES:
+        raise ConfigError(f"{where}: base={base!r} is not valid; choose one of {listing(PROFILES)}")
+    if not isinstance(looks, list) or not all(isinstance(n, int) and not isinstance(n, bool) for n in looks):
+        raise ConfigError(f"{where}: looks={looks!r} is not valid; expected a list of seed counts, e.g. [3, 6, 12, 24]")
+    try:
+        looks = check_looks(looks)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    if not isinstance(cap, int) or isinstance(cap, bool) or cap < looks[0]:
+        raise ConfigError(f"{where}: cap={cap!r} is not valid; expected a seed count >= the first look ({looks[0]})")
+    if looks[-1] > cap:
+        raise ConfigError(f"{where}: looks {listing(n for n in looks if n > cap)} lie past the cap {cap}; "
+                          f"the cap is the last look")
+    return Design(looks if looks[-1] == cap else looks + (cap,), base)
+
+
+def stage_seeds(looks, stage: int) -> list[int]:
+    """The new seeds of stage `stage` (1-based): those between the look before and this one."""
+    return list(range(looks[stage - 2] if stage > 1 else 0, looks[stage - 1]))
+
+
+def staged_changes(looks, stage: int, base_seeds: int) -> list:
+    """runner.plan's `change`s, one per run of a staged block at this stage: its new seeds in runs of at most
+    base_seeds each (so the jobs share a stage and a cut-short stage loses little), each with timing rounds
+    in proportion (the base run's rounds per seed, rounded up); stage 1 at the base's seeds is the base run."""
+    seeds = stage_seeds(looks, stage)
+    return [_change(seeds[i:i + base_seeds], base_seeds) for i in range(0, len(seeds), base_seeds)]
+
+
+def _change(seeds: list[int], base_seeds: int):
+    def change(parameters: dict) -> dict:
+        out = {**parameters, "seeds": seeds}
+        if "timing_rounds" in parameters and len(seeds) != base_seeds:
+            out["timing_rounds"] = math.ceil(parameters["timing_rounds"] * len(seeds) / base_seeds)
+        return out
+    return change
+
+
+def is_staged(nb, label: str) -> bool:
+    """A block gets seeds in stages when its notebook takes a list of seeds (not a matrix of them)."""
+    return "seeds" in nb.defaults and "seeds" not in nb.blocks[label]["matrix"]
+
+
+def judged_blocks(params, only, base: str, preset: str | None, claims) -> list:
+    """(notebook, label) of the primary readings that some claim judges."""
+    judged = {(c.notebook, c.protocol) for c in claims}
+    return [(nb, label) for nb, label in select(params, only, base, preset)
+            if nb.blocks[label].get("primary") and (nb.name, nb.blocks[label]["preset"]) in judged]
+
+
+def estimate_seconds(tasks, earlier, jobs: int) -> float:
+    """A stage's wall seconds: each run's training images at its notebook's seconds per image in `earlier`
+    (finished runs, their manifests' seconds; all notebooks' rate where its own has none), `jobs` at a time."""
+    rates = {}
+    for task in earlier:
+        seconds = (results.read_manifest(task.run_dir) or {}).get("seconds")
+        if seconds and task.work:
+            rates.setdefault(task.notebook, []).append((seconds, task.work))
+    pooled = [x for xs in rates.values() for x in xs]
+    if not pooled:
+        return 0.0
+    rate = {nb: sum(s for s, _ in xs) / sum(w for _, w in xs) for nb, xs in rates.items()}
+    fallback = sum(s for s, _ in pooled) / sum(w for _, w in pooled)
+    each = [t.work * rate.get(t.notebook, fallback) for t in tasks]
+    return max(max(each, default=0.0), sum(each) / max(jobs, 1))
+
+
+def read_tables(tasks) -> Tables:
+    run_dirs = [t.run_dir for t in tasks]
+    tidy, _ = results.read_runs(run_dirs)
+    return Tables(tidy, *(results.read_tables(run_dirs, name) for name in TABLES))
+
+
+def run_stage(tasks, all_tasks, cached, executor, out, note: str, deadline: float | None) -> dict:
+    """Run a stage's tasks with the bar; {label: exception} of lost runs. Past `deadline` (time.monotonic),
+    the runs still running are stopped (BudgetSpent), where signals can reach this thread."""
+    lost = {}
+    print(f"report: {note}: {len(tasks)} run(s) to execute on the {executor.describe()}", file=out)
+    alarm = deadline is not None and threading.current_thread() is threading.main_thread()
+    if alarm:
+        previous = signal.signal(signal.SIGALRM, _budget_spent)
+        signal.setitimer(signal.ITIMER_REAL, max(deadline - time.monotonic(), 0.01))
+    bar = StageBar(all_tasks, cached, out, note=note)
+    try:
+        for task, outcome in executor.imap(runner.execute_run, tasks):
+            if isinstance(outcome, BaseException):
+                lost[task.label] = outcome
+            bar.run_finished(task, (results.read_manifest(task.run_dir) or {}).get("seconds"))
+    finally:
+        if alarm:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+        bar.close()
+    return lost
+
+
+class StageBar(progress.ReportBar):
+    """The report bar, its second line led by the stage and the claims still open. (A subclass here, not an
+    edit of base/progress.py: base's source is part of every run's id, and editing it re-runs every run.)"""
+
+    def __init__(self, tasks, cached, out, note: str = ""):
+        self.note = note
+        super().__init__(tasks, cached, out)
+        self.bar.set_description_str(note.split(";")[0], refresh=False)
+
+    def refresh(self) -> None:
+        super().refresh()
+        self.line.set_description_str(f"  {self.note} · {self.line.desc.strip()}")
+
+
+def _budget_spent(signum, frame):
+    raise BudgetSpent()
+
+
+def report(budget, preset: str | None = None, only=None, jobs: int | None = None, force: bool = False,
+           outputs=None, executor: str = "local", scheduler: str | None = None, make_report: bool = True,
+           params_dir=None, notebooks_dir=None, out=None, threads: int | None = None, claims=CLAIMS) -> int:
+    """The `report --profile decide` command; returns the exit code (0: done, or stopped by the budget;
+    1: a run failed or the summary did). Raises ConfigError before anything runs when the input is wrong."""
+    out = out or sys.stderr
+    seconds = parse_budget(budget)
+    params_dir = Path(params_dir or runner.REPO_ROOT / "params")
+    notebooks_dir = Path(notebooks_dir or runner.REPO_ROOT / "notebooks")
+    outputs = Path(outputs or runner.REPO_ROOT / "outputs").resolve()
+    design = load_design(params_dir)
+    runner.check_options(design.base, executor, scheduler, jobs, threads)
+    summary_nb = notebooks_dir / f"{runner.SUMMARY}.ipynb"
+    if make_report and not summary_nb.exists():
+        raise ConfigError(f"{summary_nb} does not exist; the report needs it (or pass --no-report)")
+    params = load_params(params_dir, notebooks_dir)
+    blocks = judged_blocks(params, only, design.base, preset, claims)
+    if not blocks:
+        raise ConfigError("nothing to decide: no claim judges the selected presets' primary readings "
+                          f"(claims judge {listing(sorted({c.protocol for c in claims}))})")
+    profiles = load_profiles(params_dir)
+    jobs = jobs or (runner.default_jobs() if executor == "local" else 2)
+    threads = runner.kernel_threads(executor, jobs, threads)
+    staged_at = {(nb.name, nb.blocks[label]["preset"]): is_staged(nb, label) for nb, label in blocks}
+    states = {id(c): staged.new_state(c, claims, staged_at[(c.notebook, c.protocol)])
+              for c in claims if (c.notebook, c.protocol) in staged_at}
+    chosen = [c for c in claims if id(c) in states]
+    base_seeds = {}
+    for nb, label in blocks:
+        planned = runner.run_parameters(nb, label, design.base, profiles)
+        base_seeds[(nb.name, label)] = max(len(planned[0].get("seeds") or []), 1)
+    skipped = runner.data_problems(runner.plan(blocks, outputs, design.base, profiles, threads))
+    runner.writable_outputs(outputs)
+
+    with runner.outputs_lock(outputs, out):
+        start, deadline = time.monotonic(), time.monotonic() + seconds * (1 + GRACE)
+        every, stages, lost, stopped, stopped_by, halted, was_cached = [], [], {}, "", set(), set(), set()
+        by_block = {}       # (notebook, preset) -> its tasks of every stage so far, skipped ones included
+        with runner.make_executor(executor, jobs, scheduler, outputs / ".logs") as ex:
+            for stage in range(1, len(design.looks) + 1):
+                wanted = [c for c in chosen if id(c) not in halted]
+                todo_blocks = [(nb, label) for nb, label in blocks if _wanted(nb, label, stage, wanted, states)]
+                if not todo_blocks:
+                    stopped = f"no claim left open to stage {stage}"
+                    break
+                planned = {}
+                for nb, label in todo_blocks:
+                    changes = (staged_changes(design.looks, stage, base_seeds[(nb.name, label)])
+                               if is_staged(nb, label) else [None])
+                    planned[(nb.name, nb.blocks[label]["preset"])] = [
+                        t for change in changes for t in runner.plan([(nb, label)], outputs, design.base, profiles,
+                                                                      threads, change)]
+                tasks = [t for ts in planned.values() for t in ts if t.run_id not in skipped]
+                cached = {t.run_id for t in tasks if not force and runner.is_done(t)}
+                todo = runner.longest_first([t for t in tasks if t.run_id not in cached])
+                guess = estimate_seconds(todo, every, jobs)
+                left = seconds - (time.monotonic() - start)
+                if stage > 1 and guess > left:
+                    stopped = (f"budget: stage {stage} ({design.looks[stage - 1]} seeds) would take about "
+                               f"{guess / 60:.0f} min, {max(left, 0) / 60:.0f} min left")
+                    break
+                was_cached |= cached
+                for key, ts in planned.items():
+                    by_block.setdefault(key, []).extend(ts)
+                open_keys = [states[id(c)]["key"] for c in chosen if staged.is_open(states[id(c)])]
+                note = (f"stage {stage}/{len(design.looks)} ({design.looks[stage - 1]} seeds); open: "
+                        f"{', '.join(open_keys) or 'none'}")
+                began = time.monotonic()
+                try:
+                    lost.update(run_stage(todo, tasks, cached, ex, out, note, deadline) if todo else {})
+                except BudgetSpent:
+                    stopped_by = {t.run_id for t in todo if not runner.is_done(t)}
+                    stopped = f"budget: stage {stage} stopped {GRACE:.0%} past the budget; it is not judged"
+                every += tasks
+                stages.append({"stage": stage, "n": design.looks[stage - 1], "runs": len(tasks),
+                               "executed": len(todo), "seconds": round(time.monotonic() - began, 1),
+                               "estimated_seconds": round(guess, 1), "open_before": open_keys})
+                if stopped_by:
+                    break
+                for claim in wanted:
+                    state, block = states[id(claim)], by_block.get((claim.notebook, claim.protocol), [])
+                    runnable = [t for t in block if t.run_id not in skipped]
+                    if not runnable:
+                        state["note"] = "; ".join(sorted({skipped[t.run_id] for t in block})) or "no runs"
+                        halted.add(id(claim))
+                    elif not all(runner.is_done(t) for t in runnable):  # a look with a lost run never happened
+                        state["note"] = f"a run of stage {stage} did not finish; no later look judges it"
+                        halted.add(id(claim))
+                    elif staged.is_open(state) and (stage == 1 or state["staged"]):
+                        states[id(claim)] = staged.judge_at_look(claim, state, read_tables(runnable), stage,
+                                                                 design.looks)
+            else:
+                stopped = f"reached the cap ({design.looks[-1]} seeds)"
+        all_tasks = [t for ts in by_block.values() for t in ts]
+        entries = runner.index_entries(all_tasks, lost, skipped)
+        for entry in entries:
+            if entry["run_id"] in stopped_by:
+                entry.update(status="stopped", error="stopped: the time budget was spent")
+        record = {"looks": list(design.looks), "cap": design.looks[-1], "base": design.base, "budget_s": seconds,
+                  "grace": GRACE, "elapsed_s": round(time.monotonic() - start, 1), "stages_run": len(stages),
+                  "stopped": stopped, "stages": stages, "claims": [states[id(c)] for c in chosen]}
+        index = {"profile": DECIDE, "preset": preset, "verdicts": True, "created": results.now(),
+                 "outputs": str(outputs), "notebooks": {nb.name: nb.title for nb, _ in blocks},
+                 "protocols": runner.protocols(blocks), "runs": entries, "decide": record}
+        runner.write_index(outputs / "index.json", index)
+        line = runner.summary_line(entries, was_cached).replace("report:", "decide:", 1)
+        code = 0 if all(e["status"] in runner.DONE + ("skipped", "stopped") for e in entries) else 1
+        if make_report:
+            try:
+                built = runner.build_report(summary_nb, outputs, DECIDE, preset, force)
+                line += f"; {'wrote' if built else 'unchanged'} {outputs / 'report.html'}"
+            except RuntimeError as exc:
+                line, code = f"{line}; {exc}", 1
+    print(decisions(record), file=out)
+    print(line)
+    return code
+
+
+def _wanted(nb, label, stage: int, claims, states) -> bool:
+    """Whether a block runs at this stage: at stage 1 every block; later, a staged block with an open claim."""
+    if stage == 1:
+        return True
+    if not is_staged(nb, label):
+        return False
+    preset = nb.blocks[label]["preset"]
+    return any(c.notebook == nb.name and c.protocol == preset and staged.is_open(states[id(c)]) for c in claims)
+
+
+def decisions(record: dict) -> str:
+    """What the design decided, one line a claim, and why it stopped."""
+    lines = [f"decide: {record['stages_run']} stage(s) in {record['elapsed_s'] / 60:.1f} min; {record['stopped']}"]
+    for state in record["claims"]:
+        where = (f"stage {state['stage']}, n = {state['n']}" if state["stage"] and state["staged"] else
+                 "one look" if not state["staged"] else "open")
+        lines.append(f"  {state['key']} {state['verdict']} ({where}; {state['size'] or 'no runs'}): {state['claim']}")
+    return "\n".join(lines)

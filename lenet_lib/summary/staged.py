@@ -1,0 +1,116 @@
+"""The claims judged in stages (`--profile decide`): after each stage, each open claim at that look's
+group-sequential boundary (analysis/sequential.py), a claim once decided staying decided; and the design
+columns the claims table shows for such a report.
+
+A claim's state is plain data (it is written to outputs/index.json under "decide"): its verdict, the stage
+and look (seeds per variant) that decided it, the nominal level used there, and each part's outcome so far.
+Time parts are judged at the same look as seed parts: a staged run's timing rounds grow in proportion to its
+seeds (running/decide.py), so a look's information fraction is the same for rounds as for seeds.
+"""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from lenet_lib.analysis import sequential
+from lenet_lib.summary.verdicts import (CLAIMS, CONTRADICTED, INCONCLUSIVE, NOT_JUDGED, SUPPORTED, Claim,
+                                        judge_claim, pairing, sample_sizes)
+
+DESIGN_COLUMNS = ["decided at", "boundary", "design"]
+SINGLE = "single look"      # a claim whose notebook has no seeds to add (its runs ran once)
+
+
+def claim_key(claim: Claim, claims=CLAIMS) -> str:
+    """A short name for the progress bar and the index: the report and the claim's number in it, "R4.2"."""
+    same = [c for c in claims if c.report == claim.report]
+    return f"{claim.report}.{same.index(claim) + 1}"
+
+
+def new_state(claim: Claim, claims=CLAIMS, staged: bool = True) -> dict:
+    return {"key": claim_key(claim, claims), "report": claim.report, "claim": claim.text,
+            "protocol": claim.protocol, "notebook": claim.notebook, "staged": staged, "verdict": INCONCLUSIVE,
+            "stage": None, "n": None, "size": "", "level": None, "parts": None, "pairing": "", "to_decide": "",
+            "note": ""}
+
+
+def is_open(state: dict) -> bool:
+    return state["verdict"] == INCONCLUSIVE
+
+
+def judge_at_look(claim: Claim, state: dict, tables, stage: int, looks) -> dict:
+    """state after judging `claim` on `tables` (the runs of stages 1..stage) at look `stage` (1-based) of
+    `looks`; a decided claim is returned unchanged. A single-look claim is judged at alpha once."""
+    if not is_open(state):
+        return state
+    judgement = judge_claim(claim, tables, claim.protocol)
+    if judgement.verdict == NOT_JUDGED:
+        return {**state, "note": judgement.note}
+    parts = judgement.parts
+    looks = tuple(looks) if state["staged"] else (2,)       # one look: its level is alpha itself
+    n = looks[stage - 1] if state["staged"] else 2
+    before = state["parts"] if state["parts"] and len(state["parts"]) == len(parts) else [INCONCLUSIVE] * len(parts)
+    outcomes = list(before)
+    levels = []
+    for alpha in dict.fromkeys(p.alpha for p in parts):      # look_outcomes takes one alpha; families share one
+        index = [i for i, p in enumerate(parts) if p.alpha == alpha]
+        p_values = [parts[i].p_values() for i in index]
+        got = sequential.look_outcomes([parts[i].kind for i in index], [p for p, _ in p_values],
+                                       [q for _, q in p_values], [parts[i].family for i in index], n, looks, alpha,
+                                       [before[i] for i in index])
+        for i, outcome in zip(index, got):
+            outcomes[i] = outcome
+        levels.append(sequential.level_at(n, looks, alpha))
+    verdict = (CONTRADICTED if CONTRADICTED in outcomes else
+               SUPPORTED if all(o == SUPPORTED for o in outcomes) else INCONCLUSIVE)
+    state = {**state, "parts": outcomes, "pairing": pairing(parts), "size": sample_sizes(parts),
+             "level": min(levels), "to_decide": judgement.to_decide, "note": ""}
+    if verdict != INCONCLUSIVE:
+        state.update(verdict=verdict, stage=stage, n=n if state["staged"] else None)
+    return state
+
+
+def design_text(state: dict, looks, stages_run: int) -> dict:
+    """The three design columns of one claim's row."""
+    cap = looks[-1]
+    plan = "O'Brien-Fleming-like alpha spending (Lan-DeMets), looks " + ", ".join(map(str, looks)) + " seeds"
+    if not state["staged"]:
+        decided = (f"stage 1 ({state['size']})" if not is_open(state) else "open (single look)")
+        return {"decided at": decided, "boundary": _level(state["level"]),
+                "design": f"{SINGLE}: {state['notebook']} has no seeds to add; judged at the 5 % level"}
+    if not is_open(state):
+        return {"decided at": f"stage {state['stage']} of {len(looks)}: n = {state['n']} seeds"
+                              f" ({state['size']})", "boundary": _level(state["level"]), "design": plan}
+    where = (f"open at the cap ({cap} seeds per variant)" if stages_run >= len(looks)
+             else f"open after stage {stages_run} of {len(looks)} (stopped before the cap of {cap} seeds)")
+    would = f"; {state['to_decide']}" if state["to_decide"] else ""
+    return {"decided at": where + would, "boundary": _level(state["level"]), "design": plan}
+
+
+def _level(level) -> str:
+    if level is None or (isinstance(level, float) and math.isnan(level)):
+        return ""
+    return f"one-sided p < {level:.2g} at that look"
+
+
+def with_design(claims: pd.DataFrame, design: dict | None) -> pd.DataFrame:
+    """The claims table (verdicts.judge) of a staged report with the design's verdicts and DESIGN_COLUMNS:
+    each claim's verdict is the sequential one (decided at a look and kept), not a fixed-n test on all its
+    seeds. Without a design (another profile) the table is returned as it is. The summary calls
+    `staged.with_design(verdicts.judge(tables, ...), index.get("decide"))`."""
+    if not design:
+        return claims
+    by_claim = {(s["report"], s["claim"]): s for s in design["claims"]}
+    out = claims.copy()
+    extra = {c: [] for c in DESIGN_COLUMNS}
+    for i, row in out.iterrows():
+        state = by_claim.get((row["report"], row["claim"]))
+        if state is None:
+            for c in DESIGN_COLUMNS:
+                extra[c].append("")
+            continue
+        if row["verdict"] != NOT_JUDGED:
+            out.at[i, "verdict"] = state["verdict"]
+        for c, text in design_text(state, design["looks"], design["stages_run"]).items():
+            extra[c].append(text)
+    return out.assign(**extra)
