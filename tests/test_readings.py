@@ -188,9 +188,10 @@ def test_manifests_and_read_back_rows_carry_preset_reading_and_protocol(tmp_path
 def test_a_manifest_from_before_readings_reads_back_as_its_preset(tmp_path):
     run = tmp_path / "tiny" / "abc"
     run.mkdir(parents=True)
-    (run / results.MANIFEST_FILE).write_text(json.dumps({"status": "ok", "preset": "R1", "profile": "default"}))
     results.write_table(pd.DataFrame({"notebook": ["tiny"], "run_id": ["abc"], "epoch": [1]}),
                         run / results.RESULTS_FILE)
+    (run / results.MANIFEST_FILE).write_text(json.dumps({"status": "ok", "preset": "R1", "profile": "default",
+                                                         "files": results.file_checksums(run)}))
     tidy, runs = results.read_runs([run])
     assert (tidy["protocol"][0], tidy["reading"][0], runs["protocol"][0]) == ("R1", None, "R1")
 

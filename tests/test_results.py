@@ -4,7 +4,8 @@ import os
 import pandas as pd
 import pytest
 
-from lenet_lib.analysis.results import check_tidy, make_manifest, read_runs, save_results, write_table
+from lenet_lib.analysis.results import check_tidy, file_checksums, make_manifest, read_runs, save_results, \
+    write_table
 from lenet_lib.base.files import atomic_write, write_json
 
 
@@ -56,7 +57,8 @@ def test_atomic_write_leaves_old_file_when_writer_fails(tmp_path):
 def test_manifest_and_read_runs(tmp_path):
     done, failed, missing = (tmp_path / "runs" / "nb" / rid for rid in ("r1", "r2", "r3"))
     save_results(tidy(), done, notebook="nb", run_id="r1")
-    write_json(make_manifest({"epochs": 2}, "ok", "t0", "t1", 1.5, profile="quick"), done / "manifest.json")
+    write_json(make_manifest({"epochs": 2}, "ok", "t0", "t1", 1.5, profile="quick", files=file_checksums(done)),
+               done / "manifest.json")
     write_json(make_manifest({}, "failed", "t0", "t1", 0.5, error="DataMissingError: no cifar"),
                failed / "manifest.json")
     missing.mkdir(parents=True)

@@ -142,9 +142,13 @@ def test_failed_or_unfinished_runs_are_not_done(tmp_path):
     assert not is_done(task)
     Path(task.run_dir).mkdir(parents=True)
     assert not is_done(task)                                   # a folder without manifest: killed mid-run
+    (Path(task.run_dir) / results.RESULTS_FILE).write_bytes(b"rows")
+    listed = results.file_checksums(task.run_dir)
     for status, done in (("failed", False), ("ok", True), ("diverged", True)):
-        files.write_json({"status": status}, Path(task.run_dir) / results.MANIFEST_FILE)
+        files.write_json({"status": status, "files": listed}, Path(task.run_dir) / results.MANIFEST_FILE)
         assert is_done(task) is done
+    files.write_json({"status": "ok"}, Path(task.run_dir) / results.MANIFEST_FILE)
+    assert not is_done(task)                                   # a manifest that vouches for no files
 
 
 def test_run_ids_follow_parameters_and_sources_not_outputs(tmp_path):

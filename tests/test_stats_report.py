@@ -6,7 +6,7 @@ import pytest
 
 from lenet_lib.summary import report
 from lenet_lib.analysis import stats
-from lenet_lib.analysis.results import make_manifest, save_results
+from lenet_lib.analysis.results import file_checksums, make_manifest, save_results
 from lenet_lib.base.files import write_json
 
 MEASURE_DEFAULTS = dict(train_loss=0.1, train_acc=0.9, val_loss=0.1, val_acc=0.9, test_loss=0.1,
@@ -55,8 +55,8 @@ def test_report_reads_runs_back(tmp_path):
         run_dir = tmp_path / "runs" / "bn_dropout_grid" / f"r{i}"
         if df is not None:
             save_results(df.drop(columns=["notebook", "run_id"]), run_dir, "bn_dropout_grid", f"r{i}")
-        write_json(make_manifest({}, status, "t0", "t1", 1.0, error=None if df is not None else "boom"),
-                   run_dir / "manifest.json")
+        write_json(make_manifest({}, status, "t0", "t1", 1.0, error=None if df is not None else "boom",
+                                 files=file_checksums(run_dir)), run_dir / "manifest.json")
         runs.append({"notebook": "bn_dropout_grid", "run_id": f"r{i}", "run_dir": str(run_dir),
                      "status": status})
     lost = tmp_path / "runs" / "bn_dropout_grid" / "r9"

@@ -1,6 +1,8 @@
 """Tidy results (one row per model x epoch), run manifests, and reading them back."""
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import platform
@@ -128,6 +130,49 @@ def read_manifest(run_dir: str | Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+@functools.lru_cache(maxsize=4096)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256(path: str | Path) -> str:
+    """The file's SHA-256 (remembered per size and modification time: the runner and the summary ask twice)."""
+    stat = Path(path).stat()
+    return _sha256(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+def file_checksums(run_dir: str | Path) -> dict:
+    """{path in the run folder: {"bytes", "sha256"}} of every file a run wrote, its manifest aside: what
+    the manifest vouches for."""
+    run_dir = Path(run_dir)
+    return {str(p.relative_to(run_dir)): {"bytes": p.stat().st_size, "sha256": sha256(p)}
+            for p in sorted(run_dir.rglob("*")) if p.is_file() and p.name != MANIFEST_FILE}
+
+
+def damage(run_dir: str | Path, manifest: dict | None = None) -> str | None:
+    """Why a finished run's files are not the ones its manifest lists (missing, resized, altered), or None
+    when they all are. A run is done only when this is None."""
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir) if manifest is None else manifest
+    listed = manifest.get("files")
+    if not isinstance(listed, dict) or RESULTS_FILE not in listed and manifest.get("status") in STATUSES:
+        return f"its {MANIFEST_FILE} lists no checksum of {RESULTS_FILE} (written before runs recorded them)"
+    problems = []
+    for name, expected in sorted(listed.items()):
+        path = run_dir / name
+        if not path.is_file():
+            problems.append(f"{name} missing")
+        elif path.stat().st_size != expected.get("bytes"):
+            problems.append(f"{name} has {path.stat().st_size} bytes, the manifest says {expected.get('bytes')}")
+        elif sha256(path) != expected.get("sha256"):
+            problems.append(f"{name} differs from the manifest's sha256")
+    return "; ".join(problems) or None
+
+
 def protocol_label(preset: str | None, reading: str | None, primary: bool | None) -> str | None:
     """The protocol of a preset's run: "R2" under its primary reading (or a manifest from before
     readings), "R2:as-intended" under another; None outside a preset."""
@@ -147,16 +192,36 @@ def _run_columns(manifest: dict, table: pd.DataFrame) -> dict:
     return columns
 
 
+def checked_manifest(run_dir: str | Path) -> tuple[dict | None, str | None]:
+    """(manifest, None) for a run without damage; (manifest, why) for a finished run whose files are not
+    the ones its manifest lists ({} when the manifest itself is unreadable); (None, None) without one."""
+    try:
+        manifest = read_manifest(run_dir)
+    except (OSError, ValueError) as exc:
+        return {}, f"{MANIFEST_FILE} unreadable ({type(exc).__name__})"
+    if manifest is None or manifest.get("status") not in STATUSES:
+        return manifest, None
+    return manifest, damage(run_dir, manifest)
+
+
+def _read_checked(path: Path) -> tuple[pd.DataFrame | None, str | None]:
+    try:
+        return read_table(path), None
+    except Exception as exc:        # noqa: BLE001 - pyarrow's errors have no common base but Exception
+        return None, f"{path.name} unreadable ({type(exc).__name__})"
+
+
 def read_runs(run_dirs) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(tidy results of all finished runs, one row per run with its manifest's status and timing).
 
-    Runs without a manifest are listed with status "missing"; failed runs keep their error. Result rows
-    get the run's protocol (its preset, or preset:reading for a reading that is not the primary one; None
-    outside a preset), reading and profile from its manifest.
+    Runs without a manifest are listed with status "missing"; failed runs keep their error. A damaged run
+    (files missing or not the ones its manifest lists: checked_manifest) is listed with status "damaged"
+    and why, and its rows are left out. Result rows get the run's protocol (its preset, or preset:reading
+    for a reading that is not the primary one; None outside a preset), reading and profile from its manifest.
     """
     frames, runs = [], []
     for run_dir in map(Path, run_dirs):
-        manifest = read_manifest(run_dir)
+        manifest, damaged = checked_manifest(run_dir)
         row = {"notebook": run_dir.parent.name, "run_id": run_dir.name, "run_dir": str(run_dir),
                "status": "missing", "error": None, "seconds": float("nan"), "profile": None, "preset": None,
                "reading": None, "protocol": None, "threads": None, "kernels": None}
@@ -165,21 +230,27 @@ def read_runs(run_dirs) -> tuple[pd.DataFrame, pd.DataFrame]:
                                                      "threads", "kernels")})
             row["protocol"] = protocol_label(manifest.get("preset"), manifest.get("reading"), manifest.get("primary"))
             results = run_dir / RESULTS_FILE
-            if manifest.get("status") in ("ok", "diverged") and results.exists():   # a failed run's rows stay out
-                table = read_table(results)
-                frames.append(table.assign(**_run_columns(manifest, table)))
+            # a failed or damaged run's rows stay out
+            if manifest.get("status") in ("ok", "diverged") and not damaged and results.exists():
+                table, damaged = _read_checked(results)
+                if table is not None:
+                    frames.append(table.assign(**_run_columns(manifest, table)))
+            if damaged:
+                row.update(status="damaged", error=f"damaged: {damaged}; left out (the next report re-runs it)")
         runs.append(row)
     results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*IDENTITY, *MEASURES])
     return results, pd.DataFrame(runs)
 
 
 def read_tables(run_dirs, name: str) -> pd.DataFrame:
-    """Every finished run's <name>.parquet (save_table), with the run's protocol and profile; empty if none."""
+    """Every finished run's <name>.parquet (save_table), with the run's protocol and profile; empty if none.
+    Damaged runs are left out, as in read_runs."""
     frames = []
     for run_dir in map(Path, run_dirs):
-        manifest = read_manifest(run_dir)
+        manifest, damaged = checked_manifest(run_dir)
         path = run_dir / f"{name}.parquet"
-        if manifest is not None and manifest.get("status") in ("ok", "diverged") and path.exists():
-            table = read_table(path)
-            frames.append(table.assign(**_run_columns(manifest, table)))
+        if manifest is not None and manifest.get("status") in ("ok", "diverged") and not damaged and path.exists():
+            table, damaged = _read_checked(path)
+            if table is not None:
+                frames.append(table.assign(**_run_columns(manifest, table)))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

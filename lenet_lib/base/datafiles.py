@@ -45,13 +45,26 @@ CHECKSUMS = {
 }
 
 
-def data_root() -> Path:
-    """The data folder: $LENET_DATA, else ./data."""
-    return Path(os.environ.get("LENET_DATA", "data")).expanduser()
+class DataFolderError(ValueError):
+    """The data folder's path cannot be resolved (e.g. a symlink loop)."""
+
+
+def resolved(root: str | Path) -> Path:
+    """root as an absolute path, symlinks followed; a DataFolderError in one line when that cannot be done."""
+    try:
+        return Path(root).expanduser().resolve()
+    except (RuntimeError, OSError) as exc:      # RuntimeError: Python < 3.13's symlink loop
+        raise DataFolderError(f"data folder {root}: cannot be resolved ({exc}); set LENET_DATA to a folder") \
+            from None
+
+
+def data_root(default: str | Path = "data") -> Path:
+    """The data folder, absolute: $LENET_DATA, else (unset or empty) `default`, ./data."""
+    return resolved(os.environ.get("LENET_DATA") or default)
 
 
 def folder(dataset: str, root: str | Path | None = None) -> Path:
-    return (Path(root) if root else data_root()).expanduser().resolve() / LAYOUT[dataset][0]
+    return (resolved(root) if root else data_root()) / LAYOUT[dataset][0]
 
 
 def missing_files(dataset: str, root: str | Path | None = None) -> list[str]:

@@ -7,15 +7,20 @@ from lenet_lib.base.choices import (ACTIVATION_NAMES as ACTIVATIONS, BATCHINGS, 
                                     GRAD_SCALES, HYPERPARAMETER_SOURCES, INITS, INPUT_SIZES, LOSSES, NORMALIZATIONS,
                                     OPTIMIZER_RULES, PADDINGS, POOL_NAMES as POOLS, PRECISIONS, RESIZE_MODES,
                                     R2_PRINTED_OPTIMIZERS, TRAIN_ACC_ON, TRAIN_ORDERS)
+from lenet_lib.base.datafiles import TRAIN_IMAGES
 
 
 def _each(check):
-    """A check for a list parameter (e.g. seeds) built from the check of one element."""
+    """A check for a list parameter (e.g. seeds) built from the check of one element; each value once (a
+    repeated seed or batch size would train the same model twice under one model id)."""
     def check_list(name, values):
         if not isinstance(values, (list, tuple)) or not values:
             raise ValueError(f"{name}={values!r} is not valid; expected a non-empty list")
         for i, value in enumerate(values):
             check(f"{name}[{i}]", value)
+            if value in values[:i]:
+                raise ValueError(f"{name}={list(values)!r} is not valid: {value!r} is given twice; list each "
+                                 f"value once")
     return check_list
 
 
@@ -84,6 +89,38 @@ def check_parameters(parameters: dict) -> None:
         if name in checks:
             checks[name](name, value)
     _check_together(parameters)
+    check_sizes(parameters)
+
+
+def _int(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def check_sizes(parameters: dict) -> None:
+    """The data split fits the dataset and every batch fits the training set, checked on the values given
+    (a run's parameters with its notebook's defaults see them all). Raises ValueError naming the value
+    and its bound: a batch larger than the training set is otherwise met only inside the kernel, and
+    inside_lenet's layer timing builds a batch that size."""
+    dataset = parameters.get("dataset")
+    datasets = [dataset] if isinstance(dataset, str) else [d for d in parameters.get("datasets") or []
+                                                          if isinstance(d, str)]
+    totals = {d: TRAIN_IMAGES[d] for d in datasets if d in TRAIN_IMAGES}
+    val, train = _int(parameters.get("val_size")) or 0, _int(parameters.get("train_size"))
+    for name, total in totals.items():
+        if val + (train or 1) > total:
+            split = f"val_size={val} plus train_size={train}" if train else f"val_size={val}"
+            raise ValueError(f"{split} exceed the {total:,} training images of {name}; choose val_size + "
+                             f"train_size <= {total:,}")
+    training = train if train is not None else (min(totals.values()) - val if totals else None)
+    if training is None:
+        return
+    batches = [("batch_size", _int(parameters.get("batch_size")))]
+    batches += [(f"batch_sizes[{i}]", _int(b)) for i, b in enumerate(parameters.get("batch_sizes") or [])]
+    for name, batch in batches:
+        if batch is not None and batch > training:
+            source = f"train_size={train}" if train is not None else f"{'/'.join(totals)} less val_size={val}"
+            raise ValueError(f"{name}={batch} is larger than the training set ({training:,} images: {source}); "
+                             f"choose {name.split('[')[0]} <= {training:,} or more training images")
 
 
 def _check_together(parameters: dict) -> None:

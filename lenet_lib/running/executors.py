@@ -29,6 +29,7 @@ from pathlib import Path
 import nbformat
 
 from lenet_lib.base import files, progress
+from lenet_lib.base.kernel_path import why_no_c_kernels
 from lenet_lib.analysis import results
 
 KERNEL = "python3"
@@ -46,6 +47,10 @@ class ExecutorError(RuntimeError):
 
 class NoResultsError(RuntimeError):
     """A notebook finished without writing results.parquet."""
+
+
+class KernelPathMismatch(RuntimeError):
+    """A run's rows were trained on another kernel path than the one its run id was planned for."""
 
 
 @dataclass(frozen=True)
@@ -159,18 +164,47 @@ def results_status(run_dir: Path) -> str:
     return "diverged" if (statuses == "diverged").any() else "ok"
 
 
+def kernels_taken(run_dir: Path) -> list[str]:
+    """The kernel paths the run's rows say trained them (base/kernel_path.py), the NumPy network's aside."""
+    table = results.read_table(run_dir / results.RESULTS_FILE)
+    if "kernels" not in table:
+        return []
+    return sorted(set(table["kernels"].dropna().astype(str)) - {"numpy"})
+
+
+def check_kernels(task: RunTask, taken: list[str]) -> None:
+    """The run trained on the path its id was planned for, or it fails: a run id must say the path it took."""
+    if taken and taken != [task.kernels]:
+        why = why_no_c_kernels({**os.environ, **task.env}) if task.kernels == "c" else None
+        raise KernelPathMismatch(
+            f"planned on the {task.kernels!r} kernel path (its run id says so), but its rows were trained on "
+            f"{', '.join(map(repr, taken))}" + (f": {why}" if why else "")
+            + "; fix the kernels (fast/c_kernels.describe() says why) or run with LENET_C_KERNELS=0")
+
+
+def _remove(path: Path) -> None:
+    """A file or a folder, whichever is there (a run folder may have been replaced by a file)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
 def execute_run(task: RunTask) -> Outcome:
     """Execute one matrix cell into its staging folder, write its manifest there (last, atomically: what
     marks a run done), then put it in place of the run folder. A run killed before that leaves the run
-    folder as it was (finished or absent) and runs again next time."""
+    folder as it was (finished or absent) and runs again next time.
+
+    The manifest lists every file the run wrote with its size and SHA-256 (a run whose files differ is not
+    done: results.damage) and the kernel path its rows took; a path other than the planned one fails it."""
     run_dir, staging = Path(task.run_dir), task.staging_dir
     previous = run_dir.with_name(f".{task.run_id}.previous")
     if previous.exists() and not run_dir.exists():     # killed between the two renames below
         previous.rename(run_dir)
     for leftover in (staging, previous):
-        if leftover.exists():
-            shutil.rmtree(leftover)
+        _remove(leftover)
     staging.mkdir(parents=True)
+    taken = []
     started, clock = results.now(), time.perf_counter()
     error = None
     try:
@@ -178,6 +212,8 @@ def execute_run(task: RunTask) -> Outcome:
         run_papermill(task.notebook_path, staging / EXECUTED_FILE, {**task.parameters, "output_dir": str(staging)},
                       cwd=Path(task.notebook_path).parent, log_path=staging / LOG_FILE)
         status = results_status(staging)
+        taken = kernels_taken(staging)
+        check_kernels(task, taken)
     except Exception as exc:        # the run failed; KeyboardInterrupt and friends leave it undone
         status, error = "failed", describe_error(exc)
     seconds = time.perf_counter() - clock
@@ -186,11 +222,12 @@ def execute_run(task: RunTask) -> Outcome:
                                      reading=task.reading, primary=task.primary,
                                      notebook=task.notebook, run_id=task.run_id, threads=task.threads,
                                      kernels=task.kernels)
+    manifest.update(kernels_taken=taken, files=results.file_checksums(staging))
     files.write_json(manifest, staging / results.MANIFEST_FILE)
-    if run_dir.exists():
+    if run_dir.exists() or run_dir.is_symlink():
         run_dir.rename(previous)
     staging.rename(run_dir)
-    shutil.rmtree(previous, ignore_errors=True)
+    _remove(previous)
     return Outcome(status, error, round(seconds, 3))
 
 

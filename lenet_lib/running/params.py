@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import difflib
 import itertools
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ from pathlib import Path
 import yaml
 
 from lenet_lib.analysis.results import protocol_label
+from lenet_lib.analysis.tidy import VARIANT_ORDER
+from lenet_lib.base.choices import ARCHS, MODEL_DEFAULTS
 from lenet_lib.base.validate import check_parameters
 
 PROFILES = ("quick", "default", "full")
@@ -36,6 +39,13 @@ FIGURE_KEYS = ("figure", "value", "metric", "epoch", "where", "versus", "referen
 METRICS = ("test_acc", "train_acc", "val_acc", "time_ratio", "forward_ratio", "parameters")
 RATIO_METRICS = ("time_ratio", "forward_ratio")
 INJECTED = ("output_dir", "run_id")       # set by the runner for every run
+# Columns a figure's where/versus may name beside the notebook's parameters and `variant`: what every
+# training row carries (core/train.py: TrainSpec's fields, the data split's, device, precision, kernels),
+# the timing table's (label, implementation) and the layers table's (model, layer, type, part).
+WHERE_COLUMNS = (*MODEL_DEFAULTS, "arch", "optimizer", "lr", "momentum", "weight_decay", "batch_size", "epochs",
+                 "seed", "model_id", "dataset", "train_size", "val_size", "test_size", "input_size", "resize",
+                 "normalize", "split_seed", "device", "precision", "kernels", "status", "stage", "framework",
+                 "label", "implementation", "model", "layer", "type", "part")
 _UNKNOWN = object()     # a default that is not a literal (e.g. 2 ** 10): its type is not checked
 
 
@@ -76,12 +86,18 @@ def did_you_mean(name, valid) -> str:
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.safe_load, but a key given twice in one mapping is an error (not "the last one wins")."""
+    """yaml.safe_load, but a key given twice in one mapping is an error (not "the last one wins").
+    Merge keys (`<<: *anchor`) are ordinary YAML: the keys written beside one may override the merged ones."""
+
+
+MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 def _unique_mapping(loader, node, deep=False):
     seen = set()
     for key_node, _ in node.value:
+        if key_node.tag == MERGE_TAG:       # SafeLoader's construct_mapping merges it below
+            continue
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
@@ -185,8 +201,49 @@ def _check_block(file: Path, label: str, block, defaults: dict, fixed: dict, nb_
     return {**block, "matrix": matrix, "parameters": parameters}
 
 
-def _check_figures(where: str, figures) -> list[dict]:
-    """A preset's published figures (the reproduction scorecard's rows): keys, metrics and values."""
+def where_columns(defaults: dict, parameters: dict, matrix: dict, *more: dict) -> dict:
+    """{column: its valid values, or None for any value of a valid type} that a figure's where/versus may
+    name: the notebook's parameters, the columns every training row and run table carries (WHERE_COLUMNS)
+    and `variant`. A column whose values a list parameter of the preset enumerates (dropout: dropouts,
+    batch_size: batch_sizes, ...) takes those values or the model's default; variant and arch their names."""
+    columns = {name: None for name in [*defaults, *WHERE_COLUMNS] if name not in INJECTED}
+    columns.update(variant=tuple(VARIANT_ORDER), arch=tuple(ARCHS))
+    merged = {**defaults, **parameters}
+    for name in list(columns):     # more: the readings' own parameters, each a set of runs of the preset
+        lists = [merged.get(f"{name}s")] + list(matrix.get(f"{name}s", [])) + [m.get(f"{name}s") for m in more]
+        values = [v for values in lists if isinstance(values, (list, tuple)) for v in values]
+        if values:
+            columns[name] = tuple(dict.fromkeys([*values, *([MODEL_DEFAULTS[name]] if name in MODEL_DEFAULTS else [])]))
+    return columns
+
+
+def _same(a, b) -> bool:
+    """Equal as the scorecard compares them (tidy.matches): numbers within float rounding, True is not 1."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
+
+
+def _check_where(at: str, key: str, where: dict, columns: dict) -> None:
+    for column, value in where.items():
+        if column not in columns:
+            raise ConfigError(f"{at}: {key} names column {column!r}, which no run of this notebook has"
+                              f"{did_you_mean(column, columns)}; valid columns: {listing(sorted(columns))}")
+        valid = columns[column]
+        if valid is not None and not any(_same(value, v) for v in valid):
+            raise ConfigError(f"{at}: {key}: {column}={value!r} is not a value this preset's runs have; "
+                              f"choose one of {listing(valid)}{did_you_mean(value, valid)}")
+        try:
+            check_parameters({column: value})
+        except ValueError as exc:
+            raise ConfigError(f"{at}: {key}: {exc}") from None
+
+
+def _check_figures(where: str, figures, columns: dict | None = None) -> list[dict]:
+    """A preset's published figures (the reproduction scorecard's rows): keys, metrics and values; with
+    `columns` (where_columns), the columns and values their where/versus name."""
     if figures is None:
         return []
     if not isinstance(figures, list):
@@ -207,8 +264,12 @@ def _check_figures(where: str, figures) -> list[dict]:
         numbers = ["value"] + [k for k in ("reference", "rounded") if k in figure]
         for key in numbers:
             value = figure[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ConfigError(f"{at}: {key}={value!r} is not valid; expected a number >= 0")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                raise ConfigError(f"{at}: {key}={value!r} is not valid; expected a finite number >= 0")
+            if figure["metric"].endswith("_acc") and value > 1:
+                hint = f" ({value:g} % is {value / 100:g})" if value <= 100 else ""
+                raise ConfigError(f"{at}: {key}={value!r} is not valid for {figure['metric']}: accuracies are "
+                                  f"fractions in [0, 1]{hint}")
         ratio = figure["metric"] in RATIO_METRICS
         if ratio != ("reference" in figure):
             raise ConfigError(f"{at}: metric {figure['metric']} " + (
@@ -217,6 +278,8 @@ def _check_figures(where: str, figures) -> list[dict]:
         for key in ("where", "versus"):
             if not isinstance(figure.get(key, {}), dict):
                 raise ConfigError(f"{at}: {key} must map column names to values")
+            if columns is not None:
+                _check_where(at, key, figure.get(key, {}), columns)
         if figure["metric"] == "time_ratio" and "versus" not in figure:
             raise ConfigError(f"{at}: metric time_ratio needs versus (the variant it is divided by)")
         epoch = figure.get("epoch", "final")
@@ -344,7 +407,9 @@ def load_notebook_params(file: Path, notebooks_dir: Path) -> NotebookParams:
         scales = _check_scales(f"{file}: {label}", checked.pop("profiles", None), defaults, nb_path)
         readings = _check_readings(f"{file}: {label}", checked, defaults, fixed, nb_path)
         sources = _check_text_map(f"{file}: {label}", "sources", checked.get("sources"))
-        figures = _check_figures(f"{file}: {label}", checked.get("published"))
+        figures = _check_figures(f"{file}: {label}", checked.get("published"),
+                                 where_columns(defaults, {**fixed, **checked["parameters"]}, checked["matrix"],
+                                               *(r.get("parameters") or {} for r in readings.values())))
         for reading_name, reading in readings.items():
             protocol = protocol_label(block_name, reading_name, reading["primary"])
             blocks[f"preset {protocol}"] = {"matrix": checked["matrix"], "parameters": checked["parameters"],

@@ -1,7 +1,8 @@
 """The runner: a checked matrix of papermill runs (params.py) -> cached run folders -> index -> report.
 
-A run is done once its manifest exists (executors.execute_run writes it last); done runs are skipped,
-the rest (never run, killed, failed) run. User errors raise ConfigError before the first kernel starts.
+A run is done once its manifest exists (executors.execute_run writes it last) and every file it lists
+has the size and SHA-256 it records; done runs are skipped, the rest (never run, killed, failed, damaged)
+run. User errors raise ConfigError before the first kernel starts.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from pathlib import Path
 import nbformat
 
 from lenet_lib.base import datafiles, files, progress
-from lenet_lib.base.kernel_path import planned_kernel_path
+from lenet_lib.base.validate import check_sizes
+from lenet_lib.base.kernel_path import planned_kernel_path, why_no_c_kernels
 from lenet_lib.analysis import results
 from lenet_lib.running.executors import DaskExecutor, LocalExecutor, RunTask, cpu_count, describe_error, execute_run, \
     refresh_notebook, run_papermill, set_kernel_environment
@@ -77,7 +79,10 @@ def plan(selected, outputs: Path, profile, profiles, threads: int = 1, change=No
     change: parameters -> the parameters a run gets instead (decide.py's stages: their seeds)."""
     lib_hash, tasks, seen = library_hash(for_runs=True), [], set()
     # Kernels run elsewhere (another cwd, another machine): pin the data folder as an absolute path.
-    env = {"LENET_DATA": str(Path(os.environ.get("LENET_DATA", REPO_ROOT / "data")).expanduser().resolve())}
+    try:
+        env = {"LENET_DATA": str(datafiles.data_root(REPO_ROOT / "data"))}
+    except datafiles.DataFolderError as exc:
+        raise ConfigError(str(exc)) from None
     for nb, label in selected:
         nb_hash = notebook_source_hash(nb.path)
         block = nb.blocks[label]
@@ -85,6 +90,11 @@ def plan(selected, outputs: Path, profile, profiles, threads: int = 1, change=No
         protocol = results.protocol_label(preset, reading, primary)
         for parameters in run_parameters(nb, label, profile, profiles):
             parameters = change(parameters) if change else parameters
+            try:        # with the notebook's defaults: a batch_size left at its default meets a small train_size
+                check_sizes({**nb.defaults, **parameters})
+            except ValueError as exc:
+                scale = f" at profile {profile}" if preset else ""
+                raise ConfigError(f"{nb.file}: {label}{scale}: {exc}") from None
             kernels = planned_kernel_path(parameters.get("device", "auto"), {**os.environ, **env})
             run_id = make_run_id(nb.name, parameters, nb_hash, lib_hash, threads, kernels, protocol)
             if run_id in seen:
@@ -105,12 +115,16 @@ def longest_first(tasks: list[RunTask]) -> list[RunTask]:
     return sorted(tasks, key=lambda t: -t.work)
 
 
+def damaged(task: RunTask) -> str | None:
+    """Why a finished run's folder cannot be trusted (results.damage: a file missing or not the one its
+    manifest lists), or None."""
+    return results.checked_manifest(task.run_dir)[1]
+
+
 def is_done(task: RunTask) -> bool:
-    try:
-        manifest = results.read_manifest(task.run_dir)
-    except (OSError, ValueError):
-        return False
-    return manifest is not None and manifest.get("status") in DONE
+    """Finished (ok or diverged) and every file it wrote is whole: its manifest's sizes and SHA-256 hold."""
+    manifest, why = results.checked_manifest(task.run_dir)
+    return manifest is not None and manifest.get("status") in DONE and why is None
 
 
 # ---------------------------------------------------------------- the report command
@@ -170,7 +184,9 @@ def _reading_of(task: RunTask) -> dict:
             "protocol": results.protocol_label(task.preset, task.reading, task.primary)}
 
 
-def index_entries(tasks: list[RunTask], lost: dict, skipped: dict | None = None) -> list[dict]:
+def index_entries(tasks: list[RunTask], lost: dict, skipped: dict | None = None,
+                  rerun: dict | None = None) -> list[dict]:
+    """One entry per planned run for index.json; rerun: {run_id: why} of finished runs re-run as damaged."""
     entries = []
     for task in tasks:
         if task.run_id in (skipped or {}):
@@ -178,12 +194,15 @@ def index_entries(tasks: list[RunTask], lost: dict, skipped: dict | None = None)
                             "parameters": task.parameters, **_reading_of(task), "status": "skipped",
                             "error": skipped[task.run_id], "seconds": None})
             continue
-        manifest = results.read_manifest(task.run_dir) or {}
+        manifest, why = results.checked_manifest(task.run_dir)
+        manifest = manifest or {}
         error = manifest.get("error") or (describe_error(lost[task.label]) if task.label in lost else None)
         entries.append({"notebook": task.notebook, "run_id": task.run_id, "run_dir": task.run_dir,
                         "parameters": task.parameters, **_reading_of(task),
-                        "status": manifest.get("status", "missing"),
-                        "error": error, "seconds": manifest.get("seconds")})
+                        "status": "damaged" if why else manifest.get("status", "missing"),
+                        "error": f"damaged: {why}" if why else error, "seconds": manifest.get("seconds")})
+        if task.run_id in (rerun or {}):
+            entries[-1]["rerun"] = rerun[task.run_id]
     return entries
 
 
@@ -197,15 +216,28 @@ def write_index(path: Path, index: dict) -> None:
         files.write_json(index, path)
 
 
+def run_files_digest(index_text: str) -> str:
+    """What the runs of an index hold: each run's manifest (its files' sizes and SHA-256) and whether its
+    files still match it. A run file that changes changes the report's stamp."""
+    h = hashlib.sha256()
+    for entry in json.loads(index_text).get("runs", []):
+        manifest, why = results.checked_manifest(entry["run_dir"])
+        h.update(json.dumps([entry["run_dir"], manifest, why], sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
 def build_report(summary_nb: Path, outputs: Path, profile, preset, force: bool) -> bool:
-    """summary.ipynb -> outputs/summary.ipynb -> outputs/report.html; False when the cache was valid."""
+    """summary.ipynb -> outputs/summary.ipynb -> outputs/report.html; False when the cache was valid.
+
+    The new report.html replaces the old one only once it is whole: a failed or interrupted summary
+    leaves the previous report (and no stamp, so the next report rebuilds it)."""
     index_path, html_path, stamp_path = outputs / "index.json", outputs / "report.html", outputs / ".report.stamp"
-    stamp = hashlib.sha256((index_path.read_text() + notebook_source_hash(summary_nb) + library_hash()
-                            + repr((profile, preset))).encode()).hexdigest()
+    index_text = index_path.read_text()
+    stamp = hashlib.sha256((index_text + run_files_digest(index_text) + notebook_source_hash(summary_nb)
+                            + library_hash() + repr((profile, preset))).encode()).hexdigest()
     if not force and html_path.exists() and stamp_path.exists() and stamp_path.read_text() == stamp:
         return False
     stamp_path.unlink(missing_ok=True)
-    html_path.unlink(missing_ok=True)        # a report.html that exists is a current one
     running, executed = outputs / ".summary.running.ipynb", outputs / "summary.ipynb"
     parameters = {"index_path": str(index_path.resolve()), "profile": profile, "preset": preset}
     # In a worker process like the runs, so the kernel's own log lines stay out of the terminal.
@@ -214,7 +246,8 @@ def build_report(summary_nb: Path, outputs: Path, profile, preset, force: bool) 
     if running.exists():
         os.replace(running, executed)
     if isinstance(outcome, BaseException):
-        raise RuntimeError(f"the summary notebook failed: {describe_error(outcome)} (see {executed})")
+        kept = f"; kept the previous {html_path.name}" if html_path.exists() else ""
+        raise RuntimeError(f"the summary notebook failed: {describe_error(outcome)} (see {executed}){kept}")
     from nbconvert import HTMLExporter
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
     html, _ = exporter.from_notebook_node(nbformat.read(str(executed), as_version=4),
@@ -253,7 +286,7 @@ def protocols(selected) -> dict:
 
 def summary_line(entries: list[dict], cached: set) -> str:
     counts = {s: [e for e in entries if e["status"] == s] for s in ("ok", "diverged", "failed", "missing",
-                                                                     "skipped")}
+                                                                     "skipped", "damaged")}
     n_cached = sum(1 for e in counts["ok"] if e["run_id"] in cached)
     parts = [f"{len(counts['ok'])} ok ({n_cached} cached)"]
     if counts["diverged"]:
@@ -261,7 +294,11 @@ def summary_line(entries: list[dict], cached: set) -> str:
     if counts["skipped"]:
         reasons = sorted({e["error"] for e in counts["skipped"]})
         parts.append(f"{len(counts['skipped'])} skipped ({'; '.join(reasons)})")
-    for status, word in (("failed", "failed"), ("missing", "not finished")):
+    rerun = [e for e in entries if e.get("rerun")]
+    if rerun:
+        listed = ", ".join(f"{e['notebook']}/{e['run_id']} ({_short(e['rerun'])})" for e in rerun)
+        parts.append(f"{len(rerun)} re-run as damaged: {listed}")
+    for status, word in (("failed", "failed"), ("missing", "not finished"), ("damaged", "damaged")):
         if counts[status]:
             listed = ", ".join(f"{e['notebook']}/{e['run_id']} ({_short(e['error'])})" for e in counts[status])
             parts.append(f"{len(counts[status])} {word}: {listed}")
@@ -344,6 +381,11 @@ def report(profile: str | None = None, preset: str | None = None, only=None, job
     profiles = load_profiles(params_dir)
     jobs = jobs or (default_jobs() if executor == "local" else 2)
     tasks = plan(selected, outputs, profile, profiles, kernel_threads(executor, jobs, threads))
+    fallback = [t for t in tasks if t.kernels == "pytorch"]
+    why = fallback and why_no_c_kernels({**os.environ, **fallback[0].env})
+    if why and "LENET_C_KERNELS=0" not in why:
+        print(f"report: C kernels unavailable ({_short(why)}); {len(fallback)} run(s) take the PyTorch path, "
+              f"and their run ids say so", file=out)
     skipped = data_problems(tasks)
     if skipped and len(skipped) == len(tasks):
         raise ConfigError("nothing can run: " + "; ".join(sorted(set(skipped.values()))))
@@ -351,13 +393,14 @@ def report(profile: str | None = None, preset: str | None = None, only=None, job
 
     with outputs_lock(outputs, out):
         runnable = [t for t in tasks if t.run_id not in skipped]
-        cached = {t.run_id for t in runnable if not force and is_done(t)}
+        rerun = {} if force else {t.run_id: why for t in runnable if (why := damaged(t))}
+        cached = {t.run_id for t in runnable if not force and t.run_id not in rerun and is_done(t)}
         todo = longest_first([t for t in runnable if t.run_id not in cached])
         lost = {}
         if todo:
             with make_executor(executor, jobs, scheduler, outputs / ".logs") as ex:
                 lost = execute(todo, runnable, cached, ex, out)
-        entries = index_entries(tasks, lost, skipped)
+        entries = index_entries(tasks, lost, skipped, rerun)
         titles = {nb.name: nb.title for nb, _ in selected}
         index = {"profile": profile, "preset": preset, "verdicts": profiles[profile].verdicts,
                  "created": results.now(), "outputs": str(outputs), "notebooks": titles,

@@ -67,8 +67,25 @@ def published_value(figure: dict) -> tuple[float, float, float]:
     return figure["value"], figure["value"] - half, figure["value"] + half
 
 
-def score(figure: dict, values: pd.Series) -> dict:
-    """mean, interval, n and the result for one figure and our values."""
+def accuracy_resolution(figure: dict, tables: Tables, notebook: str, preset: str) -> float | None:
+    """The rounding of an accuracy: 1 / the images it was measured on (test_size for test_acc, ...), from
+    the rows the figure is scored on; None for other metrics or when the rows do not say."""
+    metric = figure["metric"]
+    size = {"test_acc": "test_size", "train_acc": "train_size", "val_acc": "val_size"}.get(metric)
+    rows = protocol_rows(tables.results, notebook, preset, dataset=None) if size else pd.DataFrame()
+    if rows.empty or size not in rows:
+        return None
+    sizes = pd.to_numeric(rows.loc[matches(rows, figure.get("where", {})), size], errors="coerce")
+    sizes = sizes[sizes > 0]
+    return 1.0 / float(sizes.min()) if len(sizes) else None
+
+
+def score(figure: dict, values: pd.Series, resolution: float | None = None) -> dict:
+    """mean, interval, n and the result for one figure and our values.
+
+    Only a parameter count is exact. An accuracy is a count over `resolution`'s images (1 / test-set
+    size), so its spread over seeds is at least that rounding: seeds that all tie (likely on a small test
+    set) get it as their standard deviation, not zero."""
     ratio = figure["metric"] in ("time_ratio", "forward_ratio")
     mean, sd, lo, hi = prediction_interval(values)
     value, low, high = published_value(figure)
@@ -76,13 +93,19 @@ def score(figure: dict, values: pd.Series) -> dict:
     if n == 0:
         return {"mean": math.nan, "lo": math.nan, "hi": math.nan, "n": 0,
                 "result": "not covered: no run of this preset has these models or epochs"}
-    exact = figure["metric"] == "parameters" or sd == 0
+    exact = figure["metric"] == "parameters"
     if n < 2 and not exact:
         return {"mean": mean, "lo": lo, "hi": hi, "n": n, "result": "not scored: needs 2 or more values"}
     if exact:       # deterministic (a parameter count): equal or not
         same = low - 1e-9 <= mean <= high + 1e-9
         return {"mean": mean, "lo": mean, "hi": mean, "n": n,
                 "result": REPRODUCED if same else f"{NOT_REPRODUCED} (exactly {_fmt(figure, mean)} here)"}
+    if figure["metric"].endswith("_acc") and resolution and sd < resolution:
+        sd = resolution     # the metric's rounding floors the spread
+        lo, hi = mean - prediction_factor(n) * sd, mean + prediction_factor(n) * sd
+    if not sd > 0:
+        return {"mean": mean, "lo": lo, "hi": hi, "n": n,
+                "result": "not scored: every value is the same, and its rounding is not known"}
     if high >= lo and low <= hi:
         return {"mean": mean, "lo": lo, "hi": hi, "n": n, "result": REPRODUCED}
     nearest = low if low > hi else high
@@ -144,7 +167,8 @@ def _row(figure: dict, tables: Tables, notebook: str, protocol: str, skipped: st
     if skipped:
         result = {"mean": math.nan, "lo": math.nan, "hi": math.nan, "n": 0, "result": f"not covered: {skipped}"}
     else:
-        result = score(figure, figure_values(figure, tables, notebook, protocol))
+        result = score(figure, figure_values(figure, tables, notebook, protocol),
+                       accuracy_resolution(figure, tables, notebook, protocol))
         scored = result["result"].startswith((REPRODUCED, NOT_REPRODUCED))
         if smoke and scored and figure["metric"] != "parameters":
             result["result"] = SMOKE
