@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 VARIANT_ORDER = ["plain", "BN", "dropout", "BN+dropout"]
-TABLES = ("timing", "forward_times", "layers")     # tables runs write beside results.parquet
+TABLES = ("timing", "forward_times", "layers", "epoch_timing")   # tables runs write beside results.parquet
 
 
 @dataclass
@@ -20,6 +20,7 @@ class Tables:
     timing: pd.DataFrame = field(default_factory=pd.DataFrame)          # timing.time_variants, per round
     forward_times: pd.DataFrame = field(default_factory=pd.DataFrame)   # numpy_vs_torch, per layer x repeat
     layers: pd.DataFrame = field(default_factory=pd.DataFrame)          # models.layer_table of a run
+    epoch_timing: pd.DataFrame = field(default_factory=pd.DataFrame)    # timing.time_epochs, per round
 
 
 def final_epoch(history: pd.DataFrame) -> pd.DataFrame:

@@ -1,5 +1,11 @@
 """Time ratios between variants from the fair timing tables (core/timing.py: every variant timed alike, in
 turns) and from the NumPy-vs-torch forward times; pandas only. Notebooks show them, the verdicts judge them.
+
+Two measurements, two jobs. Training steps in turns with torch's layers ("steps", the timing table) are the
+precise one: they isolate what a layer costs, so the claims about time are judged on them. Whole epochs
+through the reports' DataLoader in turns ("epochs", the epoch_timing table) are of the reports' own kind
+(their clocks covered data loading and, for R1, the test set: R1 l.264, R4 l.38 and l.66): the scorecard
+scores the reports' published time ratios on them, with an interval for one whole run (whole_run_interval).
 """
 from __future__ import annotations
 
@@ -8,11 +14,18 @@ import math
 import numpy as np
 import pandas as pd
 
-from lenet_lib.analysis.stats import Estimate, mean_estimate, paired_log_ratios
+from lenet_lib.analysis.stats import Estimate, mean_estimate, paired_log_ratios, prediction_factor, prediction_interval
 from lenet_lib.analysis.tidy import matches
 
 JUDGING_IMPLEMENTATION = "torch"     # time claims: torch's own layers, what the reports ran
 SHOWN_IMPLEMENTATION = "lenet_lib"   # shown beside them, never judged
+TABLE_OF_KIND = {"epochs": "epoch_timing", "steps": "timing"}   # a time figure's `timing:` -> its Tables field
+# The least sd (log ratio) of one whole run's time ratio: a report ran its variants one after another, not in
+# turns, so its ratio carries the machine's drift between two clocks minutes apart. Measured here: the
+# round-to-round sd of one variant's (quarter-)epoch seconds, times sqrt(2) for a ratio of two such clocks,
+# R1's four variants on a quiet moment of this 2-core VM (README, "Time figures"). A quiet day's narrower
+# paired spread cannot narrow the interval below it, so a figure's result does not flip with load.
+WHOLE_RUN_LOG_SD = 0.05
 
 
 def timing_log_ratios(timing: pd.DataFrame, where: dict, versus: dict,
@@ -63,3 +76,19 @@ def forward_log_ratios(forward_times: pd.DataFrame, batch: int = 1) -> pd.Series
 
 def forward_ratio(forward_times: pd.DataFrame, batch: int = 1) -> Estimate:
     return mean_estimate(forward_log_ratios(forward_times, batch))
+
+
+def whole_run_interval(log_ratios) -> tuple[float, float, float, float]:
+    """(mean, sd, low, high): the 95 % prediction interval for one whole run's log time ratio, from per-round
+    whole-epoch log ratios; sd is their spread across rounds, never below WHOLE_RUN_LOG_SD."""
+    mean, sd, _, _ = prediction_interval(log_ratios)
+    if math.isnan(sd):
+        return mean, sd, math.nan, math.nan
+    sd = max(sd, WHOLE_RUN_LOG_SD)
+    half = prediction_factor(int(pd.Series(log_ratios).notna().sum())) * sd
+    return mean, sd, mean - half, mean + half
+
+
+def timing_kind(figure: dict) -> str:
+    """A time_ratio figure's measurement: "epochs" (the reports' kind, the default) or "steps"."""
+    return figure.get("timing", "epochs")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from lenet_lib.base.choices import TIMING_KINDS
 from lenet_lib.base.validate import check_parameters
 
 PROFILES = ("quick", "default", "full")
@@ -21,7 +22,7 @@ PROFILE_KEYS = ("verdicts", "protocol_parameters")
 FILE_KEYS = ("notebook", "title", "parameters", "profiles", "presets")
 BLOCK_KEYS = ("matrix", "parameters")
 PRESET_KEYS = ("matrix", "parameters", "profiles", "reading", "published")
-FIGURE_KEYS = ("figure", "value", "metric", "epoch", "where", "versus", "reference", "rounded", "note")
+FIGURE_KEYS = ("figure", "value", "metric", "epoch", "where", "versus", "reference", "rounded", "note", "timing")
 METRICS = ("test_acc", "train_acc", "val_acc", "time_ratio", "forward_ratio", "parameters")
 RATIO_METRICS = ("time_ratio", "forward_ratio")
 INJECTED = ("output_dir", "run_id")       # set by the runner for every run
@@ -206,6 +207,9 @@ def _check_figures(where: str, figures) -> list[dict]:
                 raise ConfigError(f"{at}: {key} must map column names to values")
         if figure["metric"] == "time_ratio" and "versus" not in figure:
             raise ConfigError(f"{at}: metric time_ratio needs versus (the variant it is divided by)")
+        if "timing" in figure and (figure["metric"] != "time_ratio" or figure["timing"] not in TIMING_KINDS):
+            raise ConfigError(f"{at}: timing={figure['timing']!r} is not valid; only a time_ratio figure takes "
+                              f"it, one of {listing(TIMING_KINDS)}")
         epoch = figure.get("epoch", "final")
         if epoch not in ("final", "best") and not (isinstance(epoch, int) and not isinstance(epoch, bool)
                                                    and epoch >= 1):
