@@ -92,3 +92,19 @@ def whole_run_interval(log_ratios) -> tuple[float, float, float, float]:
 def timing_kind(figure: dict) -> str:
     """A time_ratio figure's measurement: "epochs" (the reports' kind, the default) or "steps"."""
     return figure.get("timing", "epochs")
+
+
+def epoch_ratio_table(epoch_timing: pd.DataFrame, versus: dict, by: str = "label") -> pd.DataFrame:
+    """Each variant's whole-epoch time (time_epochs' table) relative to `versus`'s: median seconds per timed
+    epoch, the geometric-mean ratio over rounds, the rounds' spread (sd of log ratios) and the 95 %
+    prediction interval for one whole run's ratio (whole_run_interval), as the scorecard scores it."""
+    rows = []
+    for label in dict.fromkeys(epoch_timing[by]) if len(epoch_timing) else []:
+        logs = timing_log_ratios(epoch_timing, {by: label}, versus)
+        mean, _, lo, hi = whole_run_interval(logs)
+        rows.append({by: label, "seconds": epoch_timing.loc[epoch_timing[by] == label, "seconds"].median(),
+                     "ratio": math.exp(mean) if len(logs) else 1.0,
+                     "sd_log": float(logs.std(ddof=1)) if len(logs) > 1 else math.nan,
+                     "run_low": math.exp(lo) if len(logs) > 1 else math.nan,
+                     "run_high": math.exp(hi) if len(logs) > 1 else math.nan, "rounds": len(logs)})
+    return pd.DataFrame(rows)

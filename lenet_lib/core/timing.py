@@ -158,6 +158,8 @@ def _epoch_function(spec: TrainSpec, data: DataSplits, loaders, fraction: float,
             optimizer.step()
         sync()
         middle = time.perf_counter()
+        if not test_limit:
+            return middle - start, 0.0
         model.eval()
         with torch.no_grad():
             for x, y in itertools.islice(test_loader, test_limit):

@@ -69,8 +69,9 @@ def score(figure: dict, values: pd.Series) -> dict:
     value, low, high = published_value(figure)
     n = int(values.notna().sum())
     if n == 0:
-        return {"mean": math.nan, "lo": math.nan, "hi": math.nan, "n": 0,
-                "result": "not covered: no run of this preset has these models or epochs"}
+        why = ("no whole-epoch timing in this preset's runs (epoch_timing_rounds: 0)" if whole_run else
+               "no run of this preset has these models or epochs")
+        return {"mean": math.nan, "lo": math.nan, "hi": math.nan, "n": 0, "result": f"not covered: {why}"}
     exact = figure["metric"] == "parameters" or sd == 0
     if n < 2 and not exact:
         return {"mean": mean, "lo": lo, "hi": hi, "n": n, "result": "not scored: needs 2 or more values"}
