@@ -120,6 +120,13 @@ def test_time_claims_come_from_the_timing_table_with_torchs_layers():
     assert verdict_of(Tables(rows, timing=faster_dropout), PLAIN_FASTEST)["verdict"] == verdicts.CONTRADICTED
     # epoch wall clocks never decide: without the timing table the claim is not judged
     assert verdict_of(Tables(rows), PLAIN_FASTEST)["verdict"] == verdicts.NOT_JUDGED
+    # whole epochs of the reports' kind are shown in the note, never judged: steps decide
+    epochs = epoch_rows({(True, 0.0): math.log(0.8), (False, 0.5): math.log(0.8), (True, 0.5): math.log(0.8)},
+                        0.01, notebook="bn_dropout_grid", protocol="R1")
+    row = verdict_of(Tables(rows, timing=slower, epoch_timing=epochs), PLAIN_FASTEST)
+    assert row["verdict"] == verdicts.SUPPORTED and "the precise measurement" in row["test"]
+    assert "whole epochs with the reports' DataLoader (8 rounds): BN / plain 0.800x" in row["note"]
+    assert verdict_of(Tables(rows, epoch_timing=epochs), PLAIN_FASTEST)["verdict"] == verdicts.NOT_JUDGED
 
 
 def test_only_runs_under_the_claims_own_protocol_judge_it():
