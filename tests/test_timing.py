@@ -146,3 +146,14 @@ def test_report_loaders_are_the_reports_data_path():
     assert next(iter(resized))[0].shape == (8, 1, 32, 32)
     with pytest.raises(ValueError, match="normalize='none' is not valid"):
         report_loaders("mnist", normalize="none")
+
+
+def test_a_time_figures_timing_key_is_checked():
+    from lenet_lib.running.params import ConfigError, _check_figures
+    figure = {"figure": "BN / plain", "value": 94.86, "reference": 84.17, "metric": "time_ratio",
+              "where": {"variant": "BN"}, "versus": {"variant": "plain"}}
+    assert _check_figures("R4", [{**figure, "timing": "steps"}, figure])      # epochs by default
+    with pytest.raises(ConfigError, match="timing='wall' is not valid; only a time_ratio figure takes it, one of"):
+        _check_figures("R4", [{**figure, "timing": "wall"}])
+    with pytest.raises(ConfigError, match="timing='epochs' is not valid"):
+        _check_figures("R4", [{"figure": "acc", "value": 0.99, "metric": "test_acc", "timing": "epochs"}])

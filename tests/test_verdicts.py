@@ -283,8 +283,8 @@ R4_DROPOUT_TIME = {"figure": "dropout p = 0.1 / baseline", "value": 78.28, "refe
 def test_a_time_figure_does_not_flip_with_the_machines_load():
     """The same mean whole-epoch ratio (0.99x), measured on a quiet machine (sd 0.005 per round) and a loaded
     one (sd 0.03): a published 0.930x gets one result. With the day's spread alone as the interval it would
-    read "not reproduced" quiet and "reproduced" loaded; one whole run's ratio varies by at least
-    WHOLE_RUN_LOG_SD, whatever our day's noise."""
+    read "not reproduced" quiet and "reproduced" loaded; one whole run's ratio varies by WHOLE_RUN_LOG_SD
+    whatever our day's noise, which only adds our mean's uncertainty."""
     from lenet_lib.analysis.time_ratios import WHOLE_RUN_LOG_SD
     protocols = {"R4": {"dropout_sweep": {"published": [R4_DROPOUT_TIME]}}}
     results = {}
@@ -298,9 +298,10 @@ def test_a_time_figure_does_not_flip_with_the_machines_load():
                                                  / epochs.query("not bn and dropout == 0")["seconds"].to_numpy()))
         results[name + " naive"] = naive[2] <= math.log(0.930) <= naive[3]
     assert results["quiet"]["result"] == results["loaded"]["result"] == scorecard.REPRODUCED
-    assert results["quiet"]["95 % prediction interval"] == results["loaded"]["95 % prediction interval"]
-    assert (results["quiet naive"], results["loaded naive"]) == (False, True)    # what the floor prevents
-    # a spread above the floor widens the interval: a noisier measurement says less
+    widths = {name: results[name]["high"] - results[name]["low"] for name in ("quiet", "loaded")}
+    assert widths["loaded"] / widths["quiet"] < 1.03        # the day's noise enters only as our mean's / sqrt(n)
+    assert (results["quiet naive"], results["loaded naive"]) == (False, True)    # the day's spread alone flips
+    # a spread far above a whole run's widens the interval: a much noisier measurement says less
     noisy = scorecard.scorecard(Tables(grid("dropout_sweep", "R4", rates=(0.1,)),
                                        epoch_timing=epoch_rows({(False, 0.1): math.log(0.99)}, 0.2)), protocols)
     assert noisy["high"][0] - noisy["low"][0] > results["quiet"]["high"] - results["quiet"]["low"]

@@ -14,17 +14,15 @@ import math
 import numpy as np
 import pandas as pd
 
-from lenet_lib.analysis.stats import Estimate, mean_estimate, paired_log_ratios, prediction_factor, prediction_interval
+from lenet_lib.analysis.stats import Estimate, mean_estimate, paired_log_ratios, prediction_factor
 from lenet_lib.analysis.tidy import matches
 
 JUDGING_IMPLEMENTATION = "torch"     # time claims: torch's own layers, what the reports ran
 SHOWN_IMPLEMENTATION = "lenet_lib"   # shown beside them, never judged
 TABLE_OF_KIND = {"epochs": "epoch_timing", "steps": "timing"}   # a time figure's `timing:` -> its Tables field
-# The least sd (log ratio) of one whole run's time ratio: a report ran its variants one after another, not in
-# turns, so its ratio carries the machine's drift between two clocks minutes apart. Measured here: the
-# round-to-round sd of one variant's (quarter-)epoch seconds, times sqrt(2) for a ratio of two such clocks,
-# R1's four variants on a quiet moment of this 2-core VM (README, "Time figures"). A quiet day's narrower
-# paired spread cannot narrow the interval below it, so a figure's result does not flip with load.
+# What one whole run's time ratio varies by (sd of its log), whatever our measurement's noise: a report ran its
+# variants one after another, not in turns, so its ratio carries the machine's drift between two clocks minutes
+# apart, 10-15 % on this VM (the module docstring of core/timing.py), read here as a 95 % range: sd ~ 0.05.
 WHOLE_RUN_LOG_SD = 0.05
 
 
@@ -79,13 +77,17 @@ def forward_ratio(forward_times: pd.DataFrame, batch: int = 1) -> Estimate:
 
 
 def whole_run_interval(log_ratios) -> tuple[float, float, float, float]:
-    """(mean, sd, low, high): the 95 % prediction interval for one whole run's log time ratio, from per-round
-    whole-epoch log ratios; sd is their spread across rounds, never below WHOLE_RUN_LOG_SD."""
-    mean, sd, _, _ = prediction_interval(log_ratios)
-    if math.isnan(sd):
-        return mean, sd, math.nan, math.nan
-    sd = max(sd, WHOLE_RUN_LOG_SD)
-    half = prediction_factor(int(pd.Series(log_ratios).notna().sum())) * sd
+    """(mean, sd, low, high): the 95 % prediction interval for one whole run's log time ratio from per-round
+    whole-epoch log ratios. Its sd adds one whole run's own variation (WHOLE_RUN_LOG_SD, a property of
+    running variants one after another) to our mean's uncertainty (the rounds' spread / sqrt(n)): a loaded
+    day moves only the second, which more rounds shrink, so a figure's result does not flip with load."""
+    values = pd.Series(log_ratios, dtype=float).dropna()
+    n = len(values)
+    if n < 2:
+        return (float(values.mean()) if n else math.nan), math.nan, math.nan, math.nan
+    mean = float(values.mean())
+    sd = math.sqrt(WHOLE_RUN_LOG_SD ** 2 + float(values.var(ddof=1)) / n)
+    half = prediction_factor(n) / math.sqrt(1 + 1 / n) * sd      # t(n-1) * sd
     return mean, sd, mean - half, mean + half
 
 
