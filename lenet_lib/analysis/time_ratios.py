@@ -91,6 +91,14 @@ def whole_run_interval(log_ratios) -> tuple[float, float, float, float]:
     return mean, sd, mean - half, mean + half
 
 
+def too_noisy(log_ratios) -> bool:
+    """Our mean's uncertainty (the rounds' spread / sqrt(n)) exceeds what one whole run varies by: on so
+    loaded a machine the mean itself moves more than the figure's interval allows (measured at load 7-15 on
+    this VM: sd 0.2-0.55 over 6 rounds), so a result would flip from day to day."""
+    values = pd.Series(log_ratios, dtype=float).dropna()
+    return len(values) > 1 and float(values.std(ddof=1)) / math.sqrt(len(values)) > WHOLE_RUN_LOG_SD
+
+
 def timing_kind(figure: dict) -> str:
     """A time_ratio figure's measurement: "epochs" (the reports' kind, the default) or "steps"."""
     return figure.get("timing", "epochs")

@@ -20,7 +20,7 @@ import pandas as pd
 from lenet_lib.analysis.stats import prediction_factor, prediction_interval
 from lenet_lib.analysis.tidy import Tables, at_epoch, matches, protocol_rows, table_of
 from lenet_lib.analysis.time_ratios import (TABLE_OF_KIND, forward_log_ratios, timing_kind, timing_log_ratios,
-                                            whole_run_interval)
+                                            too_noisy, whole_run_interval)
 
 REPRODUCED, NOT_REPRODUCED = "reproduced", "not reproduced"
 SMOKE = "smoke run — not scored"
@@ -75,6 +75,9 @@ def score(figure: dict, values: pd.Series) -> dict:
     exact = figure["metric"] == "parameters" or sd == 0
     if n < 2 and not exact:
         return {"mean": mean, "lo": lo, "hi": hi, "n": n, "result": "not scored: needs 2 or more values"}
+    if whole_run and too_noisy(values):
+        return {"mean": mean, "lo": lo, "hi": hi, "n": n, "result": "not scored: the whole-epoch timing is too "
+                "noisy here (our mean varies more than one run does); more epoch_timing_rounds or a quieter machine"}
     if exact:       # deterministic (a parameter count): equal or not
         same = low - 1e-9 <= mean <= high + 1e-9
         return {"mean": mean, "lo": mean, "hi": mean, "n": n,
