@@ -162,6 +162,13 @@ def test_time_claims_come_from_the_timing_table_with_torchs_layers():
     assert verdict_of(Tables(rows, timing=faster_dropout), PLAIN_FASTEST)["verdict"] == verdicts.CONTRADICTED
     # epoch wall clocks never decide: without the timing table the claim is not judged
     assert verdict_of(Tables(rows), PLAIN_FASTEST)["verdict"] == verdicts.NOT_JUDGED
+    # whole epochs of the reports' kind are shown in the note, never judged: steps decide
+    epochs = epoch_rows({(True, 0.0): math.log(0.8), (False, 0.5): math.log(0.8), (True, 0.5): math.log(0.8)},
+                        0.01, notebook="bn_dropout_grid", protocol="R1")
+    row = verdict_of(Tables(rows, timing=slower, epoch_timing=epochs), PLAIN_FASTEST)
+    assert row["verdict"] == verdicts.SUPPORTED and "the precise measurement" in row["test"]
+    assert "whole epochs with the reports' DataLoader (8 rounds): BN / plain 0.800x" in row["note"]
+    assert verdict_of(Tables(rows, epoch_timing=epochs), PLAIN_FASTEST)["verdict"] == verdicts.NOT_JUDGED
 
 
 def test_only_runs_under_the_claims_own_protocol_judge_it():
@@ -322,6 +329,96 @@ def test_scorecard_prediction_intervals_on_synthetic_seeds():
     assert card["result"][3] == scorecard.REPRODUCED and card["result"][4].startswith(scorecard.NOT_REPRODUCED)
 
 
+def epoch_rows(log_ratios: dict, sd: float, rounds: int = 8, notebook="dropout_sweep", protocol="R4"):
+    """A whole-epoch timing table whose per-round log ratios to plain are exactly mean + sd * z, z a fixed
+    standardised vector: tables of one mean ratio that differ only in their spread."""
+    z = np.random.default_rng(3).normal(size=rounds)
+    z = (z - z.mean()) / z.std(ddof=1)
+    rows = []
+    for r in range(rounds):
+        drift = 1 + 0.2 * math.sin(r)           # the machine's speed between rounds: cancels within a round
+        for (bn, p), log_ratio in {(False, 0.0): None, **log_ratios}.items():
+            ratio = 1.0 if log_ratio is None else math.exp(log_ratio + sd * z[r])
+            rows.append(dict(notebook=notebook, run_id="run", protocol=protocol, round=r + 1, bn=bn, dropout=p,
+                             conv_dropout=0.0, label=f"{bn}-{p}", seconds=10.0 * drift * ratio))
+    return pd.DataFrame(rows)
+
+
+R4_DROPOUT_TIME = {"figure": "dropout p = 0.1 / baseline", "value": 78.28, "reference": 84.17,
+                   "metric": "time_ratio", "where": {"variant": "dropout", "dropout": 0.1},
+                   "versus": {"variant": "plain"}}     # 0.930x
+
+
+def test_a_time_figure_does_not_flip_with_the_machines_load():
+    """The same mean whole-epoch ratio (0.99x), measured on a quiet machine (sd 0.005 per round) and a loaded
+    one (sd 0.03): a published 0.930x gets one result. With the day's spread alone as the interval it would
+    read "not reproduced" quiet and "reproduced" loaded; one whole run's ratio varies by WHOLE_RUN_LOG_SD
+    whatever our day's noise, which only adds our mean's uncertainty."""
+    from lenet_lib.analysis.time_ratios import WHOLE_RUN_LOG_SD
+    protocols = {"R4": {"dropout_sweep": {"published": [R4_DROPOUT_TIME]}}}
+    results = {}
+    for name, sd in (("quiet", 0.005), ("loaded", 0.03)):
+        assert sd < WHOLE_RUN_LOG_SD
+        epochs = epoch_rows({(False, 0.1): math.log(0.99)}, sd)
+        card = scorecard.scorecard(Tables(grid("dropout_sweep", "R4", rates=(0.1,)), epoch_timing=epochs), protocols)
+        results[name] = card.iloc[0]
+        assert card["ours (mean)"][0] == "0.990x" and card["n"][0] == 8
+        naive = stats.prediction_interval(np.log(epochs.query("dropout == 0.1")["seconds"].to_numpy()
+                                                 / epochs.query("not bn and dropout == 0")["seconds"].to_numpy()))
+        results[name + " naive"] = naive[2] <= math.log(0.930) <= naive[3]
+    assert results["quiet"]["result"] == results["loaded"]["result"] == scorecard.REPRODUCED
+    widths = {name: results[name]["high"] - results[name]["low"] for name in ("quiet", "loaded")}
+    assert widths["loaded"] / widths["quiet"] < 1.03        # the day's noise enters only as our mean's / sqrt(n)
+    assert (results["quiet naive"], results["loaded naive"]) == (False, True)    # the day's spread alone flips
+    # a spread far above a whole run's widens the interval: a much noisier measurement says less
+    noisy = scorecard.scorecard(Tables(grid("dropout_sweep", "R4", rates=(0.1,)),
+                                       epoch_timing=epoch_rows({(False, 0.1): math.log(0.99)}, 0.12)), protocols)
+    assert noisy["high"][0] - noisy["low"][0] > results["quiet"]["high"] - results["quiet"]["low"]
+    assert noisy["result"][0] == scorecard.REPRODUCED
+    # so noisy that our mean moves more than a run does (sd 0.3 over 8 rounds, as at load 7-15 here): not scored
+    wild = scorecard.scorecard(Tables(grid("dropout_sweep", "R4", rates=(0.1,)),
+                                      epoch_timing=epoch_rows({(False, 0.1): math.log(0.99)}, 0.3)), protocols)
+    assert wild["result"][0].startswith("not scored: the whole-epoch timing is too noisy here")
+
+
+def test_time_figures_are_scored_on_whole_epochs_with_the_step_timing_beside():
+    steps = timing_rows("dropout_sweep", "R4", {(False, 0.1): 1.0}, noise=0.001)
+    epochs = epoch_rows({(False, 0.1): math.log(0.80)}, 0.01)
+    tables = Tables(grid("dropout_sweep", "R4", rates=(0.1,)), timing=steps, epoch_timing=epochs)
+    figures = [R4_DROPOUT_TIME, {**R4_DROPOUT_TIME, "figure": "on steps", "timing": "steps"}]
+    card = scorecard.scorecard(tables, {"R4": {"dropout_sweep": {"published": figures}}}).set_index("figure")
+    on_epochs, on_steps = card.loc[R4_DROPOUT_TIME["figure"]], card.loc["on steps"]
+    assert on_epochs["ours (mean)"] == "0.800x" and on_epochs["n"] == 8
+    assert "scored on whole epochs" in on_epochs["note"] and "training steps in turns: 1.000x" in on_epochs["note"]
+    assert on_steps["ours (mean)"] == "1.000x" and on_steps["n"] == 30
+    assert "scored on training steps" in on_steps["note"] and "the reports' DataLoader: 0.800x" in on_steps["note"]
+    assert on_steps["result"].startswith(scorecard.NOT_REPRODUCED)     # 0.930x against 1.000x, sd 0.001
+    missing = scorecard.scorecard(Tables(tables.results, timing=steps), {"R4": {"dropout_sweep": {"published":
+                                                                                  figures[:1]}}})
+    assert missing["result"][0] == "not covered: no whole-epoch timing in this preset's runs (epoch_timing_rounds: 0)"
+    assert "training steps in turns: 1.000x" in missing["note"][0]
+
+
+def test_scorecard_plot_places_every_scored_figure_and_marks_far_ones_at_the_edge():
+    import matplotlib
+    matplotlib.use("Agg")
+    from lenet_lib.analysis import plots
+    values = 0.99 + np.random.default_rng(2).normal(0, 0.001, 4)
+    rows = tidy_rows("bn_dropout_grid", "R1", [dict(model_id=f"m{i}", seed=i, epoch=25, bn=False, dropout=0.0,
+                                                    test_acc=v) for i, v in enumerate(values)])
+    sd = values.std(ddof=1)
+    figures = [{"figure": name, "value": values.mean() + k * sd, "metric": "test_acc"}
+               for name, k in (("near", 0.5), ("out", -10), ("far", 80), ("far below", -500))]
+    card = scorecard.scorecard(Tables(rows), {"R1": {"bn_dropout_grid": {"published": figures}}})
+    lines = {line.get_label(): line.get_xdata() for line in plots.scorecard(card).axes[0].get_lines()}
+    assert np.allclose(lines["published: reproduced"], [0.5]) and np.allclose(lines["published: not reproduced"], [-10])
+    # +80 and -500 sd lie beyond the axis (+-30 sd): drawn at its edges, pointing out, not dropped
+    assert np.allclose(lines["not reproduced, beyond +30 sd"], [29.5])
+    assert np.allclose(lines["not reproduced, beyond -30 sd"], [-29.5])
+    smoke = scorecard.scorecard(Tables(rows), {"R1": {"bn_dropout_grid": {"published": figures}}}, smoke=True)
+    assert plots.scorecard(smoke) is None          # nothing scored in a smoke run: no plot claims otherwise
+
+
 def test_scorecard_ratios_parameters_and_missing_presets():
     timing = timing_rows("dropout_sweep", "R4", {(True, 0.0): 1.13})
     layers = pd.DataFrame({"notebook": "inside_lenet", "run_id": "run", "protocol": "R5", "model": "lenet5",
@@ -336,7 +433,9 @@ def test_scorecard_ratios_parameters_and_missing_presets():
             {"figure": "c1", "value": 156, "metric": "parameters", "where": {"layer": "c1_conv"}},
             {"figure": "total", "value": 61706, "metric": "parameters", "where": {"model": "lenet5"}}]}},
         "R3": {"bn_dropout_grid": {"published": [{"figure": "plain", "value": 0.62, "metric": "test_acc"}]}}}
-    card = scorecard.scorecard(Tables(grid("dropout_sweep", "R4"), timing=timing, layers=layers), protocols,
+    epochs = timing[timing["implementation"] == "torch"].drop(columns="implementation")   # as time_epochs'
+    card = scorecard.scorecard(Tables(grid("dropout_sweep", "R4"), timing=timing, layers=layers,
+                                      epoch_timing=epochs), protocols,
                                skipped={"R3": "needs CIFAR-10 (cifar10): /d/cifar-10-batches-py does not exist"})
     result = card.set_index("figure")["result"]
     assert result["BN / baseline"] == scorecard.REPRODUCED
@@ -350,7 +449,8 @@ def test_scorecard_ratios_parameters_and_missing_presets():
         "reproduced": 2, "not reproduced": 2, "not scored": 1}
     assert (counts["figures"], counts[scorecard.UNDER_PRIMARY], counts[scorecard.UNDER_SOME]) == (5, 2, 2)
     # a smoke run shows its values but scores only what no scale changes: the parameter counts
-    smoke = scorecard.scorecard(Tables(grid("dropout_sweep", "R4"), timing=timing, layers=layers), protocols,
+    smoke = scorecard.scorecard(Tables(grid("dropout_sweep", "R4"), timing=timing, layers=layers,
+                                       epoch_timing=epochs), protocols,
                                 smoke=True).set_index("figure")
     assert list(smoke.loc[["BN / baseline", "BN / baseline, far"], "result"]) == [scorecard.SMOKE] * 2
     assert smoke.loc["BN / baseline", "ours (mean)"] == card.set_index("figure").loc["BN / baseline", "ours (mean)"]

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 VARIANT_ORDER = ["plain", "BN", "dropout", "BN+dropout"]
-TABLES = ("timing", "forward_times", "layers", "step_times")     # tables runs write beside results.parquet
+TABLES = ("timing", "forward_times", "layers", "step_times", "epoch_timing")   # tables runs write beside results.parquet
 
 
 @dataclass
@@ -21,6 +21,7 @@ class Tables:
     forward_times: pd.DataFrame = field(default_factory=pd.DataFrame)   # numpy_vs_torch, per layer x repeat
     layers: pd.DataFrame = field(default_factory=pd.DataFrame)          # models.layer_table of a run
     step_times: pd.DataFrame = field(default_factory=pd.DataFrame)      # numpy_vs_torch, per batch size x round
+    epoch_timing: pd.DataFrame = field(default_factory=pd.DataFrame)    # timing.time_epochs, per round
 
 
 def final_epoch(history: pd.DataFrame) -> pd.DataFrame:

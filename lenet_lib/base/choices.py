@@ -23,6 +23,7 @@ INPUT_SIZES = (28, 32)              # a dataset's own size, or 28x28 digits padd
 RESIZE_MODES = ("pad", "interpolate")   # LeCun's zero padding to 32x32, or R2's Resize(32)
 ARCHS = ("lenet5", "mlp")          # LeNet-5 and the MLP baseline (R5), in torch and in NumPy
 DROPOUT_SITES = ("fc", "conv")      # the notebooks' dropout in the FC part (R1, R4) or after c3 (R3)
+TIMING_KINDS = ("epochs", "steps")   # a time figure's measurement: whole epochs (the reports' kind) or steps
 BATCHINGS = ("shuffle", "contiguous")   # NumPy training: epoch_order's batches, or R2's contiguous ones
 # R2 part I's code as printed (core/r2_printed.py) beside torch's: initialisation, update rules, the
 # gradient's scale (batch mean, or R2's batch sum), where train accuracy is measured, the training set's order

@@ -74,6 +74,8 @@ def _parameter_checks() -> dict:
         "claimed_best": check_positive_int, "tsne_points": check_positive_int, "top_mistakes": check_positive_int,
         "timing_rounds": check_positive_int, "timing_calls": check_positive_int,
         "timing_repeats": check_positive_int, "threads": check_positive_int,
+        "epoch_timing_rounds": check_nonneg_int, "epoch_timing_eval": check_bool,     # 0 rounds: not measured
+        "epoch_timing_fraction": lambda n, v: check_range(n, v, 0.0, 1.0, lo_open=True),
         "tune": check_bool, "mlp": check_bool,
     }
 

@@ -22,13 +22,10 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-import torchvision
-from torchvision import transforms
 
 from lenet_lib.bench import ensemble as bench_ensemble
 from lenet_lib.fast import c_kernels
-from lenet_lib.core.data import DATASETS, DataSplits, prepare_data
-from lenet_lib.base.datafiles import data_root
+from lenet_lib.core.data import DataSplits, prepare_data, report_loaders
 from lenet_lib.fast.layers import with_torch_layers
 from lenet_lib.core.models import build_model
 from lenet_lib.core.specs import TrainSpec
@@ -39,15 +36,8 @@ from lenet_lib.core.train import resolve_device, train
 
 @functools.lru_cache(maxsize=1)
 def _baseline_loaders(train_size: int | None):
-    """The reports' data path: per-image ToTensor + Normalize in DataLoaders (read from disk once)."""
-    info = DATASETS["mnist"]
-    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize(info.mean, info.std)])
-    train_set = torchvision.datasets.MNIST(str(data_root()), train=True, transform=tf)
-    test_set = torchvision.datasets.MNIST(str(data_root()), train=False, transform=tf)
-    if train_size:
-        train_set = torch.utils.data.Subset(train_set, range(train_size))
-    return (torch.utils.data.DataLoader(train_set, batch_size=128, shuffle=True),
-            torch.utils.data.DataLoader(test_set, batch_size=100, shuffle=False))
+    """The reports' data path (core.data.report_loaders): MNIST, batch 128 shuffled, test at 100."""
+    return report_loaders("mnist", batch_size=128, test_batch_size=100, train_size=train_size)
 
 
 def baseline_epoch_seconds(train_size: int | None, device: torch.device) -> float:

@@ -220,3 +220,42 @@ def index_batches(order: torch.Tensor, batch_size: int, drop_last: bool = False)
     stop = len(order) - (len(order) % batch_size if drop_last else 0)
     for start in range(0, stop, batch_size):
         yield order[start:start + batch_size]
+
+
+def report_loaders(dataset: str = "mnist", batch_size: int = 128, test_batch_size: int = 100,
+                   train_size: int | None = None, test_size: int | None = None, input_size: int | None = None,
+                   resize: str = "pad", normalize: str = "standard", seed: int = 0, root: str | None = None):
+    """The reports' data path: torchvision's dataset read image by image through per-image transforms
+    (pad or resize to input_size, ToTensor, Normalize) in DataLoaders; training batches shuffled (seeded),
+    test batches in order (R1 l.114: 128 shuffled, 100 not). (train loader, test loader)."""
+    check_choice("dataset", dataset, tuple(DATASETS))
+    check_choice("normalize", normalize, NORMALIZATIONS)
+    check_choice("resize", resize, RESIZE_MODES)
+    check_positive_int("batch_size", batch_size)
+    check_positive_int("test_batch_size", test_batch_size)
+    info = DATASETS[dataset]
+    input_size = input_size or info.size
+    check_choice("input_size", input_size, tuple(sorted({info.size, 32})))
+    load_raw(dataset, True, root)       # the files checked (and fetched) as prepare_data checks them
+    steps = []
+    if input_size != info.size:
+        margin = (input_size - info.size) // 2
+        steps.append(torchvision.transforms.Pad((margin, margin, input_size - info.size - margin,
+                                                 input_size - info.size - margin))
+                     if resize == "pad" else torchvision.transforms.Resize(input_size))
+    steps.append(torchvision.transforms.ToTensor())
+    if normalize != "unit":
+        std = info.std if normalize == "standard" else (1.0,) * info.channels
+        steps.append(torchvision.transforms.Normalize(info.mean, std))
+    transform = torchvision.transforms.Compose(steps)
+    cls = getattr(torchvision.datasets, info.torchvision_class)
+    folder = str(Path(root) if root else data_root())
+    train_set = cls(folder, train=True, transform=transform, download=False)
+    test_set = cls(folder, train=False, transform=transform, download=False)
+    if train_size is not None:
+        train_set = torch.utils.data.Subset(train_set, range(min(train_size, len(train_set))))
+    if test_size is not None:
+        test_set = torch.utils.data.Subset(test_set, range(min(test_size, len(test_set))))
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.utils.data.DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=generator),
+            torch.utils.data.DataLoader(test_set, batch_size=test_batch_size, shuffle=False))

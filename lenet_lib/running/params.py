@@ -23,6 +23,7 @@ import yaml
 from lenet_lib.analysis.results import protocol_label
 from lenet_lib.analysis.tidy import VARIANT_ORDER
 from lenet_lib.base.choices import ARCHS, MODEL_DEFAULTS
+from lenet_lib.base.choices import TIMING_KINDS
 from lenet_lib.base.validate import check_parameters
 
 PROFILES = ("quick", "default", "full")
@@ -35,7 +36,7 @@ PRESET_KEYS = ("matrix", "parameters", "profiles", "sources", "readings", "readi
 READING_KEYS = ("primary", "summary", "parameters", "sources", "open", "profiles")
 LEGACY_READING = "as-read"      # the name of the one primary reading an old `reading:` text stands for
 READING_NAME = re.compile(r"[a-z0-9]+([-_][a-z0-9]+)*")     # a slug: it becomes part of a protocol label
-FIGURE_KEYS = ("figure", "value", "metric", "epoch", "where", "versus", "reference", "rounded", "note")
+FIGURE_KEYS = ("figure", "value", "metric", "epoch", "where", "versus", "reference", "rounded", "note", "timing")
 METRICS = ("test_acc", "train_acc", "val_acc", "time_ratio", "forward_ratio", "parameters")
 RATIO_METRICS = ("time_ratio", "forward_ratio")
 INJECTED = ("output_dir", "run_id")       # set by the runner for every run
@@ -282,6 +283,9 @@ def _check_figures(where: str, figures, columns: dict | None = None) -> list[dic
                 _check_where(at, key, figure.get(key, {}), columns)
         if figure["metric"] == "time_ratio" and "versus" not in figure:
             raise ConfigError(f"{at}: metric time_ratio needs versus (the variant it is divided by)")
+        if "timing" in figure and (figure["metric"] != "time_ratio" or figure["timing"] not in TIMING_KINDS):
+            raise ConfigError(f"{at}: timing={figure['timing']!r} is not valid; only a time_ratio figure takes "
+                              f"it, one of {listing(TIMING_KINDS)}")
         epoch = figure.get("epoch", "final")
         if epoch not in ("final", "best") and not (isinstance(epoch, int) and not isinstance(epoch, bool)
                                                    and epoch >= 1):

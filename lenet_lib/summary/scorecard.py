@@ -7,7 +7,9 @@ run inside it is "reproduced"; outside, "not reproduced" with its distance in ou
 A smoke run (the quick profile: a few images, one epoch) scores nothing but exact figures (parameter
 counts): its values are shown, marked "smoke run — not scored", since they are not the protocol's.
 A figure printed rounded (e.g. "98 %") stands for the interval it rounds from. Times are compared as
-ratios between a report's own variants (our timing measurement with torch's layers), never as seconds.
+ratios between a report's own variants, never as seconds: by default on the measurement of the reports'
+kind (whole epochs through their DataLoader, in turns; `timing: steps` picks training steps in turns), with
+an interval for one whole run (time_ratios.whole_run_interval); the note shows the other measurement.
 
 A preset may declare several readings of its report (params/, `readings:`), one of them primary before any
 run. Each figure is scored under every reading, primary first (columns `reading`, `primary`), and the tally
@@ -22,7 +24,8 @@ import pandas as pd
 
 from lenet_lib.analysis.stats import prediction_factor, prediction_interval
 from lenet_lib.analysis.tidy import Tables, at_epoch, matches, protocol_rows, table_of
-from lenet_lib.analysis.time_ratios import forward_log_ratios, timing_log_ratios
+from lenet_lib.analysis.time_ratios import (TABLE_OF_KIND, forward_log_ratios, timing_kind, timing_log_ratios,
+                                            too_noisy, whole_run_interval)
 
 REPRODUCED, NOT_REPRODUCED = "reproduced", "not reproduced"
 SMOKE = "smoke run — not scored"
@@ -38,8 +41,9 @@ NUMBERS = ["metric", "value", "value_low", "value_high", "mean", "low", "high", 
 def figure_values(figure: dict, tables: Tables, notebook: str, preset: str) -> pd.Series:
     """Our values of one published figure: one per model (seed), timing round, repeat or run."""
     metric, where = figure["metric"], figure.get("where", {})
-    if metric == "time_ratio":
-        return timing_log_ratios(table_of(tables.timing, notebook, preset), where, figure["versus"])
+    if metric == "time_ratio":     # the figure's measurement: whole epochs (default) or training steps
+        timing = getattr(tables, TABLE_OF_KIND[timing_kind(figure)])
+        return timing_log_ratios(table_of(timing, notebook, preset), where, figure["versus"])
     if metric == "forward_ratio":
         return forward_log_ratios(table_of(tables.forward_times, notebook, preset))
     if metric == "parameters":
@@ -87,15 +91,20 @@ def score(figure: dict, values: pd.Series, resolution: float | None = None) -> d
     size), so its spread over seeds is at least that rounding: seeds that all tie (likely on a small test
     set) get it as their standard deviation, not zero."""
     ratio = figure["metric"] in ("time_ratio", "forward_ratio")
-    mean, sd, lo, hi = prediction_interval(values)
+    whole_run = figure["metric"] == "time_ratio" and timing_kind(figure) == "epochs"
+    mean, sd, lo, hi = whole_run_interval(values) if whole_run else prediction_interval(values)
     value, low, high = published_value(figure)
     n = int(values.notna().sum())
     if n == 0:
-        return {"mean": math.nan, "lo": math.nan, "hi": math.nan, "n": 0,
-                "result": "not covered: no run of this preset has these models or epochs"}
+        why = ("no whole-epoch timing in this preset's runs (epoch_timing_rounds: 0)" if whole_run else
+               "no run of this preset has these models or epochs")
+        return {"mean": math.nan, "lo": math.nan, "hi": math.nan, "n": 0, "result": f"not covered: {why}"}
     exact = figure["metric"] == "parameters"
     if n < 2 and not exact:
         return {"mean": mean, "lo": lo, "hi": hi, "n": n, "result": "not scored: needs 2 or more values"}
+    if whole_run and too_noisy(values):
+        return {"mean": mean, "lo": lo, "hi": hi, "n": n, "result": "not scored: the whole-epoch timing is too "
+                "noisy here (our mean varies more than one run does); more epoch_timing_rounds or a quieter machine"}
     if exact:       # deterministic (a parameter count): equal or not
         same = low - 1e-9 <= mean <= high + 1e-9
         return {"mean": mean, "lo": mean, "hi": mean, "n": n,
@@ -124,6 +133,18 @@ def _fmt(figure: dict, value: float) -> str:
     if metric == "parameters":
         return f"{value:,.0f}"
     return f"{value:.4f}"
+
+
+def _other_timing(figure: dict, tables: Tables, notebook: str, preset: str) -> str:
+    """For a time figure's note: which measurement scored it, and our ratio under the other one."""
+    if figure["metric"] != "time_ratio":
+        return ""
+    names = {"epochs": "whole epochs in turns, the reports' DataLoader", "steps": "training steps in turns"}
+    kind = timing_kind(figure)
+    other = "steps" if kind == "epochs" else "epochs"
+    values = figure_values({**figure, "timing": other}, tables, notebook, preset)
+    shown = f"; {names[other]}: {math.exp(values.mean()):.3f}x" if values.notna().any() else ""
+    return f"; scored on {names[kind]} (torch's layers){shown}"
 
 
 def _published_text(figure: dict) -> str:
@@ -179,7 +200,8 @@ def _row(figure: dict, tables: Tables, notebook: str, protocol: str, skipped: st
     value, low, high = published_value(figure)
     return {"published": _published_text(figure), "ours (mean)": _fmt(figure, result["mean"]),
             "95 % prediction interval": interval, "n": result["n"], "result": result["result"],
-            "note": f"{notebook}" + (f"; {figure['note']}" if figure.get("note") else ""),
+            "note": f"{notebook}" + (f"; {figure['note']}" if figure.get("note") else "")
+                    + ("" if skipped else _other_timing(figure, tables, notebook, protocol)),
             # the numbers behind the text, for figures.scorecard_figure (log scale for ratios)
             "metric": figure["metric"], "value": value, "value_low": low, "value_high": high,
             "mean": result["mean"], "low": result["lo"], "high": result["hi"],
