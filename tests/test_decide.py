@@ -244,9 +244,12 @@ def test_stages_reuse_runs_and_a_decided_preset_stops(project, capsys):
         manifest = json.loads((run / "manifest.json").read_text())
         if manifest["preset"] == "Q" and manifest["parameters"]["seeds"] != [0, 1]:
             shutil.rmtree(run)
+        elif manifest["preset"] == "Q":     # the estimate reads stage 1's seconds: make them far above the budget
+            (run / "manifest.json").write_text(json.dumps({**manifest, "seconds": 600.0}))
     assert run_decide(project, "2s", make_report=True, claims=claims_for("Q")) == 0
     index = json.loads((project["outputs"] / "index.json").read_text())
-    assert index["decide"]["stages_run"] == 1 and index["decide"]["stopped"].startswith("budget: stage 2"), json.dumps({k: v for k, v in index["decide"].items() if k != "claims"})
+    assert index["decide"]["stages_run"] == 1 and index["decide"]["stopped"].startswith("budget: stage 2"), \
+        json.dumps({k: v for k, v in index["decide"].items() if k != "claims"})
     assert index["decide"]["claims"][0]["n"] is None and len(index["runs"]) == 1     # stage 2 never started
     assert (project["outputs"] / "report.html").exists()
 

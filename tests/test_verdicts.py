@@ -399,26 +399,6 @@ def test_time_figures_are_scored_on_whole_epochs_with_the_step_timing_beside():
     assert "training steps in turns: 1.000x" in missing["note"][0]
 
 
-def test_scorecard_plot_places_every_scored_figure_and_marks_far_ones_at_the_edge():
-    import matplotlib
-    matplotlib.use("Agg")
-    from lenet_lib.analysis import plots
-    values = 0.99 + np.random.default_rng(2).normal(0, 0.001, 4)
-    rows = tidy_rows("bn_dropout_grid", "R1", [dict(model_id=f"m{i}", seed=i, epoch=25, bn=False, dropout=0.0,
-                                                    test_acc=v) for i, v in enumerate(values)])
-    sd = values.std(ddof=1)
-    figures = [{"figure": name, "value": values.mean() + k * sd, "metric": "test_acc"}
-               for name, k in (("near", 0.5), ("out", -10), ("far", 80), ("far below", -500))]
-    card = scorecard.scorecard(Tables(rows), {"R1": {"bn_dropout_grid": {"published": figures}}})
-    lines = {line.get_label(): line.get_xdata() for line in plots.scorecard(card).axes[0].get_lines()}
-    assert np.allclose(lines["published: reproduced"], [0.5]) and np.allclose(lines["published: not reproduced"], [-10])
-    # +80 and -500 sd lie beyond the axis (+-30 sd): drawn at its edges, pointing out, not dropped
-    assert np.allclose(lines["not reproduced, beyond +30 sd"], [29.5])
-    assert np.allclose(lines["not reproduced, beyond -30 sd"], [-29.5])
-    smoke = scorecard.scorecard(Tables(rows), {"R1": {"bn_dropout_grid": {"published": figures}}}, smoke=True)
-    assert plots.scorecard(smoke) is None          # nothing scored in a smoke run: no plot claims otherwise
-
-
 def test_scorecard_ratios_parameters_and_missing_presets():
     timing = timing_rows("dropout_sweep", "R4", {(True, 0.0): 1.13})
     layers = pd.DataFrame({"notebook": "inside_lenet", "run_id": "run", "protocol": "R5", "model": "lenet5",

@@ -86,6 +86,21 @@ def _header_lines(rows: pd.DataFrame, width: float) -> list[tuple[tuple, list[st
             for key, group in rows.groupby(["report", "claim"], sort=False)]
 
 
+def _axis(ax, scale: str, limits, height: int, ticks, labels, label_size: float, xlabel: str, title: str) -> None:
+    """A panel's frame: the no-effect line (0 points, ratio 1), log ticks for ratios, the rows' labels."""
+    ax.axvline(_shown(0.0, scale), color="black", linewidth=0.8, zorder=0)
+    if scale == "ratio":
+        ax.set_xscale("log")
+        _ratio_ticks(ax, *limits)
+    ax.set_xlim(*limits)
+    ax.set_ylim(-0.7, height - 0.3)
+    ax.set_yticks(ticks, labels, fontsize=label_size)
+    ax.grid(axis="y", visible=False)
+    ax.grid(axis="x", color="#e8e8e8")
+    ax.set_xlabel(xlabel, fontsize=9)
+    ax.set_title(title, fontsize=10)
+
+
 def _claims_panel(ax, scale: str, rows: pd.DataFrame, height: int, label_width: float, width: float) -> None:
     limits = _limits([_shown(v, scale) for column in ("value", "low", "high", "region_low", "region_high")
                       for v in rows[column]] + [_shown(0.0, scale)], scale, 20.0 if scale == "ratio" else 100.0)
@@ -106,18 +121,8 @@ def _claims_panel(ax, scale: str, rows: pd.DataFrame, height: int, label_width: 
             ax.plot(_shown(part.value, scale), y, marker=marker, color=colour, mfc=face, ms=7, mew=1.5)
             ticks.append(y)
             labels.append(part.part)
-    ax.axvline(_shown(0.0, scale), color="black", linewidth=0.8, zorder=0)
-    if scale == "ratio":
-        ax.set_xscale("log")
-        _ratio_ticks(ax, *limits)
-    ax.set_xlim(*limits)
-    ax.set_ylim(-0.7, height - 0.3)
-    ax.set_yticks(ticks, labels, fontsize=8)
-    ax.grid(axis="y", visible=False)
-    ax.grid(axis="x", color="#e8e8e8")
-    ax.set_xlabel("time ratio, log scale (95 % CI)" if scale == "ratio" else
-                  "accuracy difference, points (95 % CI)", fontsize=9)
-    ax.set_title("training and forward time ratios" if scale == "ratio" else "accuracy", fontsize=10)
+    _axis(ax, scale, limits, height, ticks, labels, 8, "time ratio, log scale (95 % CI)" if scale == "ratio" else
+          "accuracy difference, points (95 % CI)", "training and forward time ratios" if scale == "ratio" else "accuracy")
 
 
 def claims(parts: pd.DataFrame):
@@ -227,18 +232,9 @@ def _scorecard_panel(ax, scale: str, rows: pd.DataFrame, height: int) -> None:
                             ha="right" if value > limits[1] else "left", va="center", fontsize=7, color=colour)
             ticks.append(y)
             labels.append(textwrap.shorten(str(row["figure"]), 48, placeholder="…"))
-    ax.axvline(1.0 if scale == "ratio" else 0.0, color="black", linewidth=0.8, zorder=0)
-    if scale == "ratio":
-        ax.set_xscale("log")
-        _ratio_ticks(ax, *limits)
-    ax.set_xlim(*limits)
-    ax.set_ylim(-0.7, height - 0.3)
-    ax.set_yticks(ticks, labels, fontsize=7.5)
-    ax.grid(axis="y", visible=False)
-    ax.set_xlabel("time ratio between the report's own variants, log scale" if scale == "ratio" else
-                  "published − our mean, accuracy points", fontsize=9)
-    ax.set_title("time ratios" if scale == "ratio" else "accuracies", fontsize=10)
-    ax.grid(axis="x", color="#e8e8e8")
+    _axis(ax, scale, limits, height, ticks, labels, 7.5,
+          "time ratio between the report's own variants, log scale" if scale == "ratio" else
+          "published − our mean, accuracy points", "time ratios" if scale == "ratio" else "accuracies")
 
 
 def scorecard_figure(card: pd.DataFrame):
