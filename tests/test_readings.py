@@ -6,6 +6,7 @@ reading on synthetic tables. Kernel tests use the tiny fixture project (tests/fi
 from __future__ import annotations
 
 import json
+import re
 from textwrap import dedent
 
 import numpy as np
@@ -81,7 +82,8 @@ def pinned_library_hash(monkeypatch):
     (READINGS.replace("      primary: true\n", ""), "exactly one reading must be primary: true (declared before any "
                                               "run); none is; readings: as-printed, as-intended, same"),
     (_reading("a", "{primary: true, summary: s, sorces: {lr: x}}"),
-     "reading 'a': unknown key(s) sorces; valid keys: primary, summary, parameters, sources, open, profiles"),
+     "reading 'a': unknown key(s) sorces; valid keys: primary, summary, parameters, sources, open, profiles, "
+     "run_at"),
     (_reading("a", "{primary: true, summary: s, parameters: {lrr: 0.1}}"),
      "reading 'a': parameter 'lrr' is not in the parameters cell"),
     (_reading("a", "{primary: true, summary: s, parameters: {lr: -1.0}}"), "reading 'a': lr=-1.0"),
@@ -158,6 +160,42 @@ def test_index_protocols_carry_each_presets_readings(tmp_path):
         ("as-printed", "P1", True), ("as-intended", "P1:as-intended", False), ("same", "P1:same", False)]
     assert found["readings"][0]["sources"] == {"lr": "T l.2-3"} and found["readings"][0]["parameters"] == {"lr": 0.4}
     assert found["readings"][1]["open"] == {"scale": "not stated; read as 3"}
+
+
+@pytest.mark.parametrize("body, message", [
+    ("{primary: true, summary: s, run_at: [full]}", "reading 'a': run_at=['full'] is not valid; expected a non-empty "
+                                                     "list of quick, default, full (the primary reading runs at every profile)"),
+    ("{primary: true, summary: s, run_at: [quick, default, full, fast]}", "reading 'a': run_at=['quick', 'default', "
+                                                                          "'full', 'fast'] is not valid"),
+    ("{primary: true, summary: s, run_at: full}", "reading 'a': run_at='full' is not valid"),
+])
+def test_bad_run_at_is_a_config_error(tmp_path, body, message):
+    dirs = _project(tmp_path, _reading("a", body))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_params(dirs["params"], dirs["notebooks"])
+
+
+def test_a_reading_runs_only_at_the_profiles_of_its_run_at(tmp_path, capsys):
+    dirs = _project(tmp_path, READINGS.replace("      summary: What the text says.\n",
+                                               "      summary: What the text says.\n      run_at: [quick, full]\n"))
+    params = load_params(dirs["params"], dirs["notebooks"])
+    for profile, readings in [("quick", ["as-printed", "as-intended", "same"]), ("default", ["as-printed", "same"]),
+                              ("full", ["as-printed", "as-intended", "same"])]:
+        assert [t.reading for t in _plan(dirs, profile) if t.preset] == readings
+        assert [t.reading for t in _plan(dirs, profile, "P1")] == readings
+    # asked for by name, a reading runs at any profile
+    assert [t.reading for t in _plan(dirs, "default", "P1:as-intended")] == ["as-intended"]
+    # the report lists the reading it did not run, and says where it runs
+    found = runner.protocols(select(params, None, "default", None))["P1"]["tiny"]["readings"]
+    assert [(r["name"], r["run"]) for r in found] == [("as-printed", True), ("as-intended", False), ("same", True)]
+    protocols = {"P1": {"tiny": {"readings": found}}}
+    assert [r["name"] for r in scorecard.declared_readings("P1", protocols["P1"]["tiny"])] == ["as-printed", "same"]
+    text = scorecard.readings_markdown(protocols)
+    assert ("*as-intended* (protocol `P1:as-intended`) — not run in this report: it runs at the quick and full "
+            "profiles (`make report PROFILE=full`, or `--preset P1:as-intended`)") in text
+    assert text.count("not run in this report") == 1
+    assert main(["list", "--params", str(dirs["params"]), "--notebooks", str(dirs["notebooks"])]) == 0
+    assert "as-intended: 1 run, protocol P1:as-intended, quick and full profiles only\n" in capsys.readouterr().out
 
 
 def test_list_shows_each_presets_readings(tmp_path, capsys):

@@ -33,7 +33,7 @@ PROFILE_KEYS = ("verdicts", "protocol_parameters")
 FILE_KEYS = ("notebook", "title", "parameters", "profiles", "presets")
 BLOCK_KEYS = ("matrix", "parameters")
 PRESET_KEYS = ("matrix", "parameters", "profiles", "sources", "readings", "reading", "published")
-READING_KEYS = ("primary", "summary", "parameters", "sources", "open", "profiles")
+READING_KEYS = ("primary", "summary", "parameters", "sources", "open", "profiles", "run_at")
 LEGACY_READING = "as-read"      # the name of the one primary reading an old `reading:` text stands for
 READING_NAME = re.compile(r"[a-z0-9]+([-_][a-z0-9]+)*")     # a slug: it becomes part of a protocol label
 FIGURE_KEYS = ("figure", "value", "metric", "epoch", "where", "versus", "reference", "rounded", "note", "timing")
@@ -361,7 +361,13 @@ def _check_readings(where: str, preset: dict, defaults: dict, fixed: dict, nb_pa
                 check_parameters({**fixed, **preset["parameters"], **parameters, **combination})
             except ValueError as exc:
                 raise ConfigError(f"{at}: {exc}") from None
+        run_at = reading.get("run_at", list(PROFILES))
+        if (not isinstance(run_at, list) or not run_at or any(p not in PROFILES for p in run_at)
+                or (primary and set(run_at) != set(PROFILES))):
+            raise ConfigError(f"{at}: run_at={run_at!r} is not valid; expected a non-empty list of "
+                              f"{listing(PROFILES)} (the primary reading runs at every profile)")
         readings[name] = {"primary": primary, "summary": " ".join(summary.split()), "parameters": parameters,
+                          "run_at": [p for p in PROFILES if p in run_at],
                           "sources": _check_text_map(at, "sources", reading.get("sources")),
                           "open": _check_text_map(at, "open", reading.get("open")),
                           "profiles": _check_scales(at, reading.get("profiles"), defaults, nb_path)}
@@ -418,7 +424,7 @@ def load_notebook_params(file: Path, notebooks_dir: Path) -> NotebookParams:
             protocol = protocol_label(block_name, reading_name, reading["primary"])
             blocks[f"preset {protocol}"] = {"matrix": checked["matrix"], "parameters": checked["parameters"],
                                             "preset": block_name, "reading": reading_name,
-                                            "primary": reading["primary"]}
+                                            "primary": reading["primary"], "run_at": reading["run_at"]}
         primary = next(iter(readings.values()))
         preset_info[block_name] = {"reading": primary["summary"], "readings": readings, "sources": sources,
                                    "published": figures, "profiles": scales}
@@ -523,16 +529,18 @@ def select(params: dict[str, NotebookParams], only, profile, preset) -> list[tup
             raise ConfigError(f"unknown notebook {name!r} in --only{did_you_mean(name, names)}; "
                               f"valid: {listing(names)}")
     chosen = [params[n] for n in names if not only or n in only]
-    if preset is None:
-        return [(p, label) for p in chosen for label in p.blocks
-                if label == f"profile {profile}" or label.startswith("preset ")]
+    if preset is None:      # a reading runs at the profiles of its run_at (every profile unless it says)
+        return [(p, label) for p in chosen for label, block in p.blocks.items()
+                if label == f"profile {profile}" or (label.startswith("preset ") and profile in block["run_at"])]
     defined = {}        # preset -> the notebooks that define it
     for p in params.values():
         for block_name in p.presets:
             defined.setdefault(block_name, []).append(p.name)
     name, _, reading = preset.partition(":")        # "R2" runs every reading, "R2:as-intended" one
+    # "R2" runs the readings its run_at puts at this profile; "R2:as-intended" runs that reading whatever it says
     selected = [(p, label) for p in chosen for label, block in p.blocks.items()
-                if block.get("preset") == name and (not reading or block["reading"] == reading)]
+                if block.get("preset") == name and (block["reading"] == reading
+                                                    or (not reading and profile in block["run_at"]))]
     if not selected:
         known = "; ".join(f"{k} ({', '.join(v)})" for k, v in sorted(defined.items()))
         scope = f" among {listing(only)}" if only and name in defined else ""

@@ -267,8 +267,10 @@ def run_summary(job) -> None:
 def protocols(selected) -> dict:
     """{preset: {notebook: {"readings": [...], "sources", "published", "reading"}}} of the selected presets,
     for the summary. Each reading: name, protocol (the label its runs carry), primary, summary, parameters,
-    sources, open; primary first. "reading" is the primary reading's summary."""
-    found = {}
+    sources, open, run_at, run; primary first. "reading" is the primary reading's summary. A reading of a
+    selected preset that did not run (its run_at leaves this profile out) is listed with run: false."""
+    found, ran = {}, {(nb.name, nb.blocks[label].get("preset"), nb.blocks[label].get("reading"))
+                      for nb, label in selected}
     for nb, label in selected:
         block = nb.blocks[label]
         if "preset" not in block:
@@ -276,11 +278,15 @@ def protocols(selected) -> dict:
         name, info = block["preset"], nb.presets[block["preset"]]
         entry = found.setdefault(name, {}).setdefault(nb.name, {
             "reading": info["reading"], "readings": [], "sources": info["sources"], "published": info["published"]})
-        reading = info["readings"][block["reading"]]
-        entry["readings"].append({"name": block["reading"], "protocol": label.split(" ", 1)[1],
-                                  "primary": reading["primary"], "summary": reading["summary"],
-                                  "parameters": reading["parameters"], "sources": reading["sources"],
-                                  "open": reading["open"]})
+        if entry["readings"]:
+            continue
+        for reading_name, reading in info["readings"].items():
+            entry["readings"].append({"name": reading_name,
+                                      "protocol": results.protocol_label(name, reading_name, reading["primary"]),
+                                      "primary": reading["primary"], "summary": reading["summary"],
+                                      "parameters": reading["parameters"], "sources": reading["sources"],
+                                      "open": reading["open"], "run_at": reading["run_at"],
+                                      "run": (nb.name, name, reading_name) in ran})
     return found
 
 
@@ -459,8 +465,9 @@ def list_notebooks(params_dir=None, notebooks_dir=None) -> int:
         for label, block in nb.blocks.items():
             if "preset" in block:
                 mark = "*" if block["primary"] else " "
+                where = "" if block["run_at"] == list(PROFILES) else f", {' and '.join(block['run_at'])} profiles only"
                 readings.append(f"  {block['preset']} ({nb.name}): {mark} {block['reading']}: {counts[label]} "
-                                f"run{'' if counts[label] == 1 else 's'}, protocol {label.split(' ', 1)[1]}")
+                                f"run{'' if counts[label] == 1 else 's'}, protocol {label.split(' ', 1)[1]}{where}")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
     for row in [header, *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])

@@ -156,12 +156,13 @@ def _published_text(figure: dict) -> str:
     return text + (f" (printed rounded: ±{figure['rounded'] / 2:g})" if figure.get("rounded") else "")
 
 
-def declared_readings(preset: str, info: dict) -> list[dict]:
-    """A preset's readings as index.json lists them, primary first; an entry written before readings
-    existed stands for one primary reading whose runs carry the preset's name."""
+def declared_readings(preset: str, info: dict, ran_only: bool = True) -> list[dict]:
+    """A preset's readings as index.json lists them, primary first (ran_only: those whose runs this report
+    planned, not those whose run_at leaves its profile out); an entry written before readings existed stands
+    for one primary reading whose runs carry the preset's name."""
     readings = info.get("readings") or [{"name": "as-read", "protocol": preset, "primary": True,
                                          "summary": info.get("reading", "")}]
-    return sorted(readings, key=lambda r: not r.get("primary"))
+    return sorted([r for r in readings if r.get("run", True) or not ran_only], key=lambda r: not r.get("primary"))
 
 
 def scorecard(tables: Tables, protocols: dict, skipped: dict | None = None, smoke: bool = False) -> pd.DataFrame:
@@ -248,9 +249,12 @@ def readings_markdown(protocols: dict) -> str:
         for notebook, info in protocols[preset].items():
             lines = [f"**{preset}** (`{notebook}`)"]
             lines += [f"- shared · source · {key}: {text}" for key, text in (info.get("sources") or {}).items()]
-            for r in declared_readings(preset, info):
+            for r in declared_readings(preset, info, ran_only=False):
                 label = f"*{r.get('name')}*" + (" (primary)" if r.get("primary") else
                                                f" (protocol `{r.get('protocol')}`)")
+                if not r.get("run", True):
+                    label += (f" — not run in this report: it runs at the {' and '.join(r.get('run_at') or [])} "
+                              f"profiles (`make report PROFILE=full`, or `--preset {r.get('protocol')}`)")
                 lines.append(f"- {label}: {r.get('summary') or '(no summary)'}")
                 if r.get("parameters"):
                     values = ", ".join(f"{k}={v!r}" for k, v in r["parameters"].items())
