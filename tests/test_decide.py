@@ -261,3 +261,23 @@ def test_a_run_past_the_budget_and_its_grace_is_stopped(project, capsys):
     assert index["decide"]["stopped"].startswith("budget: stage 1 stopped")
     assert index["decide"]["claims"][0]["verdict"] == "inconclusive"
     assert (project["outputs"] / "report.html").exists()
+
+
+def test_a_preset_whose_stage_does_not_fit_stops_while_the_others_go_on(project, capsys):
+    from lenet_lib.running.runner import report
+    for preset in ("P", "Q"):
+        assert report(profile="default", preset=preset, outputs=project["outputs"], params_dir=project["params"],
+                      notebooks_dir=project["notebooks"], make_report=False, jobs=1, threads=1) == 0
+    for run in run_dirs(project["outputs"], "seeded"):  # Q's first stage reads as slow: its next would not fit
+        manifest = json.loads((run / "manifest.json").read_text())
+        if manifest["preset"] == "Q":
+            (run / "manifest.json").write_text(json.dumps({**manifest, "seconds": 600.0}))
+    assert run_decide(project, "3m") == 0
+    record = json.loads((project["outputs"] / "index.json").read_text())["decide"]
+    by_key = {c["key"]: c for c in record["claims"]}
+    # P's stage 2 fits and decides it; Q stops at its first look, open, and says why
+    assert by_key["P.1"]["verdict"] == "supported" and (by_key["P.1"]["stage"], by_key["P.1"]["n"]) == (2, 4)
+    assert by_key["Q.1"]["verdict"] == "inconclusive" and by_key["Q.1"]["size"] == "2 seeds"
+    assert by_key["Q.1"]["note"].startswith("budget: its stage 2 (4 seeds) would take about 10 min, "), by_key["Q.1"]["note"]
+    assert record["stages_run"] == 2 and record["stopped"] == "no claim left open to stage 3"
+    assert seeds_of(project["outputs"]) == [[0, 1], [0, 1], [2, 3]]

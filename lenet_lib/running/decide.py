@@ -134,20 +134,36 @@ def judged_blocks(params, only, base: str, preset: str | None, claims) -> list:
 
 
 def estimate_seconds(tasks, earlier, jobs: int) -> float:
-    """A stage's wall seconds: each run's training images at its notebook's seconds per image in `earlier`
-    (finished runs, their manifests' seconds; all notebooks' rate where its own has none), `jobs` at a time."""
+    """A stage's wall seconds: each run's training images at the seconds per image of `earlier` (finished
+    runs, their manifests' seconds) of its own preset, else of its notebook, else of all, `jobs` at a time."""
     rates = {}
     for task in earlier:
         seconds = (results.read_manifest(task.run_dir) or {}).get("seconds")
         if seconds and task.work:
-            rates.setdefault(task.notebook, []).append((seconds, task.work))
-    pooled = [x for xs in rates.values() for x in xs]
-    if not pooled:
+            for key in ((task.notebook, task.preset), task.notebook, None):
+                rates.setdefault(key, []).append((seconds, task.work))
+    if not rates:
         return 0.0
-    rate = {nb: sum(s for s, _ in xs) / sum(w for _, w in xs) for nb, xs in rates.items()}
-    fallback = sum(s for s, _ in pooled) / sum(w for _, w in pooled)
-    each = [t.work * rate.get(t.notebook, fallback) for t in tasks]
+    rate = {key: sum(s for s, _ in xs) / sum(w for _, w in xs) for key, xs in rates.items()}
+    each = [t.work * rate.get((t.notebook, t.preset), rate.get(t.notebook, rate[None])) for t in tasks]
     return max(max(each, default=0.0), sum(each) / max(jobs, 1))
+
+
+def fit_budget(planned: dict, earlier, jobs: int, left: float, skipped, force: bool) -> tuple[dict, dict]:
+    """The blocks of a stage that fit `left` seconds, cheapest first (planned: {(notebook, preset): tasks});
+    returns (the blocks kept, {key: estimated seconds} of those left out). A preset left out stops at its
+    last look: its claims' error rates hold, since a design may always stop a claim early."""
+    def todo(tasks):
+        return [t for t in tasks if t.run_id not in skipped and (force or not runner.is_done(t))]
+    cost = {key: estimate_seconds(todo(tasks), earlier, 1) for key, tasks in planned.items()}
+    kept, over = {}, {}
+    for key in sorted(planned, key=lambda k: cost[k]):
+        trial = [t for ts in [*kept.values(), planned[key]] for t in todo(ts)]
+        if estimate_seconds(trial, earlier, jobs) <= left:
+            kept[key] = planned[key]
+        else:
+            over[key] = cost[key]
+    return kept, over
 
 
 def read_tables(tasks) -> Tables:
@@ -249,15 +265,25 @@ def report(budget, preset: str | None = None, only=None, jobs: int | None = None
                     planned[(nb.name, nb.blocks[label]["preset"])] = [
                         t for change in changes for t in runner.plan([(nb, label)], outputs, design.base, profiles,
                                                                       threads, change)]
+                left = seconds - (time.monotonic() - start)
+                if stage > 1:       # the presets whose stage fits what is left, cheapest first
+                    planned, over = fit_budget(planned, every, jobs, left, skipped, force)
+                    for key, guess in over.items():
+                        for claim in wanted:
+                            if (claim.notebook, claim.protocol) == key:
+                                states[id(claim)]["note"] = (
+                                    f"budget: its stage {stage} ({design.looks[stage - 1]} seeds) would take about "
+                                    f"{guess / 60:.0f} min, {max(left, 0) / 60:.0f} min left")
+                                halted.add(id(claim))
+                    if not planned:
+                        stopped = (f"budget: stage {stage} ({design.looks[stage - 1]} seeds) of the cheapest open "
+                                   f"preset would take about {min(over.values()) / 60:.0f} min, "
+                                   f"{max(left, 0) / 60:.0f} min left")
+                        break
                 tasks = [t for ts in planned.values() for t in ts if t.run_id not in skipped]
                 cached = {t.run_id for t in tasks if not force and runner.is_done(t)}
                 todo = runner.longest_first([t for t in tasks if t.run_id not in cached])
                 guess = estimate_seconds(todo, every, jobs)
-                left = seconds - (time.monotonic() - start)
-                if stage > 1 and guess > left:
-                    stopped = (f"budget: stage {stage} ({design.looks[stage - 1]} seeds) would take about "
-                               f"{guess / 60:.0f} min, {max(left, 0) / 60:.0f} min left")
-                    break
                 was_cached |= cached
                 for key, ts in planned.items():
                     by_block.setdefault(key, []).extend(ts)
@@ -277,6 +303,8 @@ def report(budget, preset: str | None = None, only=None, jobs: int | None = None
                 if stopped_by:
                     break
                 for claim in wanted:
+                    if id(claim) in halted:     # its preset's stage did not fit the budget: no look here
+                        continue
                     state, block = states[id(claim)], by_block.get((claim.notebook, claim.protocol), [])
                     runnable = [t for t in block if t.run_id not in skipped]
                     if not runnable:
