@@ -28,7 +28,7 @@ def run_epochs(specs: list[TrainSpec], data: DataSplits, bases: list[dict], *, n
                on_epoch=None) -> tuple[list[pd.DataFrame], list[str]]:
     """Train K = len(specs) models (one, or a stacked network's) for their epochs; (history, status) per model.
 
-    The specs share epochs and optimizer (train_many's groups do). Passed in:
+    The specs share epochs, optimizer, iterations and train_acc_on (train_many's groups do). Passed in:
     - batches(epoch): that epoch's (images, labels); labels (B,) for one model, (K, B) for a stacked network.
     - step(images, labels, weight) -> (logits, loss): forward and backward of one batch; loss () or (K,), the
       batch mean of each model; weight: the batch's share b / n of a full-batch gradient, else None.
@@ -75,7 +75,8 @@ def run_epochs(specs: list[TrainSpec], data: DataSplits, bases: list[dict], *, n
             if diverged(train_loss[i], data.info["num_classes"]):
                 status[i] = "diverged"
         if first.train_acc_on == "full_train":    # the model after this epoch, on every training image
-            train_loss, train_acc = map(list, zip(*evaluate(data.x_train, data.y_train)))
+            on_train = evaluate(data.x_train, data.y_train)
+            train_loss, train_acc = [loss for loss, _ in on_train], [acc for _, acc in on_train]
         val = evaluate(data.x_val, data.y_val)
         test = evaluate(data.x_test, data.y_test)
         epoch_seconds = time.perf_counter() - start
