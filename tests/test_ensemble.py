@@ -115,6 +115,23 @@ def test_a_diverging_model_stops_and_the_others_go_on(data):
     assert many[1].history.status.tolist() == ["diverged"]
 
 
+def test_batched_rows_divide_as_train_does_and_report_each_epoch_once():
+    """300 training images (the last batch short): train_acc identical to train()'s for any training size (the
+    sums divided in float64, as train() does), and on_epoch hears each model's epochs, none after it stopped."""
+    from lenet_lib.core.data import prepare_data
+    small = prepare_data("mnist", val_size=50, train_size=300, test_size=50)
+    specs = [TrainSpec(optimizer="sgd", lr=lr, seed=seed, epochs=2, model_id=f"lr{lr}")
+             for seed, lr in [(0, 0.05), (1, 100.0)]]
+    heard = []
+    many = train_many(specs, small, device="cpu", mode="batched", progress=False,
+                      on_epoch=lambda *args: heard.append(args))
+    assert heard == [("lr0.05", 1, 2), ("lr100.0", 1, 2), ("lr0.05", 2, 2)]
+    for spec, result in zip(specs, many):
+        alone = train(spec, small, device="cpu", progress=False)
+        assert result.history.train_acc.tolist() == alone.history.train_acc.tolist()
+        assert result.history.steps.tolist() == alone.history.steps.tolist()
+
+
 def test_auto_is_sequential_on_cpu_and_identical_to_train(data):
     spec = TrainSpec(dropout=0.5, seed=4, epochs=1)
     (result,) = train_many([spec], data, device="cpu", progress=False)

@@ -22,21 +22,19 @@ Speed, all in one place (what each buys):
 from __future__ import annotations
 
 import math
-import time
 from typing import NamedTuple
 
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm   # plain text bars: no ipywidgets needed in kernels or logs
 
-from lenet_lib.base.choices import diverged
 from lenet_lib.core.batched import DropoutStreams, StackedNet, StackedOptimizer, rng_state, signature
 from lenet_lib.core.data import DataSplits, epoch_order
 from lenet_lib.core.specs import TrainSpec
-from lenet_lib.core.train import (EVAL_BATCH, TrainResult, base_columns, build_for, epoch_row, precision_context,
-                    resolve_device, set_determinism, train)
+from lenet_lib.core.loop import run_epochs
+from lenet_lib.core.train import (EVAL_BATCH, TrainResult, base_columns, build_for, precision_context,
+                                  resolve_device, set_determinism, train)
 from lenet_lib.base.checks import check_choice
 
 MODES = ("auto", "batched", "sequential")
@@ -144,71 +142,39 @@ def train_group(specs: list[TrainSpec], data: DataSplits, *, device, precision: 
                              torch.bfloat16 if precision == "bf16" else torch.float32)
     optimizer = StackedOptimizer(first.optimizer, net, [s.hyperparameters() for s in specs])
     forward = torch.compile(net) if compile_step else net
-    full_batch = first.optimizer == "gd"
-    bases = [base_columns(s, data, device, precision) for s in specs]
     n, batch_size = len(data.y_train), first.batch_size
-    rows, status = [[] for _ in specs], ["ok"] * k
     active = torch.ones(k, dtype=torch.bool, device=device)
+
+    def batches(epoch: int):
+        """Each model its own shuffled batch: images B x K*C x H x W, labels K x B."""
+        orders = torch.stack([epoch_order(n, s.seed, epoch) for s in specs]).to(device)   # K x n
+        for at in range(0, n, batch_size):
+            idx = orders[:, at:at + batch_size]
+            yield data.x_train[idx.T].flatten(1, 2), data.y_train[idx]
+
+    def step(xb: torch.Tensor, yb: torch.Tensor, weight: float | None):
+        b = yb.shape[1]
+        masks = dropout.draw(b)
+        with autocast:
+            logits = forward(xb, masks)                            # K x B x classes
+            losses = F.cross_entropy(logits.float().flatten(0, 1), yb.flatten(),
+                                     reduction="none").view(k, b).mean(1)
+        # The sum of per-model mean losses gives each model exactly its own gradient.
+        total = torch.where(active, losses, 0.0).sum()
+        (total if weight is None else total * weight).backward()
+        return logits, losses
+
+    def stop(i: int):
+        net.copy_to(i, models[i])      # its state when it stopped, as train() returns it
+        active[i] = False
 
     # Dropout swaps each model's RNG state in and out of the global one; leave the caller's as it was.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], device_type="cuda"):
-        bar = tqdm(range(1, first.epochs + 1), desc=desc, disable=not progress, leave=False)
-        for epoch in bar:
-            start = time.perf_counter()
-            net.train()
-            loss_sum = torch.zeros(k, device=device)
-            correct = torch.zeros(k, device=device, dtype=torch.int64)
-            orders = torch.stack([epoch_order(n, s.seed, epoch) for s in specs]).to(device)   # K x n
-            if full_batch:
-                optimizer.zero_grad()
-            for at in range(0, n, batch_size):
-                idx = orders[:, at:at + batch_size]                        # K x B: each model its own batch
-                b = idx.shape[1]
-                xb = data.x_train[idx.T].flatten(1, 2)                     # B x K*C x H x W
-                yb = data.y_train[idx]                                     # K x B
-                masks = dropout.draw(b)
-                with autocast:
-                    logits = forward(xb, masks)                            # K x B x classes
-                    losses = F.cross_entropy(logits.float().flatten(0, 1), yb.flatten(),
-                                             reduction="none").view(k, b).mean(1)
-                # The sum of per-model mean losses gives each model exactly its own gradient.
-                total = torch.where(active, losses, 0.0).sum()
-                if full_batch:
-                    (total * (b / n)).backward()
-                else:
-                    optimizer.zero_grad()
-                    total.backward()
-                    optimizer.step()
-                loss_sum += losses.detach() * b
-                correct += (logits.argmax(2) == yb).sum(1)
-            if full_batch:
-                optimizer.step()
-            train_loss, train_acc = (loss_sum / n).tolist(), (correct / n).tolist()
-            train_seconds = time.perf_counter() - start
-            val = evaluate_many(net, data.x_val, data.y_val, autocast)
-            test = evaluate_many(net, data.x_test, data.y_test, autocast)
-            share = sum(s == "ok" for s in status)
-            epoch_seconds = time.perf_counter() - start
-            for i in range(k):
-                if status[i] != "ok":
-                    continue
-                if diverged(train_loss[i], data.info["num_classes"]):
-                    status[i] = "diverged"
-                # seconds: the stacked network's, shared equally (stacked_models says by how many)
-                rows[i].append({**epoch_row(bases[i], epoch, train_loss[i], train_acc[i], val[i], test[i],
-                                            train_seconds / share, epoch_seconds / share, status[i], share),
-                                "steps": epoch * (1 if full_batch else -(-n // batch_size))})   # as train() counts
-                if on_epoch:
-                    on_epoch(specs[i].model_id, epoch, first.epochs)
-                if status[i] == "diverged":
-                    net.copy_to(i, models[i])      # its state when it stopped, as train() returns it
-                    active[i] = False
-            bar.set_postfix(models=f"{share}", val_acc=f"{max(v[1] for v in val):.3f}")
-            if "ok" not in status:
-                break
-        bar.close()
+        histories, status = run_epochs(
+            specs, data, [base_columns(s, data, device, precision) for s in specs], net=net, optimizer=optimizer,
+            batches=batches, step=step, evaluate=lambda x, y: evaluate_many(net, x, y, autocast), stop=stop,
+            progress=progress, desc=desc, on_epoch=on_epoch)
     for i in range(k):
         if status[i] == "ok":
             net.copy_to(i, models[i])
-    return [TrainResult(pd.DataFrame(r), m.to(device), s)
-            for r, m, s in zip(rows, models, status)]
+    return [TrainResult(h, m.to(device), s) for h, m, s in zip(histories, models, status)]

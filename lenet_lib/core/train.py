@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 from dataclasses import dataclass
 
 import pandas as pd
@@ -11,13 +10,13 @@ import torch
 import torch.utils.deterministic
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm   # plain text bars: no ipywidgets needed in kernels or logs
 
-from lenet_lib.base.choices import PRECISIONS, diverged
+from lenet_lib.base.choices import PRECISIONS
 from lenet_lib.core.data import DataSplits, epoch_order, index_batches
 from lenet_lib.fast import c_kernels
 from lenet_lib.fast.layers import fuse_relu_max_pool
 from lenet_lib.fast.one_node import OneNodeSequential
+from lenet_lib.core.loop import run_epochs
 from lenet_lib.core.models import build_model, eval_mode
 from lenet_lib.core.optim import make_optimizer
 from lenet_lib.core.r2_printed import double_softmax_backward, make_printed_optimizer, printed_init_, slice_starts
@@ -127,15 +126,6 @@ def base_columns(spec: TrainSpec, data: DataSplits, device: torch.device, precis
             "kernels": kernel_path(device)}
 
 
-def epoch_row(base: dict, epoch: int, train_loss: float, train_acc: float, val: tuple, test: tuple,
-              train_seconds: float, epoch_seconds: float, status: str, stacked_models: int = 1) -> dict:
-    """One tidy row; stacked_models > 1: the seconds are a stacked network's, shared by that many models."""
-    return {**base, "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
-            "val_loss": val[0], "val_acc": val[1], "test_loss": test[0], "test_acc": test[1],
-            "train_seconds": train_seconds, "epoch_seconds": epoch_seconds, "status": status,
-            "stacked_models": stacked_models}
-
-
 def loss_and_backward(net: nn.Module, xb: torch.Tensor, yb: torch.Tensor, autocast=None,
                       scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """A training batch's forward pass under autocast, F.cross_entropy(logits, yb), and the backward pass of
@@ -151,16 +141,24 @@ def loss_and_backward(net: nn.Module, xb: torch.Tensor, yb: torch.Tensor, autoca
     return logits, loss
 
 
+def one_model_step(spec: TrainSpec, net: nn.Module, autocast):
+    """step(xb, yb, weight) -> (logits, loss) for loop.run_epochs: one model's forward and backward pass of a
+    batch with spec's loss and gradient scale; weight: the batch's share of a full-batch gradient, or None."""
+    def step(xb: torch.Tensor, yb: torch.Tensor, weight: float | None):
+        # the loss's scale: the batch mean; its sum (R2's); full batch: the mean or sum over all n images
+        scale = float(len(yb)) if spec.grad_scale == "sum" else weight
+        if spec.loss == "r2_double_softmax":
+            with autocast:
+                return double_softmax_backward(net, xb, yb, scale)
+        return loss_and_backward(net, xb, yb, autocast, scale)
+    return step
+
+
 def train(spec: TrainSpec, data: DataSplits, *, device: str | torch.device = "auto", precision: str = "fp32",
           progress: bool = True, on_epoch=None) -> TrainResult:
-    """Train one model as `spec` says; evaluate on validation and test after every epoch.
-
-    The optimizer "gd" is full-batch gradient descent: gradients of all batches are summed (weighted
-    by batch size) and one step is taken per epoch; with spec.iterations it steps per batch like the rest.
-    Each row's `steps` counts the optimizer steps taken so far; with train_acc_on="full_train" its
-    train_loss and train_acc are the model's after that epoch on the whole training set. A loss that
-    diverges (choices.diverged) ends training after that epoch with status "diverged"; it never raises. on_epoch(model_id, epoch, epochs) is called
-    after each epoch (the runner's progress bar).
+    """Train one model as `spec` says; evaluate on validation and test after every epoch (loop.run_epochs:
+    full-batch "gd", `steps`, divergence and on_epoch). With train_acc_on="full_train" a row's train_loss and
+    train_acc are the model's after that epoch on the whole training set.
     """
     device = resolve_device(device)
     autocast = precision_context(precision, device)
@@ -171,55 +169,12 @@ def train(spec: TrainSpec, data: DataSplits, *, device: str | torch.device = "au
     # On CPU each conv tail runs fused (fast/layers.py): torch's numbers to float rounding; `net` shares model's layers.
     net = fuse_relu_max_pool(model) if device.type == "cpu" else model
     optimizer = build_optimizer(spec, model, device)
-    # by iterations every optimizer steps per batch, "gd" included (R2 l.748-759)
-    full_batch = spec.optimizer == "gd" and not spec.iterations
     base = base_columns(spec, data, device, precision)
-    n = len(data.y_train)
-    starts = slice_starts(n, spec.batch_size, spec.iterations, spec.seed) if spec.iterations else None
-    rows, status, steps = [], "ok", 0
-    bar = tqdm(range(1, spec.epochs + 1), desc=spec.model_id, disable=not progress, leave=False)
-    for epoch in bar:
-        start = time.perf_counter()
-        net.train()
-        # Running sums stay on the device: no host sync per batch, one .item() per epoch.
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.int64)
-        seen = 0
-        if full_batch:
-            optimizer.zero_grad(set_to_none=True)
-        for xb, yb in training_batches(spec, data, epoch, starts):
-            if not full_batch:
-                optimizer.zero_grad(set_to_none=True)
-            # the loss's scale: the batch mean; its sum (R2's); full batch: the mean or sum over all n images
-            scale = float(len(yb)) if spec.grad_scale == "sum" else len(yb) / n if full_batch else None
-            if spec.loss == "r2_double_softmax":
-                with autocast:
-                    logits, loss = double_softmax_backward(net, xb, yb, scale)
-            else:
-                logits, loss = loss_and_backward(net, xb, yb, autocast, scale)
-            if not full_batch:
-                optimizer.step()
-                steps += 1
-            loss_sum += loss.detach() * len(yb)
-            correct += (logits.argmax(1) == yb).sum()
-            seen += len(yb)
-        if full_batch:
-            optimizer.step()
-            steps += 1
-        train_loss, train_acc = loss_sum.item() / seen, correct.item() / seen
-        train_seconds = time.perf_counter() - start
-        if diverged(train_loss, data.info["num_classes"]):
-            status = "diverged"
-        if spec.train_acc_on == "full_train":   # the model after this epoch, on every training image
-            train_loss, train_acc = evaluate(net, data.x_train, data.y_train, autocast)
-        val = evaluate(net, data.x_val, data.y_val, autocast)
-        test = evaluate(net, data.x_test, data.y_test, autocast)
-        rows.append({**epoch_row(base, epoch, train_loss, train_acc, val, test, train_seconds,
-                                 time.perf_counter() - start, status), "steps": steps})
-        bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{val[1]:.3f}")
-        if on_epoch:
-            on_epoch(spec.model_id, epoch, spec.epochs)
-        if status == "diverged":
-            break
-    bar.close()
-    return TrainResult(pd.DataFrame(rows), model, status)
+    starts = slice_starts(len(data.y_train), spec.batch_size, spec.iterations, spec.seed) if spec.iterations else None
+    (history,), (status,) = run_epochs(
+        [spec], data, [base], net=net, optimizer=optimizer,
+        batches=lambda epoch: training_batches(spec, data, epoch, starts),
+        step=one_model_step(spec, net, autocast),
+        evaluate=lambda x, y: [evaluate(net, x, y, autocast)],
+        progress=progress, desc=spec.model_id, on_epoch=on_epoch)
+    return TrainResult(history, model, status)
