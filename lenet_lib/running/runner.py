@@ -110,8 +110,7 @@ def plan(selected, outputs: Path, profile, profiles, threads: int = 1, change=No
 
 def longest_first(tasks: list[RunTask]) -> list[RunTask]:
     """tasks in the order to start them: most training images (the ETA's estimate, task.work) first, ties in
-    plan order. The jobs then finish together: in plan order the default report's last 3 minutes ran on one
-    worker (R2 part I after R4); simulated on its measured run times, 1790 -> 1694 s on 2 workers."""
+    plan order, so the workers finish together rather than one running the longest run last."""
     return sorted(tasks, key=lambda t: -t.work)
 
 
