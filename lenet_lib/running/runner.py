@@ -343,6 +343,7 @@ def writable_outputs(outputs: Path) -> None:
 @contextmanager
 def outputs_lock(outputs: Path, out):
     """One report at a time per outputs folder: a second one says who holds it and waits for it."""
+    # filelock: flock on POSIX, msvcrt on Windows; the holder's line has a file of its own (filelock's is its own)
     lock, holder = FileLock(outputs / ".lock"), outputs / ".lock-holder"
     try:
         lock.acquire(timeout=0)
