@@ -39,7 +39,6 @@ browser:  ## install a headless Chromium for the report's browser test (Debian's
 
 # One test process per CPU (pytest-xdist), each on one BLAS/OpenMP thread: the tests train many tiny models,
 # where a thread pool costs more than it gives, and two pools on the same cores spin against each other.
-# Measured on 2 cores: 9:29 serially at 2 threads, 12:22 with 2 processes at 2 threads, 4:57 with 2 at 1.
 # --dist loadscope keeps each notebook's cells (nbval) and each test module on one process, in order.
 test: $(STAMP) browser  ## unit tests, runner tests, and nbval on the notebooks' stored outputs
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n auto --dist loadscope tests notebooks --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
@@ -50,6 +49,7 @@ lab: $(STAMP)  ## JupyterLab on notebooks/ with this venv's kernel
 
 bench: $(STAMP)  ## training speed: library path vs torchvision DataLoader (same run), ensembles
 	$(PY) -m lenet_lib.bench $(if $(QUICK),--quick)
+	@echo "make bench: the recorded figures, and what each change bought, are in docs/speed.md"
 
 notebooks: $(STAMP)  ## regenerate the stored outputs that nbval compares (quick defaults)
 	$(PY) -m lenet_lib notebooks $(if $(ONLY),--only $(ONLY))

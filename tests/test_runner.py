@@ -5,7 +5,10 @@ Kernel tests run real papermill kernels on tiny fixture notebooks (tests/fixture
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +23,9 @@ from lenet_lib.running import runner
 from lenet_lib.running.cli import main
 from lenet_lib.running.params import ConfigError, load_params, load_profiles, select
 from lenet_lib.running.runner import is_done, plan, report
+
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -118,6 +124,24 @@ def test_report_end_to_end_cache_force_resume_and_failure(tmp_path, capsys):
     said = _out(capsys)
     assert "the summary notebook failed: ValueError: no figure today" in said and "kept the previous report.html" in said
     assert "SUMMARY: 4 runs" in (out / "report.html").read_text() and (out / "summary.ipynb").exists()
+
+
+# Windows has no fcntl (issue 36): the runner, its workers and kernels run a report without it
+@pytest.mark.slow
+def test_a_report_runs_where_fcntl_is_missing(tmp_path):
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text('import sys\nsys.modules["fcntl"] = None   # import fcntl fails\n')
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(shim), os.environ.get("PYTHONPATH")]))}
+    probe = subprocess.run([sys.executable, "-c", "import fcntl"], env=env, capture_output=True, text=True)
+    assert probe.returncode == 1 and "fcntl halted" in probe.stderr     # every process below goes without
+    dirs = make_project(tmp_path)
+    command = [sys.executable, "-m", "lenet_lib", *args(dirs, "--profile", "quick", "--preset", "P1", "--no-report")]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "report: 1 run: 1 ok (0 cached)" in done.stdout
+    [run] = run_dirs(dirs["outputs"], "tiny")
+    assert json.loads((run / "manifest.json").read_text())["status"] == "ok" and (run / "results.parquet").exists()
 
 
 @pytest.mark.slow

@@ -6,10 +6,9 @@ updates it after every epoch (atomically, a few bytes), and the runner reads eve
 Outside the runner nothing is written.
 
 The bar's ETA counts training images, not model-epochs: a preset's model-epoch (60,000 images) costs ten to
-thirty times an exploration's, so a rate in model-epochs swings as the mix of runs changes (a default
-report's ETA said 25, 46, 63, 52 and 41 minutes for a run of 36). Each run's fixed cost (kernel start,
-data, plots: seconds that train nothing) is counted too, as the images those seconds would train: the quick
-profile's runs are mostly fixed cost, and an ETA of images alone said 0:33 left of 2:00.
+thirty times an exploration's, so a rate in model-epochs swings as the mix of runs changes. Each run's fixed
+cost (kernel start, data, plots: seconds that train nothing) is counted too, as the images those seconds
+would train: the quick profile's runs are mostly fixed cost (how far off each ETA was: docs/speed.md).
 """
 from __future__ import annotations
 
@@ -63,7 +62,7 @@ class Recorder:
 
 
 RECORDER = Recorder()       # one per kernel process
-# a run's fixed seconds until one has finished: papermill, a kernel and `import torch` take 6-7 s here
+# a run's fixed seconds until one has finished: papermill, a kernel and `import torch` (docs/speed.md)
 PRIOR_FIXED_SECONDS = 8.0
 
 

@@ -5,10 +5,8 @@ convolution with groups=K is K independent convolutions, BatchNorm over K*C chan
 statistics, and activations and pooling (per channel) need no change. Fully connected activations are
 (K, B, F) and a Linear is one batched matmul (baddbmm). Flatten moves from the first layout to the second.
 
-Why this and not torch.func (stack_module_state + functional_call + vmap): measured on the shared 2-core
-CPU, K=8 BN LeNet-5s at batch 128, one forward + backward + SGD step (bench/ensemble.py step_designs, lower
-quartile of interleaved runs): one model at a time 65 ms, this stacked network 73-84 ms, vmap 97-115 ms.
-vmap's batching rule for conv2d lowers to the same grouped convolution, so on GPU it can at best tie;
+Why this and not torch.func (stack_module_state + functional_call + vmap): vmap was slower on CPU
+(bench/ensemble.py step_designs; figures in docs/speed.md). vmap's batching rule for conv2d lowers to the same grouped convolution, so on GPU it can at best tie;
 and vmap draws dropout masks for all models at once (randomness="different"), so a model's masks could
 not be the ones it gets when trained alone. Here they come from each model's own RNG stream.
 """

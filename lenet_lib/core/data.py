@@ -1,7 +1,7 @@
 """Datasets: load through torchvision once, then hold each split as one normalized tensor on the device.
 
 Speed: the reports fed a DataLoader with per-image ToTensor/Normalize; holding a split as one tensor and
-batching by index removes that per-image Python work (~2x more training images/s on a 2-core CPU).
+batching by index removes that per-image Python work (figures in docs/speed.md).
 """
 from __future__ import annotations
 
@@ -112,8 +112,7 @@ class DataSplits:
         return tuple(self.x_train.shape[1:])
 
     def train_batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training images and labels at the indices idx. index_select gives x_train[idx]'s values; advanced
-        indexing costs 2.5-3x as much (one thread: 58 -> 21 us for a batch of 128 images, 11 -> 4 at 16)."""
+        """Training images and labels at the indices idx: x_train[idx]'s values, by the cheaper index_select."""
         return self.x_train.index_select(0, idx), self.y_train.index_select(0, idx)
 
     def to(self, device) -> "DataSplits":

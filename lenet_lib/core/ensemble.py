@@ -9,10 +9,8 @@ diverged model stops (its rows end) while the others go on.
 
 Speed, all in one place (what each buys):
 - Stacking (batched.py): one LeNet-5 leaves a GPU idle; K models per kernel launch instead of one.
-  On the shared 2-core CPU there is no launch overhead to amortize and the stacked convolutions run
-  slower (bench/ensemble.py --quick, BN LeNet-5, batch 128, 1024 images: K=8 stacked 12.9k model-images/s,
-  one at a time 16.6k; K=1 15.2k vs 17.1k; K=32 6.5k vs 13.2k: it falls as K grows, as K models'
-  activations outgrow the caches), so "auto" stays sequential on CPU.
+  A CPU has no launch overhead to amortize and the stacked convolutions run slower there (figures in
+  docs/speed.md), so "auto" stays sequential on CPU.
 - Data is moved to the device once for all models, and each batch is gathered there by index.
 - Running sums stay on the device: one host sync per epoch, none per batch.
 - Evaluation runs all models on the same images, EVAL_MODEL_IMAGES model-images per forward pass.

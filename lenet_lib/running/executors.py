@@ -13,7 +13,6 @@ written, so an interrupted re-run (--force, then Ctrl-C) leaves the finished run
 """
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import pickle
@@ -342,16 +341,28 @@ def _stop(procs: list) -> None:
         try:
             proc.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            if hasattr(os, "killpg"):       # POSIX: the worker's session, its kernel included
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.kill()
             proc.wait()
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this worker when the runner dies, even by SIGKILL (nothing where prctl is missing)."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)     # PR_SET_PDEATHSIG
+    except (ImportError, OSError, AttributeError):
+        pass
 
 
 def _worker_main(job: str, answer: str, parent: str) -> int:
     """A worker process: run the pickled (fn, task); pickle its result, or the exception it raised."""
-    if sys.platform.startswith("linux"):      # SIGTERM when the runner dies, even by SIGKILL
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)     # PR_SET_PDEATHSIG
-        if os.getppid() != int(parent):        # it died before the line above
-            return 1
+    if sys.platform.startswith("linux"):
+        _die_with_parent()
+    if os.getppid() != int(parent):             # the runner died before this line
+        return 1
     signal.signal(signal.SIGTERM, signal.default_int_handler)     # as a Ctrl-C: papermill cleans up
     fn, task = pickle.loads(Path(job).read_bytes())
     try:

@@ -6,7 +6,6 @@ run. User errors raise ConfigError before the first kernel starts.
 """
 from __future__ import annotations
 
-import fcntl
 import functools
 import hashlib
 import json
@@ -18,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import nbformat
+from filelock import FileLock, Timeout
 
 from lenet_lib.base import datafiles, files, progress
 from lenet_lib.base.validate import check_sizes
@@ -110,8 +110,7 @@ def plan(selected, outputs: Path, profile, profiles, threads: int = 1, change=No
 
 def longest_first(tasks: list[RunTask]) -> list[RunTask]:
     """tasks in the order to start them: most training images (the ETA's estimate, task.work) first, ties in
-    plan order. The jobs then finish together: in plan order the default report's last 3 minutes ran on one
-    worker (R2 part I after R4); simulated on its measured run times, 1790 -> 1694 s on 2 workers."""
+    plan order, so the workers finish together rather than one running the longest run last."""
     return sorted(tasks, key=lambda t: -t.work)
 
 
@@ -344,26 +343,25 @@ def writable_outputs(outputs: Path) -> None:
 @contextmanager
 def outputs_lock(outputs: Path, out):
     """One report at a time per outputs folder: a second one says who holds it and waits for it."""
-    path = outputs / ".lock"
-    with open(path, "a+") as lock:
+    # filelock: flock on POSIX, msvcrt on Windows; the holder's line has a file of its own (filelock's is its own)
+    lock, holder = FileLock(outputs / ".lock"), outputs / ".lock-holder"
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            holder = lock.read().strip() or "another report"
-            print(f"report: {outputs} is in use by {holder}; waiting for it to finish", file=out, flush=True)
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        lock.seek(0)
-        lock.truncate()
-        lock.write(f"pid {os.getpid()} on {socket.gethostname()} since {results.now()} "
-                   f"({' '.join(sys.argv[1:]) or 'report'})")
-        lock.flush()
-        try:
-            yield
-        finally:
-            lock.seek(0)
-            lock.truncate()
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            who = holder.read_text().strip()
+        except OSError:         # not written yet, or released since
+            who = ""
+        print(f"report: {outputs} is in use by {who or 'another report'}; waiting for it to finish", file=out,
+              flush=True)
+        lock.acquire()
+    try:
+        holder.write_text(f"pid {os.getpid()} on {socket.gethostname()} since {results.now()} "
+                          f"({' '.join(sys.argv[1:]) or 'report'})")
+        yield
+    finally:
+        holder.unlink(missing_ok=True)
+        lock.release()
 
 
 def report(profile: str | None = None, preset: str | None = None, only=None, jobs: int | None = None,
