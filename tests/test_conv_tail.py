@@ -8,7 +8,7 @@ from torch import nn
 
 from lenet_lib.fast import c_kernels
 from lenet_lib.fast.fused import BatchNorm, ConvTail
-from lenet_lib.fast.layers import fuse_relu_max_pool
+from lenet_lib.fast.layers import accelerate
 from lenet_lib.core.models import build_model
 
 pytestmark = pytest.mark.skipif(c_kernels.load() is None, reason="no C kernels (needs x86-64 and a C compiler)")
@@ -115,9 +115,9 @@ def test_batch_norm_momentum_none_and_eval_without_gradients():
 
 
 def test_batch_norm_after_the_pool_is_fused():
-    net = fuse_relu_max_pool(build_model(bn=True, bn_position="after_pool"))
+    net = accelerate(build_model(bn=True, bn_position="after_pool"))
     assert isinstance(net.s2_bn, BatchNorm)
-    net = fuse_relu_max_pool(build_model(bn=True, bn_position="after_pool", bn_layers="conv"))
+    net = accelerate(build_model(bn=True, bn_position="after_pool", bn_layers="conv"))
     assert isinstance(net.s2_bn, BatchNorm) and isinstance(net.s4_bn, BatchNorm)
     assert not [m for name, m in net.named_children() if type(m) is nn.BatchNorm2d]
 

@@ -12,7 +12,7 @@ from lenet_lib.core.optim import make_optimizer
 from lenet_lib.core.specs import TrainSpec
 from lenet_lib.core.train import loss_and_backward
 from lenet_lib.fast import c_kernels
-from lenet_lib.fast.layers import fuse_relu_max_pool
+from lenet_lib.fast.layers import accelerate
 from lenet_lib.fast.one_node import OneNodeSequential
 
 pytestmark = pytest.mark.skipif(c_kernels.load() is None, reason="no C kernels (needs x86-64 and a C compiler)")
@@ -39,7 +39,7 @@ def _train(settings: dict, batch: int, channels: int, size: int, step_batch, ste
     spec = TrainSpec(batch_size=batch, **settings)
     torch.manual_seed(0)
     model = build_model(in_channels=channels, input_size=size, **spec.model_kwargs())
-    net = fuse_relu_max_pool(model)
+    net = accelerate(model)
     assert isinstance(net, OneNodeSequential)
     optimizer = make_optimizer(spec.optimizer, model.parameters(), fused=True, **spec.hyperparameters())
     g = torch.Generator().manual_seed(1)
@@ -77,7 +77,7 @@ def test_gradients_are_stored_in_the_parameters_layout():
 
 def _net(**kwargs) -> nn.Module:
     torch.manual_seed(0)
-    net = fuse_relu_max_pool(build_model(**kwargs))
+    net = accelerate(build_model(**kwargs))
     net.train()
     return net
 

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from lenet_lib.fast import c_kernels
-from lenet_lib.fast.conv import C3_SMALL, Conv2d, conv2d
-from lenet_lib.fast.layers import with_torch_layers
+from lenet_lib.fast.conv import C3_SMALL, Conv2d, MaskedConv2d, conv2d
+from lenet_lib.fast.layers import fast_layers
 from lenet_lib.fast.pool import MaxPool2d, max_pool_2x2
 from lenet_lib.core.models import build_model
 from lenet_lib.core.train import set_determinism
@@ -82,12 +82,15 @@ def test_conv_layer_without_bias_and_input_gradient_only():
 @pytest.mark.parametrize("kwargs", [{}, {"c3_table": True}, {"bn": True, "bn_layers": "conv"},
                                     {"in_channels": 3, "input_size": 32}])
 def test_lenet5_trains_like_one_built_from_torchs_layers(kwargs):
-    """The library's LeNet-5 and the same net made of torch's layers: same outputs and gradients."""
+    """A LeNet-5 with this folder's convolutions and max-pools (fast_layers) and the model as built, torch's
+    layers: same outputs and gradients."""
     set_determinism(0)
-    ours = build_model(**kwargs)
-    theirs = with_torch_layers(build_model(**kwargs))
+    ours = fast_layers(build_model(**kwargs))
+    theirs = build_model(**kwargs)
     theirs.load_state_dict(ours.state_dict())
     assert not any(type(m) in (Conv2d, MaxPool2d) for m in theirs.modules())
+    assert type(ours.c1_conv) is Conv2d and type(ours.s2) is MaxPool2d
+    assert type(ours.c3_conv) is (MaskedConv2d if kwargs.get("c3_table") else Conv2d)
     x = torch.randn(16, kwargs.get("in_channels", 1), kwargs.get("input_size", 28), kwargs.get("input_size", 28))
     y = torch.randint(0, 10, (16,))
     for model in (ours, theirs):

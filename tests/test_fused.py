@@ -1,6 +1,8 @@
-"""Every layer pattern the presets use, fused (fast/layers.py, fast/fused.py, fast/csrc), against torch's own layers:
+"""Every layer pattern the presets use, accelerated (fast/layers.py, fast/fused.py, fast/csrc), against torch's own layers:
 the same loss and gradients (float64 reference where summation order differs), BatchNorm's running
 statistics, dropout's noise from torch's generator, and a few training steps that stay together."""
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,7 +10,7 @@ from torch import nn
 
 from lenet_lib.bench import single as bench
 from lenet_lib.fast import c_kernels, fused
-from lenet_lib.fast.layers import fuse_relu_max_pool, with_torch_layers
+from lenet_lib.fast.layers import accelerate
 from lenet_lib.fast.fused import ConvTail, Dropout
 from lenet_lib.core.models import build_model
 from lenet_lib.core.specs import TrainSpec
@@ -23,11 +25,12 @@ def _model(settings: dict, channels: int, size: int) -> nn.Module:
 
 
 def _pair(settings, channels, size):
-    """(fused lenet_lib model, torch-layers model, float64 torch-layers model), the same weights."""
+    """(accelerated network, the model it trains, torch-layers model, float64 torch-layers model), the same
+    weights."""
     ours = _model(settings, channels, size)
-    theirs = with_torch_layers(_model(settings, channels, size))
-    exact = with_torch_layers(_model(settings, channels, size)).double()
-    return fuse_relu_max_pool(ours), ours, theirs, exact
+    theirs = _model(settings, channels, size)
+    exact = _model(settings, channels, size).double()
+    return accelerate(ours), ours, theirs, exact
 
 
 def _step(model, x, y, seed):
@@ -62,7 +65,7 @@ def test_each_preset_variant_gives_torchs_loss_and_gradients(label):
 def test_fused_models_use_the_kernels_for_every_conv_tail():
     """No preset variant is left on the slow path: every activation and pool of the conv part is fused."""
     for label, (settings, batch, channels, size) in bench.VARIANTS.items():
-        net = fuse_relu_max_pool(_model(settings, channels, size))
+        net = accelerate(_model(settings, channels, size))
         tails = [m for m in net.modules() if isinstance(m, ConvTail)] + \
             [m for m in net.modules() if type(m).__name__ == "ReLUMaxPool2d"]
         assert len(tails) == 2, label
@@ -111,8 +114,8 @@ def test_whole_training_on_mnist_matches_torchs_layers(mnist_small, monkeypatch,
     import lenet_lib.core.train as train_module
     spec = TrainSpec(optimizer="momentum", lr=0.05, momentum=0.9, epochs=2, seed=3, **settings)
     fused_run = train_module.train(spec, mnist_small, device="cpu", progress=False)
-    monkeypatch.setattr(train_module, "fuse_relu_max_pool", lambda model: with_torch_layers(model))
-    torch_run = train_module.train(spec, mnist_small, device="cpu", progress=False)
+    torch_run = train_module.train(replace(spec, fast=False), mnist_small, device="cpu", progress=False)
+    assert set(torch_run.history["kernels"]) == {"torch"}
     for column in ("train_loss", "val_acc", "test_acc"):
         a, b = fused_run.history[column].to_numpy(), torch_run.history[column].to_numpy()
         assert abs(a - b).max() <= 0.03, (column, a, b)

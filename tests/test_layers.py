@@ -12,7 +12,7 @@ MAY_IMPORT = {
     "base": {"base"},
     "fast": {"base", "fast"},
     "core": {"base", "fast", "core"},
-    "numpy_ref": {"base", "fast", "core", "numpy_ref"},
+    "numpy_ref": {"base", "core", "numpy_ref"},
     "analysis": {"base", "analysis"},
     "experiments": {"base", "core", "analysis", "experiments"},
     "summary": {"base", "analysis", "summary"},
@@ -104,3 +104,42 @@ def test_the_checker_sees_a_wrong_import(tmp_path, monkeypatch):
     bad.write_text("def f():\n    from lenet_lib.core.train import train\n")
     assert imports_of(bad) == {"lenet_lib.core.train"}
     assert layer_of("lenet_lib.core.train") not in MAY_IMPORT["analysis"]
+
+
+# the one place outside fast/ and bench/ that imports lenet_lib.fast: train.py applies it (lazily, in _fast)
+APPLIES_FAST = "lenet_lib.core.train"
+
+
+def fast_imports(path: Path) -> list[tuple[int, bool]]:
+    """(line, at module level) of every import of lenet_lib.fast or its modules in the file."""
+    tree = ast.parse(path.read_text())
+    top = {id(node) for node in tree.body}
+    found = []
+    for node in ast.walk(tree):
+        names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                 [f"{node.module}.{a.name}" for a in node.names] if isinstance(node, ast.ImportFrom) and node.module
+                 else [])
+        if any(n == "lenet_lib.fast" or n.startswith("lenet_lib.fast.") for n in names):
+            found.append((node.lineno, id(node) in top))
+    return found
+
+
+def test_only_train_applies_the_fast_path():
+    """core, numpy_ref, analysis, experiments, summary and running import nothing from lenet_lib.fast but
+    train.py's one lazy import (issue 36): switching the fast path off leaves it unloaded."""
+    wrong = []
+    for module, path in MODULES.items():
+        if layer_of(module) in ("fast", "bench"):
+            continue
+        for line, top_level in fast_imports(path):
+            if module != APPLIES_FAST or top_level:
+                wrong.append(f"{module}:{line}")
+    assert not wrong, "imports of lenet_lib.fast outside core/train.py's _fast:\n" + "\n".join(wrong)
+    assert [top for _, top in fast_imports(MODULES[APPLIES_FAST])] == [False]
+
+
+def test_the_fast_import_checker_sees_each_form(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("import lenet_lib.fast.conv\nfrom lenet_lib import fast\n"
+                   "def f():\n    from lenet_lib.fast.layers import accelerate\n")
+    assert fast_imports(bad) == [(1, True), (2, True), (4, False)]

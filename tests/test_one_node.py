@@ -15,7 +15,7 @@ from lenet_lib.core.specs import TrainSpec
 from lenet_lib.fast import c_kernels, one_node
 from lenet_lib.fast.conv import Conv2d
 from lenet_lib.fast.fused import ConvTail
-from lenet_lib.fast.layers import fuse_relu_max_pool
+from lenet_lib.fast.layers import accelerate
 from lenet_lib.fast.one_node import OneNodeSequential
 from lenet_lib.fast.pool import ReLUMaxPool2d
 
@@ -33,7 +33,7 @@ def _train(settings: dict, batch: int, channels: int, size: int, one: bool, step
     spec = TrainSpec(batch_size=batch, **settings)
     torch.manual_seed(0)
     model = build_model(in_channels=channels, input_size=size, **spec.model_kwargs())
-    net = fuse_relu_max_pool(model)
+    net = accelerate(model)
     assert isinstance(net, OneNodeSequential)
     if not one:
         _layer_by_layer(net)
@@ -109,7 +109,7 @@ def test_layers_without_a_bias_as_layer_by_layer():
 
 def _net(**kwargs) -> nn.Module:
     torch.manual_seed(0)
-    return fuse_relu_max_pool(build_model(**kwargs))
+    return accelerate(build_model(**kwargs))
 
 
 def test_input_gradient_and_frozen_parameters_as_layer_by_layer():

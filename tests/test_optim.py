@@ -3,7 +3,6 @@ import torch
 
 from lenet_lib.core.models import build_model
 from lenet_lib.base.choices import resolve_hyperparameters
-from lenet_lib.core import optim
 from lenet_lib.core.optim import FUSED, OPTIMIZERS, make_optimizer
 
 
@@ -86,55 +85,11 @@ def test_fused_names_are_optimizer_names():
     assert FUSED <= set(OPTIMIZERS) and {"rmsprop", "adadelta"}.isdisjoint(FUSED)
 
 
-def _torch_fused(name, params, **hp):
-    """torch's own fused optimizer for `name`, stepped by torch.optim's step (what _LeanStep shortens)."""
-    cls, _, fixed = OPTIMIZERS[name]
-    return cls(params, **resolve_hyperparameters(name, **hp), **fixed, fused=True)
-
-
-@pytest.mark.parametrize("name", sorted(FUSED))
-def test_lean_steps_are_torchs_fused_steps_bit_for_bit(name, monkeypatch):
-    """make_optimizer(fused=True) steps lean after its first step (optim._LeanStep): 20 steps on the same
-    gradients give torch's own fused optimizer's parameters and state, bit for bit; so does a step where a
-    parameter has no gradient (torch's step runs it) and a learning rate changed mid-way."""
-    theirs_model, ours_model, hp = _twin_models(name)
-    theirs = _torch_fused(name, theirs_model.parameters(), **hp)
-    ours = make_optimizer(name, ours_model.parameters(), fused=True, **hp)
-    assert isinstance(ours, type(theirs))
-    lean_steps = []   # _run's answers: True where the step ran lean
-    run = optim._run
-    monkeypatch.setattr(optim, "_run", lambda plan: lean_steps.append(run(plan)) or lean_steps[-1])
-    g = torch.Generator().manual_seed(1)
-    for step in range(20):
-        ours.zero_grad()
-        assert all(p.grad is None for p in ours_model.parameters())
-        for i, (a, b) in enumerate(zip(theirs_model.parameters(), ours_model.parameters())):
-            a.grad = None if (step == 7 and i == 3) else torch.randn(a.shape, generator=g)
-            b.grad = None if a.grad is None else a.grad.clone()
-        if step == 12:
-            for opt in (theirs, ours):
-                opt.param_groups[0]["lr"] *= 0.5
-        theirs.step()
-        ours.step()
-    assert lean_steps == [True] * 6 + [False] + [True] * 12   # step 7 (one gradient missing): torch's
-    for a, b in zip(theirs_model.parameters(), ours_model.parameters()):
-        assert torch.equal(a, b)
-    for a, b in zip(theirs.state.values(), ours.state.values()):
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def test_lean_step_falls_back_to_torchs_with_hooks_and_closures():
-    model = build_model()
-    opt = make_optimizer("adam", model.parameters(), fused=True)
-    calls = []
-    opt.register_step_post_hook(lambda *_: calls.append(1))
-    for p in model.parameters():
-        p.grad = torch.ones_like(p)
-    for _ in range(3):
-        opt.step()
-    assert calls == [1, 1, 1]                       # every step went through torch's, which runs the hook
-    loss = opt.step(lambda: torch.tensor(2.0))
-    assert loss.item() == 2.0 and calls == [1, 1, 1, 1]
+def test_fused_is_torchs_own_optimizer():
+    """core keeps torch's public fused optimizers; the lean steps are the fast path's (lenet_lib.fast.optim)."""
+    for name in sorted(FUSED):
+        opt = make_optimizer(name, build_model().parameters(), fused=True)
+        assert type(opt) is OPTIMIZERS[name][0] and opt.defaults["fused"], name
 
 
 @pytest.mark.parametrize("fused", [False, True])

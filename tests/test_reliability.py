@@ -309,8 +309,11 @@ def test_rows_record_the_kernels_that_trained_them(mnist_small, monkeypatch):
     spec = TrainSpec(epochs=1)
     ran = train_module.train(spec, mnist_small, device="cpu", progress=False).history
     assert set(ran["kernels"]) == {cpu_kernel_path()}
-    monkeypatch.setattr(train_module.c_kernels, "load", lambda: None)
+    from lenet_lib.fast import c_kernels
+    monkeypatch.setattr(c_kernels, "load", lambda: None)
     assert set(train_module.train(spec, mnist_small, device="cpu", progress=False).history["kernels"]) == {"pytorch"}
+    monkeypatch.setenv("LENET_FAST", "0")     # the fast path off: torch's own layers
+    assert set(train_module.train(spec, mnist_small, device="cpu", progress=False).history["kernels"]) == {"torch"}
 
 
 # 7 quick x preset: the preset at the quick profile's scale, recorded as such

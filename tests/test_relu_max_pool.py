@@ -11,7 +11,8 @@ from torch import nn
 import lenet_lib.core.train as train_module
 from lenet_lib.base import kernel_path
 from lenet_lib.fast import c_kernels
-from lenet_lib.fast.layers import fuse_relu_max_pool
+from lenet_lib.fast import layers as fast_layers_module
+from lenet_lib.fast.layers import accelerate, fast_layers
 from lenet_lib.fast.pool import ReLUMaxPool2d, relu_max_pool_2x2
 from lenet_lib.core.models import build_model
 from lenet_lib.core.specs import TrainSpec
@@ -91,34 +92,35 @@ def test_inputs_the_kernels_do_not_take_use_pytorch():
 
 def test_fusion_keeps_names_and_shares_every_parameter():
     model = build_model()
-    net = fuse_relu_max_pool(model)
+    net = accelerate(model)
     assert [n for n, _ in net.named_children()] == [n for n, _ in model.named_children()]
     assert isinstance(net.c1_act, nn.Identity) and isinstance(net.s2, ReLUMaxPool2d)
     assert isinstance(net.c3_act, nn.Identity) and isinstance(net.s4, ReLUMaxPool2d)
-    assert isinstance(model.c1_act, nn.ReLU) and net.c1_conv is model.c1_conv   # model itself unchanged
+    assert isinstance(model.c1_act, nn.ReLU) and type(model.c1_conv) is nn.Conv2d   # model itself unchanged
     assert all(p is q for p, q in zip(net.parameters(), model.parameters()))
+    assert net.c1_conv._parameters is model.c1_conv._parameters    # a parameter replaced on model is net's too
 
 
 def test_fusion_of_each_conv_tail():
     """ReLU + max-pool alone: ReLUMaxPool2d; with BatchNorm, dropout, tanh / sigmoid or avg-pool: ConvTail."""
     from lenet_lib.fast.fused import ConvTail
-    after_act = fuse_relu_max_pool(build_model(bn=True, bn_position="after_act", bn_layers="conv"))
+    after_act = accelerate(build_model(bn=True, bn_position="after_act", bn_layers="conv"))
     assert isinstance(after_act.s2, ConvTail) and isinstance(after_act.c1_bn, nn.Identity)
-    before_act = fuse_relu_max_pool(build_model(bn=True, bn_position="before_act"))
+    before_act = accelerate(build_model(bn=True, bn_position="before_act"))
     assert isinstance(before_act.s2, ConvTail) and isinstance(before_act.s4, ReLUMaxPool2d)
     for kwargs in ({"activation": "tanh"}, {"pool": "avg"}, {"activation": "sigmoid", "pool": "avg"}):
-        net = fuse_relu_max_pool(build_model(**kwargs))
+        net = accelerate(build_model(**kwargs))
         assert isinstance(net.s2, ConvTail) and isinstance(net.s4, ConvTail), kwargs
     mlp = build_model("mlp", activation="relu")
-    assert fuse_relu_max_pool(mlp) is mlp    # no conv tail: Linear layers only
+    assert accelerate(mlp) is mlp    # no conv tail: Linear layers only
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"c3_table": True}, {"in_channels": 3, "input_size": 32}])
 def test_fused_model_gives_the_same_outputs_and_gradients(kernels, kwargs):
     """Bit for bit where only ReLU + max-pool fuse (BatchNorm's tails: tests/test_fused.py)."""
     torch.manual_seed(0)
-    model = build_model(**kwargs)
-    net = fuse_relu_max_pool(model)
+    model = fast_layers(build_model(**kwargs))       # the same layers unfused: the C convolutions both sides
+    net = accelerate(model)
     x = torch.randn(16, kwargs.get("in_channels", 1), kwargs.get("input_size", 28), kwargs.get("input_size", 28))
     y = torch.randint(0, 10, (16,))
     grads = []
@@ -134,7 +136,7 @@ def test_fused_model_gives_the_same_outputs_and_gradients(kernels, kwargs):
 def test_training_is_the_same_fused_or_not(kernels, mnist_small, monkeypatch):
     spec = TrainSpec(optimizer="momentum", lr=0.05, momentum=0.9, epochs=2, seed=3)
     fused = train_module.train(spec, mnist_small, device="cpu", progress=False)
-    monkeypatch.setattr(train_module, "fuse_relu_max_pool", lambda model: model)
+    monkeypatch.setattr(fast_layers_module, "fuse_relu_max_pool", lambda model: model)   # fast layers, unfused
     plain = train_module.train(spec, mnist_small, device="cpu", progress=False)
     columns = ["train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc"]
     assert fused.history[columns].equals(plain.history[columns])

@@ -1,9 +1,11 @@
 """Which kernels a run's training uses, known before it starts (no torch): part of its identity.
 
-"c": lenet_lib's C kernels (fast/csrc) on the CPU; "pytorch": the CPU layers' PyTorch form, when the
-kernels cannot be had (not x86-64, no working C compiler, no cache folder to build into) or
-LENET_C_KERNELS=0; "cuda": torch's own kernels on a GPU; "numpy" in the rows the NumPy reference network
-(numpy_ref) trained, which uses none of them. The paths agree to float rounding, not bit for bit, so
+"c": lenet_lib's fast path (lenet_lib/fast) with its C kernels (fast/csrc) on the CPU; "pytorch": the fast
+path's PyTorch form, when the kernels cannot be had (not x86-64, no working C compiler, no cache folder to
+build into) or LENET_C_KERNELS=0; "torch": torch's own layers and optimizers on the CPU, the fast path
+switched off (LENET_FAST=0, or TrainSpec.fast False); "cuda": torch's own kernels on a GPU; "numpy" in the
+rows the NumPy reference network (numpy_ref) trained, which uses none of them. The paths agree to float
+rounding, not bit for bit, so
 cached runs of one are never reused for another (running/runner.py puts the path in the run id;
 core/train.py records the path that ran, and the runner fails a run whose rows took another path).
 
@@ -29,7 +31,7 @@ from pathlib import Path
 
 from lenet_lib.base.files import atomic_write
 
-KERNEL_PATHS = ("c", "pytorch", "cuda", "numpy")
+KERNEL_PATHS = ("c", "pytorch", "torch", "cuda", "numpy")
 CSRC = Path(__file__).resolve().parents[1] / "fast" / "csrc"
 SOURCES = sorted(CSRC.glob("*.c"))      # compiled together into one library
 HEADERS = sorted(CSRC.glob("*.h"))      # included by them: part of the build's key
@@ -135,10 +137,15 @@ def cpu_kernel_path(environ=os.environ) -> str:
     return "pytorch" if why_no_c_kernels(environ) else "c"
 
 
+def fast_path_switched_off(environ=os.environ) -> bool:
+    """LENET_FAST=0: training on the CPU runs torch's own layers and optimizers, lenet_lib.fast never imported."""
+    return environ.get("LENET_FAST", "1") == "0"
+
+
 def planned_kernel_path(device: str = "auto", environ=os.environ) -> str:
     """The path a run with this `device` parameter will take on this machine ("auto": CUDA if a GPU is
     visible: an NVIDIA device node and CUDA_VISIBLE_DEVICES not empty)."""
     gpu = bool(glob.glob("/dev/nvidia[0-9]*")) and environ.get("CUDA_VISIBLE_DEVICES", "x") != ""
     if str(device).startswith("cuda") or (device == "auto" and gpu):
         return "cuda"
-    return cpu_kernel_path(environ)
+    return "torch" if fast_path_switched_off(environ) else cpu_kernel_path(environ)

@@ -8,7 +8,7 @@ evaluation. The paths take turns epoch by epoch, so a busy moment of a shared CP
 The reports' DataLoaders are also timed alone, without a model: the part of their epoch that holding the
 data as one tensor removes, and so the ceiling of that trick by itself.
 
-Per variant (the layers the presets use): training steps with lenet_lib's layers (fast/layers.py) and with
+Per variant (the layers the presets use): training steps with lenet_lib's fast path (fast.accelerate) and with
 torch's own, in turns in one run (timing.time_in_turns, random batches of the variant's shape), and the
 ratio per round with its 95 % CI; a last line gives the smallest and largest ratio and their spread.
 """
@@ -26,7 +26,6 @@ import torch.nn.functional as F
 from lenet_lib.bench import ensemble as bench_ensemble
 from lenet_lib.fast import c_kernels
 from lenet_lib.core.data import DataSplits, prepare_data, report_loaders
-from lenet_lib.fast.layers import with_torch_layers
 from lenet_lib.core.models import build_model
 from lenet_lib.core.specs import TrainSpec
 from lenet_lib.analysis.stats import paired_log_ratios, t_interval
@@ -44,7 +43,7 @@ def baseline_epoch_seconds(train_size: int | None, device: torch.device) -> floa
     """One epoch the reports' way, torch's own layers, test set evaluated at the end."""
     train_loader, test_loader = _baseline_loaders(train_size)
     torch.manual_seed(0)
-    model = with_torch_layers(build_model()).to(device)
+    model = build_model().to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     start = time.perf_counter()
     model.train()

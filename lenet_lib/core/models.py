@@ -15,17 +15,16 @@ from contextlib import contextmanager
 
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from lenet_lib.fast.conv import Conv2d, conv2d   # torch's layers, faster training on CPU
-from lenet_lib.fast.pool import MaxPool2d
 from lenet_lib.base.choices import ARCHS, C3_TABLE, MODEL_DEFAULTS, lenet5_geometry
 from lenet_lib.base.checks import check_choice, check_range
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
-POOLS = {"max": MaxPool2d, "avg": nn.AvgPool2d}
+POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
 
-class SparseConv2d(Conv2d):
+class SparseConv2d(nn.Conv2d):
     """C3 with LeCun's connection table: weights outside the table are held at zero by a fixed mask."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int):
@@ -36,7 +35,7 @@ class SparseConv2d(Conv2d):
         self.register_buffer("mask", mask)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return conv2d(x, self.weight * self.mask, self.bias, padding=0)
+        return F.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding)
 
     def effective_parameters(self) -> int:
         k = self.kernel_size[0] * self.kernel_size[1]
@@ -80,11 +79,11 @@ def build_lenet5(
     bn1 = bn_position if bn else None
     bn3 = bn_position if bn and bn_layers == "conv" else None
     layers: list[tuple[str, nn.Module]] = []
-    layers += _conv_block("c1", Conv2d(in_channels, 6, 5, padding=c1_pad), 6, activation, bn1)
+    layers += _conv_block("c1", nn.Conv2d(in_channels, 6, 5, padding=c1_pad), 6, activation, bn1)
     layers.append(("s2", POOLS[pool](2)))
     if bn1 == "after_pool":
         layers.append(("s2_bn", nn.BatchNorm2d(6)))
-    c3 = SparseConv2d(6, 16, 5) if c3_table else Conv2d(6, 16, 5)
+    c3 = SparseConv2d(6, 16, 5) if c3_table else nn.Conv2d(6, 16, 5)
     layers += _conv_block("c3", c3, 16, activation, bn3)
     if conv_dropout > 0:
         layers.append(("c3_drop", nn.Dropout(conv_dropout)))

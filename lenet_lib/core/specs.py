@@ -44,12 +44,13 @@ class TrainSpec:
     train_acc_on: str = "running"     # "full_train": train loss and accuracy on the whole training set
     iterations: int = 0               # > 0: that many steps of one random contiguous slice each, over
                                       # `epochs` equal blocks (a row per block); 0: epochs over shuffled data
+    fast: bool = True                 # False: torch's own layers and steps on CPU, as LENET_FAST=0 (rows: kernels)
     model_id: str = ""
 
     def __post_init__(self):
         # Fail here, before any data is loaded or any model trained; NumPy numbers become Python ones.
         check_choice("arch", self.arch, ARCHS)
-        for name in ("bn", "c3_table"):
+        for name in ("bn", "c3_table", "fast"):
             check_bool(name, getattr(self, name))
             object.__setattr__(self, name, bool(getattr(self, name)))
         check_positive_int("batch_size", self.batch_size)
@@ -94,6 +95,7 @@ class TrainSpec:
     def columns(self) -> dict:
         """Flat configuration columns for tidy rows: every field, learning rate and momentum resolved."""
         row = asdict(self)
+        del row["fast"]     # what ran is the `kernels` column (train.base_columns)
         hp = self.hyperparameters()
         if self.optimizer_rules == "r2_printed":
             hp = {**printed_hyperparameters(self.optimizer),

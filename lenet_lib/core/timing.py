@@ -7,8 +7,9 @@ same batches) is called in turns, round after round, in a shuffled order, warm-u
 ratio between two variants is taken within each round (stats.paired_log_ratios), so drift cancels, and
 the rounds give its confidence interval.
 
-Implementations: "torch" is torch's own layers, as the reports ran them (what verdicts use);
-"lenet_lib" is the fast path that lenet_lib.core.train runs (shown beside it). Data loading is left out: it
+Implementations: "torch" is torch's own layers and optimizer, as the reports ran them (what verdicts use);
+"lenet_lib" is what lenet_lib.core.train runs (train.accelerated: the fast path unless switched off; shown
+beside it). Data loading is left out: it
 costs every variant the same seconds and would only pull every ratio towards 1.
 
 time_epochs is the measurement of the reports' own kind (R1 l.264 and R4 l.66 timed whole runs): whole
@@ -27,10 +28,9 @@ import torch
 from tqdm import tqdm
 
 from lenet_lib.core.data import DataSplits, epoch_order, index_batches, report_loaders
-from lenet_lib.fast.layers import fuse_relu_max_pool, with_torch_layers
 from lenet_lib.core.optim import make_optimizer
 from lenet_lib.core.specs import TrainSpec
-from lenet_lib.core.train import build_for, loss_and_backward, resolve_device, set_determinism
+from lenet_lib.core.train import accelerated, build_for, loss_and_backward, resolve_device, set_determinism
 from lenet_lib.base.checks import check_bool, check_choice, check_nonneg_int, check_positive_int, check_range
 
 IMPLEMENTATIONS = ("torch", "lenet_lib")
@@ -71,17 +71,16 @@ def time_in_turns(functions: dict, rounds: int = 20, calls: int = 5, warmup: int
 def training_step(spec: TrainSpec, data: DataSplits, implementation: str, batches: list[torch.Tensor]):
     """One training step of spec's model as a function of no arguments: the next batch of `batches`,
     forward, cross-entropy, backward, optimizer step. The model is built, and the step run, as
-    lenet_lib.core.train builds and runs them (train.loss_and_backward)."""
+    lenet_lib.core.train builds and runs them (train.loss_and_backward); "torch" runs the model as built."""
     check_choice("implementation", implementation, IMPLEMENTATIONS)
     set_determinism(spec.seed)
     model = build_for(spec, data).to(data.device)
-    if implementation == "torch":
-        net = with_torch_layers(model)
-    else:   # what train() runs: the fused ReLU + max-pool on CPU
-        net = fuse_relu_max_pool(model) if data.device.type == "cpu" else model
     # lenet_lib's optimizer as train() makes it (fused on CPU); torch's default for the reports' way
     fused = implementation == "lenet_lib" and data.device.type == "cpu"
     optimizer = make_optimizer(spec.optimizer, model.parameters(), fused=fused, **spec.hyperparameters())
+    net = model
+    if implementation == "lenet_lib":
+        net, optimizer = accelerated(model, optimizer, data.device, spec.fast)
     net.train()
     batch = itertools.cycle(batches)
 
@@ -141,7 +140,7 @@ def _epoch_function(spec: TrainSpec, data: DataSplits, loaders, fraction: float,
     of spec's model the reports' way, returning (train seconds, eval seconds): DataLoader batches, torch's
     own layers and optimizer, then the test set."""
     set_determinism(spec.seed)
-    model = with_torch_layers(build_for(spec, data)).to(data.device)
+    model = build_for(spec, data).to(data.device)
     optimizer = make_optimizer(spec.optimizer, model.parameters(), fused=False, **spec.hyperparameters())
     train_loader, test_loader = loaders
     train_batches = max(1, round(fraction * len(train_loader)))

@@ -12,10 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lenet_lib.base.choices import PRECISIONS
+from lenet_lib.base import kernel_path as paths
 from lenet_lib.core.data import DataSplits, epoch_order, index_batches
-from lenet_lib.fast import c_kernels
-from lenet_lib.fast.layers import fuse_relu_max_pool
-from lenet_lib.fast.one_node import OneNodeSequential
 from lenet_lib.core.loop import run_epochs
 from lenet_lib.core.models import build_model, eval_mode
 from lenet_lib.core.optim import make_optimizer
@@ -111,26 +109,47 @@ def training_batches(spec: TrainSpec, data: DataSplits, epoch: int, starts: torc
         yield data.x_train[start:start + spec.batch_size], data.y_train[start:start + spec.batch_size]
 
 
-def kernel_path(device: torch.device) -> str:
+def fast_path_on(device: torch.device, fast: bool = True) -> bool:
+    """lenet_lib's fast path trains here: on CPU, asked for (TrainSpec.fast) and not switched off (LENET_FAST=0)."""
+    return device.type == "cpu" and fast and not paths.fast_path_switched_off()
+
+
+def _fast():
+    """lenet_lib.fast, imported only when the fast path runs: the one place lenet_lib applies it."""
+    from lenet_lib import fast
+    return fast
+
+
+def accelerated(model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device, fast: bool = True):
+    """(network, optimizer) to train model with: with the fast path on (fast_path_on), fast.accelerate's
+    network (model's own parameters; torch's numbers to float rounding) and the optimizer stepped lean;
+    else model and optimizer themselves, torch's own layers and steps."""
+    if not fast_path_on(device, fast):
+        return model, optimizer
+    return _fast().accelerate(model), _fast().lean_steps(optimizer)
+
+
+def kernel_path(device: torch.device, fast: bool = True) -> str:
     """The kernels this process trains with on `device` (base/kernel_path.py's names)."""
     if device.type == "cuda":
         return "cuda"
-    return "c" if c_kernels.load() is not None else "pytorch"
+    return _fast().kernel_path() if fast_path_on(device, fast) else "torch"
 
 
 def base_columns(spec: TrainSpec, data: DataSplits, device: torch.device, precision: str) -> dict:
     """Configuration columns shared by every epoch row of this model, the kernel path that ran included."""
     return {**spec.columns(), **data.info, "device": device_name(device), "precision": precision,
-            "kernels": kernel_path(device)}
+            "kernels": kernel_path(device, spec.fast)}
 
 
 def loss_and_backward(net: nn.Module, xb: torch.Tensor, yb: torch.Tensor, autocast=None,
                       scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """A training batch's forward pass under autocast, F.cross_entropy(logits, yb), and the backward pass of
-    the loss (of loss * scale, if given): (logits, loss). A fused network on CPU does all three without the
-    autograd engine (OneNodeSequential.cross_entropy_backward: the same numbers, less time per step)."""
+    the loss (of loss * scale, if given): (logits, loss). The fast path's network on CPU does all three without
+    the autograd engine (its cross_entropy_backward: the same numbers, less time per step)."""
     with autocast or contextlib.nullcontext():
-        done = net.cross_entropy_backward(xb, yb, scale) if isinstance(net, OneNodeSequential) else None
+        engine_free = getattr(net, "cross_entropy_backward", None)
+        done = engine_free(xb, yb, scale) if engine_free is not None else None
         if done is not None:
             return done
         logits = net(xb)
@@ -164,9 +183,8 @@ def train(spec: TrainSpec, data: DataSplits, *, device: str | torch.device = "au
         data = data.to(device)
     set_determinism(spec.seed)
     model = build_for(spec, data).to(device)
-    # On CPU each conv tail runs fused (fast/layers.py): torch's numbers to float rounding; `net` shares model's layers.
-    net = fuse_relu_max_pool(model) if device.type == "cpu" else model
-    optimizer = build_optimizer(spec, model, device)
+    # `net` shares model's parameters; on CPU the fast path's (torch's numbers to float rounding) unless switched off
+    net, optimizer = accelerated(model, build_optimizer(spec, model, device), device, spec.fast)
     base = base_columns(spec, data, device, precision)
     starts = slice_starts(len(data.y_train), spec.batch_size, spec.iterations, spec.seed) if spec.iterations else None
     (history,), (status,) = run_epochs(

@@ -1,5 +1,5 @@
 """LeNet-5's convolutions for training on CPU: c1 and c3 by the C kernels (csrc/conv1.c, csrc/conv3.c), else
-ATen's forward with forward convolutions backward. layers.py's module docstring says what each buys."""
+ATen's forward with forward convolutions backward. docs/speed.md says what each buys."""
 from __future__ import annotations
 
 import torch
@@ -145,3 +145,13 @@ class Conv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         padding = self.square_padding()
         return super().forward(x) if padding is None else conv2d(x, self.weight, self.bias, padding)
+
+
+class MaskedConv2d(Conv2d):
+    """Conv2d whose weight is multiplied by its `mask` buffer first (LeCun's sparse c3, core.models.SparseConv2d)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        padding, weight = self.square_padding(), self.weight * self.mask
+        if padding is None:
+            return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return conv2d(x, weight, self.bias, padding)

@@ -4,7 +4,7 @@ BatchNorm on its own in C.
 ConvTail runs [BatchNorm] activation [BatchNorm] [dropout] 2x2 pool through csrc/conv_tail.c: one C call
 forward, one backward. Dropout draws its noise through csrc/dropout_rng.c. BatchNorm runs a BatchNorm2d
 outside a tail through csrc/batch_norm.c. layers.fuse_relu_max_pool builds them from a model's own
-layers; the module docstring of layers.py says what each buys. Each layer's training pass is a pair of
+layers; docs/speed.md says what each buys. Each layer's training pass is a pair of
 functions (*_train_forward, *_train_backward): its autograd node calls them, and so does one_node, which
 runs a whole fused network as one node.
 Where the kernels cannot run (no compiler, not x86-64, LENET_C_KERNELS=0, inputs other than contiguous
@@ -16,7 +16,6 @@ import functools
 import math
 
 import torch
-import torch.utils.deterministic
 from torch import nn
 
 from lenet_lib.fast import c_kernels
@@ -31,23 +30,9 @@ def _ptr(t: torch.Tensor | None):
     return None if t is None else t.data_ptr()
 
 
-# torch.utils.deterministic.fill_uninitialized_memory's getter without the module property around it (1-2 us
-# per new tensor, 13 of them per training step)
-_fills_new_tensors = getattr(torch._C, "_get_deterministic_fill_uninitialized_memory",
-                             lambda: torch.utils.deterministic.fill_uninitialized_memory)
-
-
 def empty(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """torch.empty for a kernel's output, which the kernel writes whole: without the NaN fill that
-    deterministic mode adds to every torch.empty, 5-50 us per tensor (train.set_determinism turns the fill
-    off for training; elsewhere this skips it)."""
-    if not (_fills_new_tensors() and torch.are_deterministic_algorithms_enabled()):
-        return torch.empty(*shape, dtype=dtype)   # sizes as arguments: ~1 us less than a tuple
-    torch.utils.deterministic.fill_uninitialized_memory = False
-    try:
-        return torch.empty(shape, dtype=dtype)
-    finally:
-        torch.utils.deterministic.fill_uninitialized_memory = True
+    """torch.empty for a kernel's output, which the kernel writes whole (sizes as arguments: ~1 us less)."""
+    return torch.empty(*shape, dtype=dtype)
 
 
 def tensor_fits_kernels(x: torch.Tensor) -> bool:

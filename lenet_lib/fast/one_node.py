@@ -1,26 +1,20 @@
 """A fused network's training pass as one autograd node: OneNodeSequential (layers.fuse_relu_max_pool builds it).
 
-Why: at batch 16, a LeNet-5 training step spent as long around its arithmetic as in it: a module call and
-an autograd node per layer (a Python autograd.Function costs ~10 us to enter and leave), tensors saved and
-checked, the engine walking some 20 nodes. Here the training forward runs each layer's training function
-in a loop and keeps what its backward needs; the backward runs them in reverse. The calls are the ones
-the layers' own nodes make (for Linear and the FC activations, the ATen calls of autograd's
-AddmmBackward0, ReluBackward0, TanhBackward0, SigmoidBackward0), so the numbers are the same bit for bit
-(tests/test_one_node.py). One thread, training steps in turns against the same layers one node each:
-plain LeNet-5 1.16x at batch 16, 1.06x at batch 128, every preset variant 1.05x or more.
-
-OneNodeSequential.cross_entropy_backward goes one step further for a training batch: forward, cross-entropy
-and backward without the autograd engine (the ATen calls of the loss's own nodes), each gradient stored as
-AccumulateGrad stores it; train() calls it (train.loss_and_backward). Training steps 1.15x at batch 16,
-1.09x at 64, 1.03x at 128, the same numbers bit for bit (tests/test_engine_free.py).
+Why: at small batches a training step spends as long in module calls and autograd nodes (one per layer) as
+in its arithmetic. Here the training forward runs each layer's training function in a loop and keeps what
+its backward needs; the backward runs them in reverse, with the ATen calls the layers' own nodes make, so
+the numbers are the same bit for bit (tests/test_one_node.py). cross_entropy_backward also runs the loss
+and the backward pass without the autograd engine (tests/test_engine_free.py).
 
 What the loop does not know runs layer by layer, as nn.Sequential would: another layer type (LeCun's
 sparse c3, an unfused pool), hooks on any layer, autocast, inputs or shapes the kernels do not take,
-eval mode, no gradients. Plans are cached per input shape: a dropout rate set to 1 after the first batch
+eval mode, no gradients, or a torch whose private APIs used here fail their self-check (_private_apis_agree;
+README.md beside this file). Plans are cached per input shape: a dropout rate set to 1 after the first batch
 of a shape is not seen.
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple
 
 import torch
@@ -222,7 +216,7 @@ class OneNodeSequential(nn.Sequential):
         """How the loop trains on this input, or None where the layers must run one by one (eval mode and
         no gradients included)."""
         if (not (self.training and torch.is_grad_enabled()) or x.device.type != "cpu" or x.dtype != torch.float32
-                or not x.is_contiguous() or torch.is_autocast_enabled("cpu")):
+                or not x.is_contiguous() or torch.is_autocast_enabled("cpu") or not _private_apis_agree()):
             return None
         key = (x.shape, tuple(map(id, self._modules.values())))
         plans = self.__dict__.setdefault("_plans", {})
@@ -271,8 +265,8 @@ class OneNodeSequential(nn.Sequential):
                 or y.dim() != 1 or y.shape[0] != x.shape[0] or y.device != x.device or torch.is_anomaly_enabled()):
             return None
         params = plan.parameters()
-        if not all(p.requires_grad and p.is_contiguous() and not p._backward_hooks
-                   and not p._post_accumulate_grad_hooks for p in params):
+        if not _loss_apis_agree() or not all(p.requires_grad and p.is_contiguous() and not p._backward_hooks
+                                             and not p._post_accumulate_grad_hooks for p in params):
             return None
         with torch.no_grad():
             logits, states = _forward(plan.steps, x)
@@ -300,3 +294,78 @@ def cross_entropy_train_backward(state, y: torch.Tensor, seed: float) -> torch.T
     log_p, total_weight = state
     grad = torch.ops.aten.nll_loss_backward(torch.full((), seed), log_p, y, None, 1, -100, total_weight)
     return torch.ops.aten._log_softmax_backward_data(grad, log_p, 1, log_p.dtype)
+
+
+# -- self-checks of the private torch APIs above (README.md's table): once per process, on tiny inputs ------
+
+def _sees_public_hooks() -> bool:
+    """torch.nn.modules.module's global hook dicts, a module's own hook dicts and _parameters, and a tensor's
+    _backward_hooks / _post_accumulate_grad_hooks hold what torch's public functions register."""
+    registers = (torch_module.register_module_forward_hook, torch_module.register_module_forward_pre_hook,
+                 torch_module.register_module_full_backward_hook, torch_module.register_module_full_backward_pre_hook)
+    globals_ = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                "_global_backward_pre_hooks")
+    for register, name in zip(registers, globals_):
+        handle = register(lambda *args: None)
+        try:
+            if not getattr(torch_module, name):
+                return False
+        finally:
+            handle.remove()
+        if getattr(torch_module, name):
+            return False
+    layer, hook = nn.Linear(1, 1, device="meta"), (lambda *args: None)   # meta: no draw from torch's generator
+    layer.register_forward_hook(hook)
+    layer.register_forward_pre_hook(hook)
+    layer.register_full_backward_hook(hook)
+    layer.register_full_backward_pre_hook(hook)
+    if not (layer._forward_hooks and layer._forward_pre_hooks and layer._backward_hooks and layer._backward_pre_hooks
+            and layer._parameters["weight"] is layer.weight):
+        return False
+    p = torch.zeros(2, requires_grad=True)
+    if p._backward_hooks or p._post_accumulate_grad_hooks:
+        return False
+    p.register_hook(lambda grad: grad)
+    p.register_post_accumulate_grad_hook(lambda param: None)
+    return bool(p._backward_hooks) and bool(p._post_accumulate_grad_hooks)
+
+
+def _activations_agree() -> bool:
+    """STEPS' backward ATen calls give autograd's gradients of relu, tanh and sigmoid bit for bit."""
+    x = torch.linspace(-3, 3, 24).reshape(4, 6).requires_grad_()
+    grad = torch.linspace(-1, 2, 24).reshape(4, 6)
+    for layer in (nn.ReLU(), nn.Tanh(), nn.Sigmoid()):
+        step = STEPS[type(layer)](layer, x)
+        out, state = step.forward(x.detach())
+        theirs, = torch.autograd.grad(layer(x), x, grad)
+        if not (torch.equal(out, layer(x).detach()) and torch.equal(step.backward(state, grad, True)[0], theirs)):
+            return False
+    return True
+
+
+@functools.cache
+def _private_apis_agree() -> bool:
+    """Once per process: the hook dicts and the activations' backward calls behave as this module assumes
+    (else every OneNodeSequential runs layer by layer, torch's public path)."""
+    saved = torch.get_rng_state()
+    try:
+        return _sees_public_hooks() and _activations_agree()
+    except (AttributeError, RuntimeError, TypeError):
+        return False
+    finally:
+        torch.set_rng_state(saved)   # training's draws (dropout) must not see the check
+
+
+@functools.cache
+def _loss_apis_agree() -> bool:
+    """Once per process: cross_entropy_train_forward / _backward give F.cross_entropy's loss and autograd's
+    gradient bit for bit (else cross_entropy_backward declines and autograd runs)."""
+    try:
+        logits = torch.linspace(-2, 3, 30).reshape(5, 6).requires_grad_()
+        y = torch.tensor([0, 5, 2, 2, 1])
+        loss, state = cross_entropy_train_forward(logits.detach(), y)
+        theirs = F.cross_entropy(logits, y)
+        grad, = torch.autograd.grad(theirs * 3.0, logits)
+        return torch.equal(loss, theirs.detach()) and torch.equal(cross_entropy_train_backward(state, y, 3.0), grad)
+    except (AttributeError, RuntimeError, TypeError):
+        return False

@@ -1,4 +1,4 @@
-"""2x2 max pooling for training on CPU: torch's numbers, faster (layers.py's module docstring says how much).
+"""2x2 max pooling for training on CPU: torch's numbers, faster (docs/speed.md says how much).
 
 max_pool_2x2 takes ATen's max-pool's place as a tournament of strided maxima; relu_max_pool_2x2 fuses the
 ReLU before it into one pass each way (csrc/relu_maxpool.c), with the tournament as its fallback.

@@ -17,7 +17,6 @@ from lenet_lib.core.data import DataSplits, epoch_order, index_batches
 from lenet_lib.core.specs import TrainSpec, with_values
 from lenet_lib.core.timing import time_in_turns, training_step
 from lenet_lib.core.train import base_columns, build_for, set_determinism
-from lenet_lib.fast.layers import with_torch_layers
 from lenet_lib.numpy_ref import net as numpy_net
 from lenet_lib.numpy_ref import optim as numpy_optim
 from lenet_lib.numpy_ref.layers import cross_entropy
@@ -103,11 +102,11 @@ def layer_times(net, model: torch.nn.Module, x: np.ndarray, repeats: int = 5, de
     Each layer gets its own input, the previous layer's output, so a row times that layer only. One row
     per repeat and layer: numpy_s and torch_s, each the mean of `calls` calls, the two timed one after
     the other (after one warm-up call each), so a busy moment hits both; `fastest` takes the minimum.
-    The torch side is a copy of model with torch's own layers (fast.layers.with_torch_layers), the
-    framework as R5 used it: lenet_lib's CPU layers are a training speed-up, not the framework.
+    The torch side is a copy of model as built: torch's own layers, the framework as R5 used it (lenet_lib's
+    fast path is a training speed-up, not the framework).
     """
     device = torch.device(device)
-    model = with_torch_layers(copy.deepcopy(model)).to(device).eval()
+    model = copy.deepcopy(model).to(device).eval()
     net.eval()
     xn, xt = np.asarray(x, dtype=net.dtype), torch.as_tensor(x, dtype=torch.float32, device=device)
     layers = []

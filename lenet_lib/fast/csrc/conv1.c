@@ -14,7 +14,8 @@
  * picked when the library loads); more accumulators at once where AVX-512 has 32 registers. Images split
  * over OpenMP threads. The weight gradient's sums go to double every 8 images, summed in order, so its
  * numbers do not depend on the thread count; it is more accurate than ATen's against a float64
- * reference, the forward pass as accurate (float32 sums in another order; tests/test_fused_conv1.py).
+ * reference, the forward pass as accurate (float32 sums in another order; tests/test_fast_layers.py,
+ * test_conv_gradients_as_close_to_float64_as_torchs and test_c1_forward_rows_give_the_flat_paths_numbers).
  *
  * With AVX-512 and 5x5 taps the forward pass writes its accumulators straight into the output instead
  * (rows_forward): two output rows at a time, each row as two vectors, the second stored masked to the

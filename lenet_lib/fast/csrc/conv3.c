@@ -12,8 +12,9 @@
  * each an accumulator block held in registers (bigger with AVX-512's 32 registers). Images split over
  * OpenMP threads; the weight gradient's sums go to double every 8 images, summed in order, so its numbers
  * do not depend on the thread count. All three agree with ATen's to float32 rounding, as close to a
- * float64 reference (tests/test_fused_conv.py). 16-float vectors in gcc's vector extension, compiled for
- * AVX-512, AVX2 and the baseline x86-64 (target_clones).
+ * float64 reference (tests/test_fast_layers.py: test_c3_direct_kernels_are_as_close_to_float64_as_torchs).
+ * 16-float vectors in gcc's vector extension, compiled for AVX-512, AVX2 and the baseline x86-64
+ * (target_clones).
  * Limits (the caller checks): taps <= 400, maps <= 16, wo <= 16, ho * wo <= 112.
  *
  * With AVX-512, the forward pass and the weight gradient of LeNet-5's c3 (5x5 taps, output rows of 8, 10
