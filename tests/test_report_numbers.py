@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from fixtures import browser
 
+from lenet_lib.analysis import results
 from lenet_lib.summary import report
 from lenet_lib.summary import verdicts
 from lenet_lib.analysis.tidy import final_epoch
@@ -42,14 +43,20 @@ def quick(tmp_path_factory):
     return {"outputs": outputs, "index": index, "tables": report.load_tables(results, runs), "stdout": done.stdout}
 
 
-def key_results(tables) -> dict:
-    """What the quick report computed that must not drift: mean final test accuracy of every configuration
-    of every run, the LeNet-5 layer parameter counts, and the verdict of every claim."""
+def final_accuracies(results_table) -> dict:
+    """{"notebook | protocol | dataset | config": mean final test accuracy} of every configuration."""
     accuracies = {}
-    for notebook, protocol, dataset, rows in report.notebook_sections(tables.results):
+    for notebook, protocol, dataset, rows in report.notebook_sections(results_table):
         final = final_epoch(rows)
         for config, acc in final.groupby("config")["test_acc"].mean().items():
             accuracies[f"{notebook} | {protocol or '-'} | {dataset} | {config}"] = round(float(acc), 4)
+    return accuracies
+
+
+def key_results(tables) -> dict:
+    """What the quick report computed that must not drift: mean final test accuracy of every configuration
+    of every run, the LeNet-5 layer parameter counts, and the verdict of every claim."""
+    accuracies = final_accuracies(tables.results)
     layers = tables.layers
     lenet = layers[(layers["model"] == "lenet5") & (layers["protocol"].isna())]
     parameters = {layer: int(n) for layer, n in zip(lenet["layer"], lenet["parameters"])}
@@ -112,3 +119,23 @@ def test_the_browser_check_fails_when_the_findings_or_a_figure_go_missing(quick,
     assert "not the findings" in said["no findings"], said
     assert "#claims-figure is missing" in said["no claims figure"], said
     assert "do not load" in said["a broken image"], said
+
+
+def test_the_fast_path_switched_off_computes_the_same_report(quick, tmp_path):
+    """LENET_FAST=0 (issue 36): R1's and R4's presets of the same quick report with torch's own layers only,
+    against the fast path's numbers above: the same runs and configurations, accuracies within float rounding
+    (one test image in 1,000 either way after an epoch of summed float differences), kernels "torch"."""
+    outputs, env = tmp_path / "outputs", {**os.environ, "LENET_FAST": "0"}
+    for preset in ("R1", "R4"):
+        done = subprocess.run([sys.executable, "-m", "lenet_lib", "report", "--profile", "quick", "--preset", preset,
+                               "--no-report", "--outputs", str(outputs)], cwd=REPO, capture_output=True, text=True,
+                              timeout=900, env=env)
+        assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    tidy, _ = results.read_runs([p.parent for p in outputs.glob("runs/*/*/manifest.json")])
+    on_rows = quick["tables"].results
+    on_rows = on_rows[on_rows["protocol"].isin(["R1", "R4"]) | on_rows["protocol"].str.startswith("R4:", na=False)]
+    assert set(tidy["kernels"]) == {"torch"} and set(on_rows["kernels"]) == {"c"}
+    off, on = final_accuracies(tidy), final_accuracies(on_rows)
+    assert sorted(off) == sorted(on) and len(on) >= 8, (sorted(off), sorted(on))
+    moved = {k: (on[k], off[k]) for k in on if abs(on[k] - off[k]) > 0.0021}
+    assert not moved, f"the fast path off moved final accuracies past float rounding: {moved}"
