@@ -23,8 +23,9 @@ from lenet_lib.base import datafiles, files, progress
 from lenet_lib.base.validate import check_sizes
 from lenet_lib.base.kernel_path import planned_kernel_path, why_no_c_kernels
 from lenet_lib.analysis import results
-from lenet_lib.running.executors import DaskExecutor, LocalExecutor, RunTask, cpu_count, describe_error, execute_run, \
-    refresh_notebook, run_papermill, set_kernel_environment
+from lenet_lib.running.executors import RunTask, cpu_count, describe_error, execute_run, refresh_notebook, run_papermill, \
+    set_kernel_environment
+from lenet_lib.running.workers import DaskExecutor, LocalExecutor
 from lenet_lib.running.params import PROFILES, ConfigError, did_you_mean, expand, listing, load_params, load_profiles, \
     run_parameters, select
 
