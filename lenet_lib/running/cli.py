@@ -9,7 +9,8 @@ import threading
 from lenet_lib.running import decide
 from lenet_lib.running.decide import DECIDE
 from lenet_lib.running.executors import ExecutorError
-from lenet_lib.running.runner import PROFILES, ConfigError, list_notebooks, refresh_notebooks, report
+from lenet_lib.running.commands import list_notebooks, refresh_notebooks
+from lenet_lib.running.runner import PROFILES, ConfigError, report
 
 
 def _names(text: str | None) -> list[str] | None:
