@@ -18,6 +18,7 @@ from lenet_lib.analysis import results
 from lenet_lib.analysis.tidy import Tables
 from lenet_lib.running import runner
 from lenet_lib.running.cli import main
+from lenet_lib.running.index import protocols as index_protocols
 from lenet_lib.running.params import ConfigError, load_params, load_profiles, select
 from lenet_lib.summary import scorecard
 
@@ -154,7 +155,7 @@ def test_each_reading_is_its_own_runs_with_its_label_merge_order_and_scale(tmp_p
 def test_index_protocols_carry_each_presets_readings(tmp_path):
     dirs = _project(tmp_path)
     params = load_params(dirs["params"], dirs["notebooks"])
-    found = runner.protocols(select(params, None, "quick", None))["P1"]["tiny"]
+    found = index_protocols(select(params, None, "quick", None))["P1"]["tiny"]
     assert found["sources"] == {"scale": "T l.1"} and found["reading"] == "The code as printed."
     assert [(r["name"], r["protocol"], r["primary"]) for r in found["readings"]] == [
         ("as-printed", "P1", True), ("as-intended", "P1:as-intended", False), ("same", "P1:same", False)]
@@ -186,7 +187,7 @@ def test_a_reading_runs_only_at_the_profiles_of_its_run_at(tmp_path, capsys):
     # asked for by name, a reading runs at any profile
     assert [t.reading for t in _plan(dirs, "default", "P1:as-intended")] == ["as-intended"]
     # the report lists the reading it did not run, and says where it runs
-    found = runner.protocols(select(params, None, "default", None))["P1"]["tiny"]["readings"]
+    found = index_protocols(select(params, None, "default", None))["P1"]["tiny"]["readings"]
     assert [(r["name"], r["run"]) for r in found] == [("as-printed", True), ("as-intended", False), ("same", True)]
     protocols = {"P1": {"tiny": {"readings": found}}}
     assert [r["name"] for r in scorecard.declared_readings("P1", protocols["P1"]["tiny"])] == ["as-printed", "same"]

@@ -34,6 +34,7 @@ from lenet_lib.analysis.sequential import check_looks
 from lenet_lib.analysis.tidy import TABLES, Tables
 from lenet_lib.base import progress
 from lenet_lib.running import runner
+from lenet_lib.running.index import index_entries, protocols, summary_line, write_index
 from lenet_lib.running.params import PROFILES, PROFILES_FILE, ConfigError, listing, load_params, load_profiles, \
     read_yaml, select
 from lenet_lib.summary import staged
@@ -319,7 +320,7 @@ def report(budget, preset: str | None = None, only=None, jobs: int | None = None
             else:
                 stopped = f"reached the cap ({design.looks[-1]} seeds)"
         all_tasks = [t for ts in by_block.values() for t in ts]
-        entries = runner.index_entries(all_tasks, lost, skipped)
+        entries = index_entries(all_tasks, lost, skipped)
         for entry in entries:
             if entry["run_id"] in stopped_by:
                 entry.update(status="stopped", error="stopped: the time budget was spent")
@@ -328,9 +329,9 @@ def report(budget, preset: str | None = None, only=None, jobs: int | None = None
                   "stopped": stopped, "stages": stages, "claims": [states[id(c)] for c in chosen]}
         index = {"profile": DECIDE, "preset": preset, "verdicts": True, "created": results.now(),
                  "outputs": str(outputs), "notebooks": {nb.name: nb.title for nb, _ in blocks},
-                 "protocols": runner.protocols(blocks), "runs": entries, "decide": record}
-        runner.write_index(outputs / "index.json", index)
-        line = runner.summary_line(entries, was_cached).replace("report:", "decide:", 1)
+                 "protocols": protocols(blocks), "runs": entries, "decide": record}
+        write_index(outputs / "index.json", index)
+        line = summary_line(entries, was_cached).replace("report:", "decide:", 1)
         code = 0 if all(e["status"] in runner.DONE + ("skipped", "stopped") for e in entries) else 1
         if make_report:
             try:
