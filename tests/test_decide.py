@@ -16,7 +16,8 @@ from lenet_lib.running import decide
 from lenet_lib.running.cli import main
 from lenet_lib.running.params import ConfigError
 from lenet_lib.summary import staged, verdicts
-from lenet_lib.summary.verdicts import Claim, accuracy_difference, decide as decide_parts, _better
+from lenet_lib.summary.decision import accuracy_difference, decide as decide_parts
+from lenet_lib.summary.verdicts import Claim, _better
 from tests.fixtures.runner_project import INJECTED_DEFAULTS, make_project, run_dirs, write_notebook
 
 LOOKS = (2, 4, 8)

@@ -10,7 +10,7 @@ import pytest
 matplotlib.use("Agg")
 
 from lenet_lib.analysis.tidy import Tables                                  # noqa: E402
-from lenet_lib.summary import figures, findings, scorecard, verdicts       # noqa: E402
+from lenet_lib.summary import decision, figures, findings, scorecard, verdicts       # noqa: E402
 from test_verdicts import grid, tidy_rows, timing_rows                      # noqa: E402
 
 CIFAR = "needs CIFAR-10 (cifar10): /data/cifar-10-batches-py does not exist; put the files there"
@@ -36,7 +36,7 @@ def test_claim_parts_one_row_per_part_with_the_verdicts_numbers():
     assert (same["region_low"] == -verdicts.EQUIVALENCE_MARGIN).all() and (same["region_high"] == 0.002).all()
     bn = r1[r1["part"] == "BN − plain, epoch 1"].iloc[0]
     assert bn["value"] == pytest.approx(0.005, abs=0.001) and bn["low"] < bn["value"] < bn["high"]
-    assert bn["region_low"] == 0 and bn["region_high"] == math.inf and bn["outcome"] == verdicts.SUPPORTED
+    assert bn["region_low"] == 0 and bn["region_high"] == math.inf and bn["outcome"] == decision.SUPPORTED
     ratios = r1[r1["scale"] == "ratio"].set_index("part")
     assert math.exp(ratios.loc["BN / plain", "value"]) == pytest.approx(1.2, rel=0.01)
     # a claim that was not judged: one row, no numbers, the reason in its note
@@ -53,7 +53,7 @@ def test_parts_testing_one_estimate_are_one_row_with_the_region_between_their_th
     marginal = parts[parts["claim"].str.startswith("BN improves")].set_index("part")
     assert list(marginal.index) == ["BN − plain", "BN / plain time"]
     assert marginal.loc["BN − plain", "region_low"] == 0 and marginal.loc["BN − plain", "region_high"] == 0.01
-    assert marginal.loc["BN − plain", "outcome"] == verdicts.SUPPORTED           # 0.5 points: inside (0, 1)
+    assert marginal.loc["BN − plain", "outcome"] == decision.SUPPORTED           # 0.5 points: inside (0, 1)
     assert marginal.loc["BN / plain time", "region_low"] == pytest.approx(math.log(1.1))
 
 
@@ -80,7 +80,7 @@ def card_row(report, figure, result, reading=None, primary=None):
 def test_findings_say_reproduced_of_scored_and_the_claims_verdicts():
     card = pd.DataFrame([card_row("R1", "a", scorecard.REPRODUCED), card_row("R1", "b", "not reproduced (+3.0 sd)"),
                          card_row("R1", "c", scorecard.SMOKE), card_row("R3", "d", f"not covered: {CIFAR}")])
-    claims = pd.DataFrame({"report": ["R1", "R1", "R3"], "verdict": [verdicts.SUPPORTED, verdicts.INCONCLUSIVE,
+    claims = pd.DataFrame({"report": ["R1", "R1", "R3"], "verdict": [decision.SUPPORTED, decision.INCONCLUSIVE,
                                                                      verdicts.NOT_JUDGED],
                            "note": ["", "", CIFAR]})
     lines = findings.findings(card, claims, findings.notes({"R3": CIFAR}))

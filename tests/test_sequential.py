@@ -135,19 +135,19 @@ def test_holm_reject_steps_down_with_the_levels():
 
 
 def test_one_look_at_the_cap_is_verdicts_fixed_design():
-    """With a single look the boundaries are alpha itself: look_outcomes gives verdicts.decide's outcomes."""
+    """With a single look the boundaries are alpha itself: look_outcomes gives decision.decide's outcomes."""
     from lenet_lib.analysis import stats
-    from lenet_lib.summary import verdicts
+    from lenet_lib.summary import decision
     rng, seen = np.random.default_rng(6), set()
     for trial in range(60):
         n, effects = 5, rng.normal(0, 0.003, 3)
         values = [stats.difference(rng.normal(e, 0.002, n), rng.normal(0, 0.002, n)) for e in effects]
         kind = ["greater", "less", "within"][trial % 3]
         family = "pairs" if trial % 2 else ""
-        parts = [verdicts.Part(f"p{i}", v, kind, 0.002 if kind == "within" else 0.0, "points", "t",
+        parts = [decision.Part(f"p{i}", v, kind, 0.002 if kind == "within" else 0.0, "points", "t",
                                family=family) for i, v in enumerate(values)]
         p_values = [part.p_values() for part in parts]
-        expected = [part.outcome for part in verdicts.decide(parts).parts]
+        expected = [part.outcome for part in decision.decide(parts).parts]
         found = seq.look_outcomes([kind] * 3, [p for p, _ in p_values], [q for _, q in p_values], [family] * 3,
                                   n, looks=(n,))
         assert found == expected, (trial, kind, family, p_values)

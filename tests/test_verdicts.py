@@ -8,7 +8,7 @@ import pytest
 
 from lenet_lib.summary import scorecard
 from lenet_lib.analysis import stats
-from lenet_lib.summary import verdicts
+from lenet_lib.summary import decision, verdicts
 from lenet_lib.analysis.tidy import Tables
 
 BASE = dict(train_loss=0.1, train_acc=0.9, val_loss=np.nan, val_acc=np.nan, test_loss=0.1, epoch_seconds=1.0,
@@ -121,14 +121,14 @@ def test_shared_seeds_are_paired_and_decide_what_welch_cannot():
     rows = seed_shared(grid(first_epoch={"BN": 0.972, "BN+dropout": 0.972, "plain": 0.970, "dropout": 0.970},
                             seeds=3))
     row = verdict_of(Tables(rows), BN_FIRST)
-    assert row["verdict"] == verdicts.SUPPORTED, row.to_dict()
+    assert row["verdict"] == decision.SUPPORTED, row.to_dict()
     assert row["test"] == "one-sided paired t, Holm" and "fewer seeds (2 pairs)" in row["pairing"]
     low_gain = float(row["pairing"].split(", ")[1].split("x")[0])
     assert low_gain > 10, row["pairing"]                                      # shared seed effects cancel
     # the same numbers with each BN model on a seed no plain model ran: no pairs, Welch, undecided
     unpaired = rows.assign(seed=np.where(rows["bn"], rows["seed"] + 100, rows["seed"]))
     row = verdict_of(Tables(unpaired), BN_FIRST)
-    assert row["verdict"] == verdicts.INCONCLUSIVE and row["test"] == "one-sided Welch, Holm"
+    assert row["verdict"] == decision.INCONCLUSIVE and row["test"] == "one-sided Welch, Holm"
     assert row["pairing"] == "Welch for 2 pairs: seeds not shared"
     same = verdict_of(Tables(rows), SAME)
     assert same["test"] == "TOST (paired t), margin ±0.2 points" and "(6 pairs)" in same["pairing"]
@@ -137,36 +137,36 @@ def test_shared_seeds_are_paired_and_decide_what_welch_cannot():
 # ---------------------------------------------------------------- R1
 def test_true_equality_is_supported_and_a_spread_contradicts():
     supported = verdict_of(Tables(grid()), SAME)
-    assert supported["verdict"] == verdicts.SUPPORTED, supported.to_dict()
+    assert supported["verdict"] == decision.SUPPORTED, supported.to_dict()
     assert "TOST" in supported["test"] and supported["n"] == "5 seeds" and "[" in supported["effect (95 % CI)"]
     spread = verdict_of(Tables(grid(effects={"BN+dropout": 0.985})), SAME)
-    assert spread["verdict"] == verdicts.CONTRADICTED                 # 0.5 points apart, shown beyond 0.2
+    assert spread["verdict"] == decision.CONTRADICTED                 # 0.5 points apart, shown beyond 0.2
 
 
 def test_clear_reversal_is_contradicted_and_two_noisy_seeds_inconclusive():
     better = grid(first_epoch={"BN": 0.98, "BN+dropout": 0.98, "plain": 0.96, "dropout": 0.96})
-    assert verdict_of(Tables(better), BN_FIRST)["verdict"] == verdicts.SUPPORTED
+    assert verdict_of(Tables(better), BN_FIRST)["verdict"] == decision.SUPPORTED
     reversed_ = grid(first_epoch={"BN": 0.95, "BN+dropout": 0.95, "plain": 0.97, "dropout": 0.97})
-    assert verdict_of(Tables(reversed_), BN_FIRST)["verdict"] == verdicts.CONTRADICTED
+    assert verdict_of(Tables(reversed_), BN_FIRST)["verdict"] == decision.CONTRADICTED
     noisy = grid(first_epoch={"BN": 0.972, "BN+dropout": 0.972}, seeds=2, sd=0.004)
     row = verdict_of(Tables(noisy), BN_FIRST)
-    assert row["verdict"] == verdicts.INCONCLUSIVE and "seeds per variant (now 2)" in row["to decide"]
+    assert row["verdict"] == decision.INCONCLUSIVE and "seeds per variant (now 2)" in row["to decide"]
 
 
 def test_time_claims_come_from_the_timing_table_with_torchs_layers():
     rows = grid()
     slower = timing_rows("bn_dropout_grid", "R1", {(True, 0.0): 1.14, (False, 0.5): 1.03, (True, 0.5): 1.17})
     row = verdict_of(Tables(rows, timing=slower), PLAIN_FASTEST)
-    assert row["verdict"] == verdicts.SUPPORTED and "30 rounds" in row["n"] and "lenet_lib" in row["note"]
+    assert row["verdict"] == decision.SUPPORTED and "30 rounds" in row["n"] and "lenet_lib" in row["note"]
     faster_dropout = timing_rows("bn_dropout_grid", "R1", {(True, 0.0): 1.14, (False, 0.5): 0.9, (True, 0.5): 1.1})
-    assert verdict_of(Tables(rows, timing=faster_dropout), PLAIN_FASTEST)["verdict"] == verdicts.CONTRADICTED
+    assert verdict_of(Tables(rows, timing=faster_dropout), PLAIN_FASTEST)["verdict"] == decision.CONTRADICTED
     # epoch wall clocks never decide: without the timing table the claim is not judged
     assert verdict_of(Tables(rows), PLAIN_FASTEST)["verdict"] == verdicts.NOT_JUDGED
     # whole epochs of the reports' kind are shown in the note, never judged: steps decide
     epochs = epoch_rows({(True, 0.0): math.log(0.8), (False, 0.5): math.log(0.8), (True, 0.5): math.log(0.8)},
                         0.01, notebook="bn_dropout_grid", protocol="R1")
     row = verdict_of(Tables(rows, timing=slower, epoch_timing=epochs), PLAIN_FASTEST)
-    assert row["verdict"] == verdicts.SUPPORTED and "the precise measurement" in row["test"]
+    assert row["verdict"] == decision.SUPPORTED and "the precise measurement" in row["test"]
     assert "whole epochs with the reports' DataLoader (8 rounds): BN / plain 0.800x" in row["note"]
     assert verdict_of(Tables(rows, epoch_timing=epochs), PLAIN_FASTEST)["verdict"] == verdicts.NOT_JUDGED
 
@@ -178,7 +178,7 @@ def test_only_runs_under_the_claims_own_protocol_judge_it():
     other_preset = grid(protocol="R2")                                 # R2 part II's runs of the same notebook
     assert verdict_of(Tables(other_preset), SAME)["verdict"] == verdicts.NOT_JUDGED
     assert verdicts.judge(Tables(exploratory), any_protocol=True).set_index("claim").loc[SAME, "verdict"] \
-        == verdicts.SUPPORTED                                          # a notebook judging its own run
+        == decision.SUPPORTED                                          # a notebook judging its own run
 
 
 def test_smoke_runs_give_no_verdicts_and_skipped_presets_say_why():
@@ -202,20 +202,20 @@ def test_r2_order_supported_contradicted_and_inconclusive():
         return Tables(tidy_rows("optimizers", "R2", [
             dict(model_id=f"{o}{s}", seed=s, epoch=5, optimizer=o, stage="compare", test_acc=a + rng.normal(0, sd))
             for o, a in zip(order, accuracies) for s in range(seeds)]))
-    assert verdict_of(rows([0.99, 0.98, 0.97, 0.96, 0.90]), claim)["verdict"] == verdicts.SUPPORTED
-    assert verdict_of(rows([0.99, 0.98, 0.97, 0.90, 0.96]), claim)["verdict"] == verdicts.CONTRADICTED
+    assert verdict_of(rows([0.99, 0.98, 0.97, 0.96, 0.90]), claim)["verdict"] == decision.SUPPORTED
+    assert verdict_of(rows([0.99, 0.98, 0.97, 0.90, 0.96]), claim)["verdict"] == decision.CONTRADICTED
     assert verdict_of(rows([0.99, 0.9895, 0.97, 0.96, 0.90], sd=0.003, seeds=3), claim)["verdict"] \
-        == verdicts.INCONCLUSIVE
+        == decision.INCONCLUSIVE
 
 
 def test_r3_claims_on_cifar10():
     worse = {"dropout": 0.50, "BN+dropout": 0.53, "plain": 0.62, "BN": 0.6}
     rows = Tables(grid("bn_dropout_grid", "R3", effects=worse, dataset="cifar10", conv=True, sd=0.005))
     table = verdicts.judge(rows, reports=["R3"]).set_index("claim")["verdict"]
-    assert (table == verdicts.SUPPORTED).all()
+    assert (table == decision.SUPPORTED).all()
     better = {"dropout": 0.66, "BN+dropout": 0.67, "plain": 0.62}
     rows = Tables(grid("bn_dropout_grid", "R3", effects=better, dataset="cifar10", conv=True, sd=0.005))
-    assert (verdicts.judge(rows, reports=["R3"])["verdict"] == verdicts.CONTRADICTED).all()
+    assert (verdicts.judge(rows, reports=["R3"])["verdict"] == decision.CONTRADICTED).all()
 
 
 # ---------------------------------------------------------------- R4
@@ -232,24 +232,24 @@ def r4(effects, ratios):
 
 def test_r4_bn_threshold_claim_on_confidence_intervals():
     slow_bn = {(True, 0.0): 1.2}
-    assert verdict_of(r4({"BN": 0.995, "plain": 0.99}, slow_bn), R4_BN)["verdict"] == verdicts.SUPPORTED
-    assert verdict_of(r4({"BN": 1.0, "plain": 0.98}, slow_bn), R4_BN)["verdict"] == verdicts.CONTRADICTED   # 2 points
+    assert verdict_of(r4({"BN": 0.995, "plain": 0.99}, slow_bn), R4_BN)["verdict"] == decision.SUPPORTED
+    assert verdict_of(r4({"BN": 1.0, "plain": 0.98}, slow_bn), R4_BN)["verdict"] == decision.CONTRADICTED   # 2 points
     assert verdict_of(r4({"BN": 0.995, "plain": 0.99}, {(True, 0.0): 1.02}), R4_BN)["verdict"] \
-        == verdicts.CONTRADICTED                                                   # +2 % time is not > 10 %
+        == decision.CONTRADICTED                                                   # +2 % time is not > 10 %
     at_threshold = verdict_of(r4({"BN": 0.995, "plain": 0.99}, {(True, 0.0): 1.10}), R4_BN)
-    assert at_threshold["verdict"] == verdicts.INCONCLUSIVE and "decides it" in at_threshold["to decide"]
+    assert at_threshold["verdict"] == decision.INCONCLUSIVE and "decides it" in at_threshold["to decide"]
 
 
 def test_r4_dropout_time_and_rate_claims():
     cheaper = {(False, p): 0.9 for p in RATES}
-    assert verdict_of(r4({}, cheaper), R4_DROPOUT)["verdict"] == verdicts.SUPPORTED
+    assert verdict_of(r4({}, cheaper), R4_DROPOUT)["verdict"] == decision.SUPPORTED
     dearer = {(False, p): 1.05 for p in RATES}
-    assert verdict_of(r4({}, dearer), R4_DROPOUT)["verdict"] == verdicts.CONTRADICTED
+    assert verdict_of(r4({}, dearer), R4_DROPOUT)["verdict"] == decision.CONTRADICTED
     falling = {**{(False, p): 1.0 - 0.1 * p for p in RATES}, **{(True, p): 1.2 - 0.1 * p for p in RATES}}
     small_cost = {("dropout", 0.8): 0.985, ("BN+dropout", 0.8): 0.985}
-    assert verdict_of(r4(small_cost, falling), R4_RATE)["verdict"] == verdicts.SUPPORTED
+    assert verdict_of(r4(small_cost, falling), R4_RATE)["verdict"] == decision.SUPPORTED
     big_cost = {("dropout", 0.8): 0.96, ("BN+dropout", 0.8): 0.985}
-    assert verdict_of(r4(big_cost, falling), R4_RATE)["verdict"] == verdicts.CONTRADICTED
+    assert verdict_of(r4(big_cost, falling), R4_RATE)["verdict"] == decision.CONTRADICTED
 
 
 # ---------------------------------------------------------------- R5
@@ -284,14 +284,14 @@ def test_r5_framework_speed_and_batch_size():
         return verdict_of(Tables(results, forward_times=forward, step_times=steps), claim)
 
     both = r5(forward_rows(6.0), fast_steps)
-    assert both["verdict"] == verdicts.SUPPORTED
+    assert both["verdict"] == decision.SUPPORTED
     assert "forward time per image" in both["effect (95 % CI)"] and "training step, batch 128: 3.5" in both[
         "effect (95 % CI)"]
     # each part alone can sink the claim: a slow forward pass, or training that is not 2x faster
-    assert r5(forward_rows(0.8), fast_steps)["verdict"] == verdicts.CONTRADICTED
-    assert r5(forward_rows(6.0), step_rows({16: 6.0, 32: 5.0, 64: 1.2, 128: 1.1}))["verdict"] == verdicts.CONTRADICTED
+    assert r5(forward_rows(0.8), fast_steps)["verdict"] == decision.CONTRADICTED
+    assert r5(forward_rows(6.0), step_rows({16: 6.0, 32: 5.0, 64: 1.2, 128: 1.1}))["verdict"] == decision.CONTRADICTED
     near = r5(forward_rows(6.0), step_rows({16: 6.0, 32: 5.0, 64: 4.0, 128: 2.0}, rounds=4, noise=0.3))
-    assert near["verdict"] == verdicts.INCONCLUSIVE and "timing rounds" in near["to decide"]
+    assert near["verdict"] == decision.INCONCLUSIVE and "timing rounds" in near["to decide"]
     # without the training-step table (or without one of R5's batch sizes) the claim is not judged
     assert r5(forward_rows(6.0), pd.DataFrame())["verdict"] == verdicts.NOT_JUDGED
     assert r5(forward_rows(6.0), step_rows({16: 6.0, 32: 5.0, 64: 4.0}))["verdict"] == verdicts.NOT_JUDGED
@@ -300,7 +300,7 @@ def test_r5_framework_speed_and_batch_size():
         dict(model_id=f"{a}{b}-{s}", seed=s, epoch=5, batch_size=b, arch=a,
              test_acc=(0.99 if b == 64 else 0.985) - (0.05 if a == "mlp" else 0) + rng.normal(0, 0.0005))
         for a in ("lenet5", "mlp") for b in (16, 32, 64, 128) for s in range(4)])
-    assert verdict_of(Tables(batches), "Batch 64 gives the best test accuracy")["verdict"] == verdicts.SUPPORTED
+    assert verdict_of(Tables(batches), "Batch 64 gives the best test accuracy")["verdict"] == decision.SUPPORTED
 
 
 # ---------------------------------------------------------------- the scorecard

@@ -18,12 +18,12 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.transforms import blended_transform_factory
 
-from lenet_lib.summary import scorecard, verdicts
+from lenet_lib.summary import decision, scorecard, verdicts
 
 GREEN, ORANGE, PURPLE, GREY = "#1b9e77", "#d95f02", "#7570b3", "#6b6b6b"
 # outcome -> (colour, marker, face): filled, cross, hollow and hollow diamond tell them apart without colour
-OUTCOME = {verdicts.SUPPORTED: (GREEN, "o", GREEN), verdicts.CONTRADICTED: (ORANGE, "X", ORANGE),
-           verdicts.INCONCLUSIVE: (PURPLE, "o", "white"), verdicts.SMOKE: (GREY, "D", "white")}
+OUTCOME = {decision.SUPPORTED: (GREEN, "o", GREEN), decision.CONTRADICTED: (ORANGE, "X", ORANGE),
+           decision.INCONCLUSIVE: (PURPLE, "o", "white"), verdicts.SMOKE: (GREY, "D", "white")}
 RESULT = {scorecard.REPRODUCED: (GREEN, "D", GREEN), scorecard.NOT_REPRODUCED: (ORANGE, "X", ORANGE),
           "not scored": (GREY, "D", "white")}
 REGION, INTERVAL = "#dcdcdc", "#9ecae1"

@@ -12,7 +12,7 @@ import math
 import pandas as pd
 
 from lenet_lib.analysis.tidy import Tables
-from lenet_lib.summary import scorecard, verdicts
+from lenet_lib.summary import decision, scorecard, verdicts
 
 PART_COLUMNS = ["report", "claim", "protocol", "verdict", "part", "effect (95 % CI)", "n", "test", "pairing",
                 "to decide", "note"]
@@ -23,7 +23,7 @@ CLAIM_LEVEL = ["report", "claim", "protocol", "verdict", "pairing", "to decide",
                "design"]
 
 
-def _region(part: verdicts.Part) -> tuple[float, float]:
+def _region(part: decision.Part) -> tuple[float, float]:
     """The interval the claim puts the effect in."""
     if part.kind == "greater":
         return part.threshold, math.inf
@@ -34,9 +34,9 @@ def _region(part: verdicts.Part) -> tuple[float, float]:
 
 def _outcome(outcomes: list[str]) -> str:
     """Parts that test one estimate (R4's "BN - plain" is > 0 and < 1 point) read as one, like decide()."""
-    if verdicts.CONTRADICTED in outcomes:
-        return verdicts.CONTRADICTED
-    return verdicts.SUPPORTED if all(o == verdicts.SUPPORTED for o in outcomes) else verdicts.INCONCLUSIVE
+    if decision.CONTRADICTED in outcomes:
+        return decision.CONTRADICTED
+    return decision.SUPPORTED if all(o == decision.SUPPORTED for o in outcomes) else decision.INCONCLUSIVE
 
 
 def _judgements(tables, skipped: dict | None):
@@ -44,7 +44,7 @@ def _judgements(tables, skipped: dict | None):
     tables = tables if isinstance(tables, Tables) else Tables(tables)
     for claim in verdicts.CLAIMS:
         if (skipped or {}).get(claim.protocol):
-            yield claim, verdicts.Judgement(verdicts.NOT_JUDGED, note=skipped[claim.protocol])
+            yield claim, decision.Judgement(verdicts.NOT_JUDGED, note=skipped[claim.protocol])
         else:
             yield claim, verdicts.judge_claim(claim, tables, claim.protocol)
 
@@ -71,7 +71,7 @@ def claim_parts(tables, *, smoke: bool = False, skipped: dict | None = None,
         if design:
             common.update(staged.design_text(state, design["looks"], design["stages_run"]) if state else
                           dict.fromkeys(staged.DESIGN_COLUMNS, ""))
-        groups: dict[str, list[verdicts.Part]] = {}
+        groups: dict[str, list[decision.Part]] = {}
         for part in judgement.parts:
             groups.setdefault(part.label, []).append(part)
         if not groups:

@@ -14,8 +14,8 @@ import math
 import pandas as pd
 
 from lenet_lib.analysis import sequential
-from lenet_lib.summary.verdicts import (CLAIMS, CONTRADICTED, INCONCLUSIVE, NOT_JUDGED, SUPPORTED, Claim,
-                                        judge_claim, pairing, sample_sizes)
+from lenet_lib.summary.decision import CONTRADICTED, INCONCLUSIVE, SUPPORTED
+from lenet_lib.summary.verdicts import CLAIMS, NOT_JUDGED, Claim, judge_claim, pairing, sample_sizes
 
 DESIGN_COLUMNS = ["decided at", "boundary", "design"]
 SINGLE = "single look"      # a claim whose notebook has no seeds to add (its runs ran once)
