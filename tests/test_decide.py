@@ -14,7 +14,7 @@ from lenet_lib.analysis import sequential
 from lenet_lib.analysis.tidy import Tables
 from lenet_lib.running import decide
 from lenet_lib.running.cli import main
-from lenet_lib.running.params import ConfigError
+from lenet_lib.running.checks import ConfigError
 from lenet_lib.summary import staged, verdicts
 from lenet_lib.summary.decision import accuracy_difference, decide as decide_parts
 from lenet_lib.summary.verdicts import Claim, _better

@@ -19,7 +19,8 @@ from lenet_lib.analysis.tidy import Tables
 from lenet_lib.running import runner
 from lenet_lib.running.cli import main
 from lenet_lib.running.index import protocols as index_protocols
-from lenet_lib.running.params import ConfigError, load_params, load_profiles, select
+from lenet_lib.running.checks import ConfigError
+from lenet_lib.running.params import load_params, load_profiles, select
 from lenet_lib.summary import scorecard
 
 def _indent(block: str) -> str:

@@ -20,7 +20,8 @@ from fixtures.runner_project import add_broken, add_sleepy, make_project, run_di
 from lenet_lib.base import datafiles
 from lenet_lib.base.kernel_path import cpu_kernel_path, planned_kernel_path
 from lenet_lib.analysis import results
-from lenet_lib.running.params import ConfigError, load_params, load_profiles, select
+from lenet_lib.running.checks import ConfigError
+from lenet_lib.running.params import load_params, load_profiles, select
 from lenet_lib.running.runner import plan
 
 REPO = Path(__file__).resolve().parents[1]

@@ -21,7 +21,8 @@ from lenet_lib.analysis import results
 from lenet_lib.base import files
 from lenet_lib.running import runner
 from lenet_lib.running.cli import main
-from lenet_lib.running.params import ConfigError, load_params, load_profiles, select
+from lenet_lib.running.checks import ConfigError
+from lenet_lib.running.params import load_params, load_profiles, select
 from lenet_lib.running.runner import is_done, plan, report
 
 

@@ -149,7 +149,8 @@ def test_report_loaders_are_the_reports_data_path():
 
 
 def test_a_time_figures_timing_key_is_checked():
-    from lenet_lib.running.params import ConfigError, _check_figures
+    from lenet_lib.running.checks import ConfigError
+    from lenet_lib.running.published import _check_figures
     figure = {"figure": "BN / plain", "value": 94.86, "reference": 84.17, "metric": "time_ratio",
               "where": {"variant": "BN"}, "versus": {"variant": "plain"}}
     assert _check_figures("R4", [{**figure, "timing": "steps"}, figure])      # epochs by default

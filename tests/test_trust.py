@@ -21,7 +21,8 @@ from lenet_lib.analysis import results
 from lenet_lib.analysis.tidy import Tables
 from lenet_lib.base import datafiles, kernel_path
 from lenet_lib.running import runner
-from lenet_lib.running.params import ConfigError, load_params, load_profiles, select
+from lenet_lib.running.checks import ConfigError
+from lenet_lib.running.params import load_params, load_profiles, select
 from lenet_lib.summary import report, scorecard
 
 REPO = Path(__file__).resolve().parents[1]
@@ -278,7 +279,7 @@ def test_published_figures_are_checked(tmp_path, figure, message):
 def test_where_takes_the_values_a_list_parameter_runs():
     params = load_params(REPO / "params", REPO / "notebooks")       # every published figure of params/ passes
     assert params["dropout_sweep"].presets["R4"]["published"]
-    from lenet_lib.running.params import where_columns
+    from lenet_lib.running.published import where_columns
     nb = params["dropout_sweep"]
     columns = where_columns(nb.defaults, {"dropouts": [0.1, 0.5]}, {})
     assert columns["dropout"] == (0.1, 0.5, 0.0) and columns["batch_size"] is None

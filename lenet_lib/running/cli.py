@@ -7,10 +7,11 @@ import sys
 import threading
 
 from lenet_lib.running import decide
+from lenet_lib.running.checks import PROFILES, ConfigError
+from lenet_lib.running.commands import list_notebooks, refresh_notebooks
 from lenet_lib.running.decide import DECIDE
 from lenet_lib.running.executors import ExecutorError
-from lenet_lib.running.commands import list_notebooks, refresh_notebooks
-from lenet_lib.running.runner import PROFILES, ConfigError, report
+from lenet_lib.running.runner import report
 
 
 def _names(text: str | None) -> list[str] | None:

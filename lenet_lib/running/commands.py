@@ -7,9 +7,10 @@ import sys
 import threading
 from pathlib import Path
 
+from lenet_lib.running.checks import PROFILES, ConfigError, did_you_mean, expand, listing
 from lenet_lib.running.executors import describe_error, refresh_notebook
-from lenet_lib.running.params import PROFILES, ConfigError, did_you_mean, expand, listing, load_params
 from lenet_lib.running.index import _short
+from lenet_lib.running.params import load_params
 from lenet_lib.running.runner import REPO_ROOT, SUMMARY, default_jobs, kernel_threads
 from lenet_lib.running.workers import LocalExecutor
 

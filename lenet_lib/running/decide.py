@@ -34,9 +34,9 @@ from lenet_lib.analysis.sequential import check_looks
 from lenet_lib.analysis.tidy import TABLES, Tables
 from lenet_lib.base import progress
 from lenet_lib.running import runner
+from lenet_lib.running.checks import PROFILES, ConfigError, listing
 from lenet_lib.running.index import index_entries, protocols, summary_line, write_index
-from lenet_lib.running.params import PROFILES, PROFILES_FILE, ConfigError, listing, load_params, load_profiles, \
-    read_yaml, select
+from lenet_lib.running.params import PROFILES_FILE, load_params, load_profiles, read_yaml, select
 from lenet_lib.summary import staged
 from lenet_lib.summary.verdicts import CLAIMS
 

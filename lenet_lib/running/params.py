@@ -3,55 +3,31 @@
 Everything a user can get wrong here (YAML, keys, notebook and preset names, parameter names, types and
 values) raises ConfigError naming the bad thing and the valid ones, before anything runs.
 
-A preset declares its report's readings (`readings:`, ../READINGS_SCHEMA.md): named sets of parameters on top
-of the preset's, exactly one primary, each with `sources` (the report's lines) and `open` (why a choice was
-made where the report is silent). Each reading is its own block of runs: "preset R2" runs the primary
+A preset declares its report's readings (readings.py checks them) and published figures (published.py); the
+checks all of them share are in checks.py. Each reading is its own block of runs: "preset R2" runs the primary
 reading, "preset R2:as-intended" another one (the label after "preset " is the runs' protocol).
 """
 from __future__ import annotations
 
 import ast
-import difflib
-import itertools
-import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from lenet_lib.analysis.results import protocol_label
-from lenet_lib.analysis.tidy import VARIANT_ORDER
-from lenet_lib.base.choices import ARCHS, MODEL_DEFAULTS
-from lenet_lib.base.choices import TIMING_KINDS
 from lenet_lib.base.validate import check_parameters
+from lenet_lib.running.checks import (_UNKNOWN, INJECTED, PROFILES, ConfigError, _check_names, did_you_mean, expand,
+                                      listing)
+from lenet_lib.running.published import _check_figures, where_columns
+from lenet_lib.running.readings import _check_readings, _check_scales, _check_text_map
 
-PROFILES = ("quick", "default", "full")
 PROFILES_FILE = "profiles.yaml"         # params/profiles.yaml: how each profile runs the presets
 STAGED = "decide"       # its other block: the staged design of `--profile decide` (running/decide.py reads it)
 PROFILE_KEYS = ("verdicts", "protocol_parameters")
 FILE_KEYS = ("notebook", "title", "parameters", "profiles", "presets")
 BLOCK_KEYS = ("matrix", "parameters")
 PRESET_KEYS = ("matrix", "parameters", "profiles", "sources", "readings", "reading", "published")
-READING_KEYS = ("primary", "summary", "parameters", "sources", "open", "profiles", "run_at")
-LEGACY_READING = "as-read"      # the name of the one primary reading an old `reading:` text stands for
-READING_NAME = re.compile(r"[a-z0-9]+([-_][a-z0-9]+)*")     # a slug: it becomes part of a protocol label
-FIGURE_KEYS = ("figure", "value", "metric", "epoch", "where", "versus", "reference", "rounded", "note", "timing")
-METRICS = ("test_acc", "train_acc", "val_acc", "time_ratio", "forward_ratio", "parameters")
-RATIO_METRICS = ("time_ratio", "forward_ratio")
-INJECTED = ("output_dir", "run_id")       # set by the runner for every run
-# Columns a figure's where/versus may name beside the notebook's parameters and `variant`: what every
-# training row carries (core/train.py: TrainSpec's fields, the data split's, device, precision, kernels),
-# the timing table's (label, implementation) and the layers table's (model, layer, type, part).
-WHERE_COLUMNS = (*MODEL_DEFAULTS, "arch", "optimizer", "lr", "momentum", "weight_decay", "batch_size", "epochs",
-                 "seed", "model_id", "dataset", "train_size", "val_size", "test_size", "input_size", "resize",
-                 "normalize", "split_seed", "device", "precision", "kernels", "status", "stage", "framework",
-                 "label", "implementation", "model", "layer", "type", "part")
-_UNKNOWN = object()     # a default that is not a literal (e.g. 2 ** 10): its type is not checked
-
-
-class ConfigError(ValueError):
-    """A user error in params/, on the command line or in a notebook's parameters cell."""
 
 
 @dataclass
@@ -75,15 +51,6 @@ class Profile:
     name: str
     verdicts: bool                  # False: a smoke run, whose claims table gives no verdicts
     protocol_parameters: dict       # applied to a preset's runs where the notebook has the parameter
-
-
-def listing(values) -> str:
-    return ", ".join(map(str, values)) or "(none)"
-
-
-def did_you_mean(name, valid) -> str:
-    close = difflib.get_close_matches(str(name), list(map(str, valid)), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -134,46 +101,6 @@ def notebook_defaults(path: Path) -> dict:
     return defaults
 
 
-def _check_type(where: str, name: str, value, default) -> None:
-    """value must have the type of the notebook's default (an int is fine for a float).
-
-    A None default takes anything; a None value passes too (null means "all" or "off", e.g.
-    train_size: null), and check_parameters decides whether the parameter allows it.
-    """
-    if default is None or default is _UNKNOWN or value is None:
-        return
-    if isinstance(default, bool) or isinstance(value, bool):
-        ok = isinstance(default, bool) and isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, (int, float))
-    elif isinstance(default, (list, tuple)):
-        ok = isinstance(value, (list, tuple))
-    else:
-        ok = isinstance(value, type(default))
-    if not ok:
-        hint = ""
-        if isinstance(value, str):
-            try:
-                float(value)
-                hint = " (YAML reads numbers like 1e-3 as strings: write 1.0e-3)"
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: {name}={value!r} has type {type(value).__name__}, but the notebook's "
-                          f"default {default!r} has type {type(default).__name__}{hint}")
-
-
-def _check_names(where: str, parameters: dict, defaults: dict, nb_path: Path) -> None:
-    """Every name is in the notebook's parameters cell (and not injected), every value of its type."""
-    for name, value in parameters.items():
-        if name in INJECTED:
-            raise ConfigError(f"{where}: {name} is set by the runner; remove it")
-        if name not in defaults:
-            raise ConfigError(f"{where}: parameter {name!r} is not in the parameters cell of {nb_path}"
-                              f"{did_you_mean(name, defaults)}; valid names: "
-                              f"{listing(sorted(set(defaults) - set(INJECTED)))}")
-        _check_type(where, name, value, defaults[name])
-
-
 def _check_block(file: Path, label: str, block, defaults: dict, fixed: dict, nb_path: Path,
                  keys=BLOCK_KEYS) -> dict:
     """Check one profile/preset block; return it as {"matrix": {...}, "parameters": {...}} (and, for a
@@ -200,183 +127,6 @@ def _check_block(file: Path, label: str, block, defaults: dict, fixed: dict, nb_
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from None
     return {**block, "matrix": matrix, "parameters": parameters}
-
-
-def where_columns(defaults: dict, parameters: dict, matrix: dict, *more: dict) -> dict:
-    """{column: its valid values, or None for any value of a valid type} that a figure's where/versus may
-    name: the notebook's parameters, the columns every training row and run table carries (WHERE_COLUMNS)
-    and `variant`. A column whose values a list parameter of the preset enumerates (dropout: dropouts,
-    batch_size: batch_sizes, ...) takes those values or the model's default; variant and arch their names."""
-    columns = {name: None for name in [*defaults, *WHERE_COLUMNS] if name not in INJECTED}
-    columns.update(variant=tuple(VARIANT_ORDER), arch=tuple(ARCHS))
-    merged = {**defaults, **parameters}
-    for name in list(columns):     # more: the readings' own parameters, each a set of runs of the preset
-        lists = [merged.get(f"{name}s")] + list(matrix.get(f"{name}s", [])) + [m.get(f"{name}s") for m in more]
-        values = [v for values in lists if isinstance(values, (list, tuple)) for v in values]
-        if values:
-            columns[name] = tuple(dict.fromkeys([*values, *([MODEL_DEFAULTS[name]] if name in MODEL_DEFAULTS else [])]))
-    return columns
-
-
-def _same(a, b) -> bool:
-    """Equal as the scorecard compares them (tidy.matches): numbers within float rounding, True is not 1."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return a is b
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
-    return a == b
-
-
-def _check_where(at: str, key: str, where: dict, columns: dict) -> None:
-    for column, value in where.items():
-        if column not in columns:
-            raise ConfigError(f"{at}: {key} names column {column!r}, which no run of this notebook has"
-                              f"{did_you_mean(column, columns)}; valid columns: {listing(sorted(columns))}")
-        valid = columns[column]
-        if valid is not None and not any(_same(value, v) for v in valid):
-            raise ConfigError(f"{at}: {key}: {column}={value!r} is not a value this preset's runs have; "
-                              f"choose one of {listing(valid)}{did_you_mean(value, valid)}")
-        try:
-            check_parameters({column: value})
-        except ValueError as exc:
-            raise ConfigError(f"{at}: {key}: {exc}") from None
-
-
-def _check_figures(where: str, figures, columns: dict | None = None) -> list[dict]:
-    """A preset's published figures (the reproduction scorecard's rows): keys, metrics and values; with
-    `columns` (where_columns), the columns and values their where/versus name."""
-    if figures is None:
-        return []
-    if not isinstance(figures, list):
-        raise ConfigError(f"{where}: published must be a list of figures")
-    for i, figure in enumerate(figures):
-        at = f"{where}: published[{i}]"
-        if not isinstance(figure, dict):
-            raise ConfigError(f"{at}: expected a mapping with keys {listing(FIGURE_KEYS)}")
-        unknown = [k for k in figure if k not in FIGURE_KEYS]
-        if unknown:
-            raise ConfigError(f"{at}: unknown key(s) {listing(unknown)}; valid keys: {listing(FIGURE_KEYS)}")
-        for key in ("figure", "value", "metric"):
-            if key not in figure:
-                raise ConfigError(f"{at}: {key} is required")
-        if figure["metric"] not in METRICS:
-            raise ConfigError(f"{at}: metric={figure['metric']!r} is not valid; choose one of {listing(METRICS)}"
-                              f"{did_you_mean(figure['metric'], METRICS)}")
-        numbers = ["value"] + [k for k in ("reference", "rounded") if k in figure]
-        for key in numbers:
-            value = figure[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
-                raise ConfigError(f"{at}: {key}={value!r} is not valid; expected a finite number >= 0")
-            if figure["metric"].endswith("_acc") and value > 1:
-                hint = f" ({value:g} % is {value / 100:g})" if value <= 100 else ""
-                raise ConfigError(f"{at}: {key}={value!r} is not valid for {figure['metric']}: accuracies are "
-                                  f"fractions in [0, 1]{hint}")
-        ratio = figure["metric"] in RATIO_METRICS
-        if ratio != ("reference" in figure):
-            raise ConfigError(f"{at}: metric {figure['metric']} " + (
-                "needs reference (the published value of the variant it is divided by)" if ratio else
-                "takes no reference (only time_ratio and forward_ratio do)"))
-        for key in ("where", "versus"):
-            if not isinstance(figure.get(key, {}), dict):
-                raise ConfigError(f"{at}: {key} must map column names to values")
-            if columns is not None:
-                _check_where(at, key, figure.get(key, {}), columns)
-        if figure["metric"] == "time_ratio" and "versus" not in figure:
-            raise ConfigError(f"{at}: metric time_ratio needs versus (the variant it is divided by)")
-        if "timing" in figure and (figure["metric"] != "time_ratio" or figure["timing"] not in TIMING_KINDS):
-            raise ConfigError(f"{at}: timing={figure['timing']!r} is not valid; only a time_ratio figure takes "
-                              f"it, one of {listing(TIMING_KINDS)}")
-        epoch = figure.get("epoch", "final")
-        if epoch not in ("final", "best") and not (isinstance(epoch, int) and not isinstance(epoch, bool)
-                                                   and epoch >= 1):
-            raise ConfigError(f"{at}: epoch={epoch!r} is not valid; expected 'final', 'best' or an epoch "
-                              f"number >= 1")
-    return figures
-
-
-def _check_text_map(where: str, key: str, value) -> dict:
-    """sources / open: a mapping of detail name -> text."""
-    value = {} if value is None else value
-    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) and v.strip()
-                                              for k, v in value.items()):
-        raise ConfigError(f"{where}: {key} must map detail names to text (e.g. lr: \"R2 l.755\"), got {value!r}")
-    return {k: " ".join(v.split()) for k, v in value.items()}
-
-
-def _check_scales(where: str, scales, defaults: dict, nb_path: Path) -> dict:
-    """profiles: {profile: parameters} for some of the profiles, each name in the notebook."""
-    scales = scales or {}
-    if not isinstance(scales, dict) or any(p not in PROFILES for p in scales):
-        raise ConfigError(f"{where}: profiles must map some of {listing(PROFILES)} to parameters")
-    for profile_name, overrides in scales.items():
-        if not isinstance(overrides, dict):
-            raise ConfigError(f"{where}: profiles.{profile_name} must be a mapping of name: value")
-        _check_names(f"{where}: profiles.{profile_name}", overrides, defaults, nb_path)
-    return scales
-
-
-def _check_readings(where: str, preset: dict, defaults: dict, fixed: dict, nb_path: Path) -> dict:
-    """The preset's readings, checked, primary first: {name: {"primary", "summary", "parameters",
-    "sources", "open", "profiles"}}. An old `reading:` text is one primary reading named as-read."""
-    if "reading" in preset and "readings" in preset:
-        raise ConfigError(f"{where}: give readings (one or more named readings) or the old reading text, "
-                          f"not both")
-    if "readings" not in preset:
-        text = preset.get("reading") or ""
-        if not isinstance(text, str):
-            raise ConfigError(f"{where}: reading must be text")
-        given = {LEGACY_READING: {"primary": True, "summary": text}}
-    else:
-        given = preset["readings"]
-        if not isinstance(given, dict) or not given:
-            raise ConfigError(f"{where}: readings must map reading names to readings (keys "
-                              f"{listing(READING_KEYS)}), one of them primary: true")
-    readings = {}
-    for name, reading in given.items():
-        at = f"{where}: reading {name!r}"
-        if not isinstance(name, str) or not READING_NAME.fullmatch(name):
-            raise ConfigError(f"{where}: reading name {name!r} is not valid; expected a slug of lowercase "
-                              f"letters and digits joined by - or _ (e.g. as-printed)")
-        if not isinstance(reading, dict):
-            raise ConfigError(f"{at}: expected a mapping with keys {listing(READING_KEYS)}")
-        unknown = [k for k in reading if k not in READING_KEYS]
-        if unknown:
-            raise ConfigError(f"{at}: unknown key(s) {listing(unknown)}; valid keys: {listing(READING_KEYS)}")
-        primary, summary = reading.get("primary", False), reading.get("summary")
-        if not isinstance(primary, bool):
-            raise ConfigError(f"{at}: primary={primary!r} is not valid; expected true or false")
-        if not isinstance(summary, str) or (not summary.strip() and "readings" in preset):
-            raise ConfigError(f"{at}: summary is required: one paragraph of text saying what this reading is "
-                              f"and why")
-        parameters = reading.get("parameters") or {}
-        if not isinstance(parameters, dict):
-            raise ConfigError(f"{at}: parameters must be a mapping of name: value")
-        _check_names(at, parameters, defaults, nb_path)
-        in_matrix = [k for k in parameters if k in preset["matrix"]]
-        if in_matrix:
-            raise ConfigError(f"{at}: {listing(in_matrix)} is in the preset's matrix, which a reading cannot "
-                              f"override; move it out of the matrix or into every reading's parameters")
-        for combination in expand(preset["matrix"]):
-            try:
-                check_parameters({**fixed, **preset["parameters"], **parameters, **combination})
-            except ValueError as exc:
-                raise ConfigError(f"{at}: {exc}") from None
-        run_at = reading.get("run_at", list(PROFILES))
-        if (not isinstance(run_at, list) or not run_at or any(p not in PROFILES for p in run_at)
-                or (primary and set(run_at) != set(PROFILES))):
-            raise ConfigError(f"{at}: run_at={run_at!r} is not valid; expected a non-empty list of "
-                              f"{listing(PROFILES)} (the primary reading runs at every profile)")
-        readings[name] = {"primary": primary, "summary": " ".join(summary.split()), "parameters": parameters,
-                          "run_at": [p for p in PROFILES if p in run_at],
-                          "sources": _check_text_map(at, "sources", reading.get("sources")),
-                          "open": _check_text_map(at, "open", reading.get("open")),
-                          "profiles": _check_scales(at, reading.get("profiles"), defaults, nb_path)}
-    primaries = [name for name, reading in readings.items() if reading["primary"]]
-    if len(primaries) != 1:
-        what = "none is" if not primaries else f"{len(primaries)} are ({listing(primaries)})"
-        raise ConfigError(f"{where}: exactly one reading must be primary: true (declared before any run); "
-                          f"{what}; readings: {listing(readings)}")
-    return {name: readings[name] for name in sorted(readings, key=lambda n: not readings[n]["primary"])}
 
 
 def load_notebook_params(file: Path, notebooks_dir: Path) -> NotebookParams:
@@ -510,11 +260,6 @@ def run_parameters(nb: NotebookParams, label: str, profile: str, profiles: dict[
                 raise ConfigError(f"{where}: {exc}") from None
         runs.append(parameters)
     return runs
-
-
-def expand(matrix: dict) -> list[dict]:
-    """The cartesian product of the matrix, in file order: one dict per run."""
-    return [dict(zip(matrix, values)) for values in itertools.product(*matrix.values())]
 
 
 def select(params: dict[str, NotebookParams], only, profile, preset) -> list[tuple[NotebookParams, str]]:

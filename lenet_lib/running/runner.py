@@ -21,11 +21,12 @@ from lenet_lib.base import datafiles, files, progress
 from lenet_lib.base.validate import check_sizes
 from lenet_lib.base.kernel_path import planned_kernel_path, why_no_c_kernels
 from lenet_lib.analysis import results
+from lenet_lib.running.checks import PROFILES, ConfigError, listing
 from lenet_lib.running.executors import RunTask, cpu_count, describe_error, execute_run, run_papermill, \
     set_kernel_environment
 from lenet_lib.running.index import _short, index_entries, protocols, summary_line, write_index
+from lenet_lib.running.params import load_params, load_profiles, run_parameters, select
 from lenet_lib.running.workers import DaskExecutor, LocalExecutor
-from lenet_lib.running.params import PROFILES, ConfigError, listing, load_params, load_profiles, run_parameters, select
 
 LIBRARY_DIR = Path(__file__).resolve().parents[1]
 REPO_ROOT = LIBRARY_DIR.parent
