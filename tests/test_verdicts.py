@@ -437,3 +437,14 @@ def test_scorecard_ratios_parameters_and_missing_presets():
     assert smoke.loc["c1", "result"] == scorecard.REPRODUCED and smoke.loc["total", "result"].startswith(
         scorecard.NOT_REPRODUCED)
     assert smoke.loc["plain", "result"].startswith("not covered")      # R3 not skipped here, but no rows
+
+
+def test_an_accuracy_interval_that_holds_every_accuracy_is_not_scored():
+    # two seeds that disagree (one trains, one is stuck at chance): t with 1 df spans all of [0, 1]
+    figure = {"figure": "SGD test acc", "value": 0.9593, "metric": "test_acc"}
+    result = scorecard.score(figure, pd.Series([0.98, 0.88]))
+    assert result["result"] == ("not scored: our interval holds every accuracy from 0 to 1 (2 seeds that "
+                                "disagree); more seeds")
+    # the same figure with seeds that agree is scored
+    assert scorecard.score(figure, pd.Series([0.958, 0.961, 0.960]))["result"] == scorecard.REPRODUCED
+    assert scorecard.score(figure, pd.Series([0.90, 0.901, 0.902]))["result"].startswith(scorecard.NOT_REPRODUCED)

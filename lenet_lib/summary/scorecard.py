@@ -115,6 +115,10 @@ def score(figure: dict, values: pd.Series, resolution: float | None = None) -> d
     if not sd > 0:
         return {"mean": mean, "lo": lo, "hi": hi, "n": n,
                 "result": "not scored: every value is the same, and its rounding is not known"}
+    if figure["metric"].endswith("_acc") and lo <= 0.0 and hi >= 1.0:     # it holds every accuracy: says nothing
+        return {"mean": mean, "lo": lo, "hi": hi, "n": n,
+                "result": f"not scored: our interval holds every accuracy from 0 to 1 ({n} seeds that disagree); "
+                          f"more seeds"}
     if high >= lo and low <= hi:
         return {"mean": mean, "lo": lo, "hi": hi, "n": n, "result": REPRODUCED}
     nearest = low if low > hi else high
