@@ -123,8 +123,10 @@ def test_the_browser_check_fails_when_the_findings_or_a_figure_go_missing(quick,
 
 def test_the_fast_path_switched_off_computes_the_same_report(quick, tmp_path):
     """LENET_FAST=0 (issue 36): R1's and R4's presets of the same quick report with torch's own layers only,
-    against the fast path's numbers above: the same runs and configurations, accuracies within float rounding
-    (one test image in 1,000 either way after an epoch of summed float differences), kernels "torch"."""
+    against the fast path's models above, model by model: the same runs and models, rows saying kernels
+    "torch", and final train and test losses equal to float rounding grown over an epoch of steps (the
+    largest seen: 0.3 % relative, BN on raw 0-255 pixels). Accuracies are not compared: after one epoch on
+    2,000 images many test images sit on a decision boundary, and a rounding difference moves up to 4 %."""
     outputs, env = tmp_path / "outputs", {**os.environ, "LENET_FAST": "0"}
     for preset in ("R1", "R4"):
         done = subprocess.run([sys.executable, "-m", "lenet_lib", "report", "--profile", "quick", "--preset", preset,
@@ -132,10 +134,12 @@ def test_the_fast_path_switched_off_computes_the_same_report(quick, tmp_path):
                               timeout=900, env=env)
         assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     tidy, _ = results.read_runs([p.parent for p in outputs.glob("runs/*/*/manifest.json")])
-    on_rows = quick["tables"].results
-    on_rows = on_rows[on_rows["protocol"].isin(["R1", "R4"]) | on_rows["protocol"].str.startswith("R4:", na=False)]
-    assert set(tidy["kernels"]) == {"torch"} and set(on_rows["kernels"]) == {"c"}
-    off, on = final_accuracies(tidy), final_accuracies(on_rows)
-    assert sorted(off) == sorted(on) and len(on) >= 8, (sorted(off), sorted(on))
-    moved = {k: (on[k], off[k]) for k in on if abs(on[k] - off[k]) > 0.0021}
-    assert not moved, f"the fast path off moved final accuracies past float rounding: {moved}"
+    on = quick["tables"].results
+    on = on[on["protocol"].isin(["R1", "R4"]) | on["protocol"].str.startswith("R4:", na=False)]
+    assert set(tidy["kernels"]) == {"torch"} and set(on["kernels"]) == {"c"}
+    keys = ["protocol", "model_id"]
+    off, on = final_epoch(tidy).set_index(keys).sort_index(), final_epoch(on).set_index(keys).sort_index()
+    assert list(off.index) == list(on.index) and len(on) >= 40
+    for column in ("train_loss", "test_loss"):
+        relative = ((off[column] - on[column]).abs() / on[column].abs()).max()
+        assert relative < 5e-3, f"{column} moved by {relative:.2%} with the fast path off"
