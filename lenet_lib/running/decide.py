@@ -12,8 +12,9 @@ decided, and a preset stops getting seeds when none of its claims is open. Only 
 blocks that some claim judges run (a claim judges nothing else); a block without seeds to add (numpy_vs_torch)
 runs once and its claim gets one look at the 5 % level.
 
-The budget: no stage starts that would not finish within it (estimated from the seconds per training image
-of the runs of the stage before, the jobs splitting them); a run that is running when the budget is spent is
+The budget: a preset's next stage starts only if it fits what is left (fit_budget: its runs' training images
+at its own earlier seconds per image, the jobs splitting them), cheapest preset first; a preset that does not fit
+stops at its last look while the others go on; a run that is running when the budget is spent is
 let finish, and is stopped only once the budget is exceeded by GRACE (a quarter of it), so an estimate that
 was a little short costs no work. The report is then written from what finished: a stage cut short is not
 judged (its look never happened), and its claims stay as the last complete look left them.
