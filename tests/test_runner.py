@@ -73,7 +73,7 @@ def test_report_end_to_end_cache_force_resume_and_failure(tmp_path, capsys):
     assert index["verdicts"] is False and index["protocols"] == {"P1": {"tiny": {
         "reading": "", "sources": {}, "published": [], "readings": [
             {"name": "as-read", "protocol": "P1", "primary": True, "summary": "", "parameters": {}, "sources": {},
-             "open": {}}]}}}
+             "open": {}, "run_at": ["quick", "default", "full"], "run": True}]}}}
     html = (out / "report.html").read_text()
     assert "SUMMARY: 3 runs, 6 rows, profile quick" in html
     assert "read_runs" not in html                             # code cells are hidden in the report
