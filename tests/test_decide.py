@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lenet_lib.analysis import sequential
+from lenet_lib.summary import sequential
 from lenet_lib.analysis.tidy import Tables
 from lenet_lib.running import decide
 from lenet_lib.running.cli import main
@@ -71,6 +71,7 @@ DESIGN = "quick: {verdicts: false}\ndefault: {}\nfull: {}\n"
     ("{looks: 3, cap: 6}", "looks=3 is not valid"),
     ("{looks: [3, 6], cap: 6, base: huge}", "base='huge' is not valid; choose one of quick, default, full"),
     ("{looks: [3, 6], cap: 6, stages: 4}", "unknown key"),
+    ("{looks: [3, 6], cap: 6, spending: linear}", "spending='linear' is not valid; choose one of obf, pocock"),
 ])
 def test_bad_design_is_refused(tmp_path, block, message):
     (tmp_path / "profiles.yaml").write_text(DESIGN + f"decide: {block}\n")
@@ -80,7 +81,8 @@ def test_bad_design_is_refused(tmp_path, block, message):
 
 def test_design_appends_the_cap_and_the_repository_declares_one():
     from lenet_lib.running.runner import REPO_ROOT
-    assert decide.load_design(REPO_ROOT / "params").looks == (3, 6, 12, 24)
+    design = decide.load_design(REPO_ROOT / "params")
+    assert design.looks == (3, 6, 12, 24) and design.spending == "pocock"
 
 
 def test_design_cap_becomes_the_last_look(tmp_path):
@@ -142,6 +144,9 @@ def test_the_design_columns_replace_the_fixed_n_verdict():
     assert shown.loc[0, "verdict"] == "supported"
     assert shown.loc[0, "decided at"].startswith("stage 2 of 3: n = 4 seeds")
     assert "one-sided p < " in shown.loc[0, "boundary"] and "O'Brien-Fleming" in shown.loc[0, "design"]
+    pocock = staged.with_design(table, {"looks": list(LOOKS), "stages_run": 3, "claims": [states[-1]],
+                                        "spending": "pocock"})
+    assert pocock.loc[0, "design"].startswith("Pocock-like alpha spending (Lan-DeMets)")
     assert staged.with_design(table, None) is table
     open_state = judge_stages([0.0, 0.0, 0.0])[-1]
     shown = staged.with_design(table, {"looks": list(LOOKS), "stages_run": 3, "claims": [open_state]})

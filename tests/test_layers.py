@@ -22,7 +22,7 @@ MAY_IMPORT = {
 TORCH_FREE = ["lenet_lib.base.choices", "lenet_lib.base.validate", "lenet_lib.base.datafiles",
               "lenet_lib.base.progress", "lenet_lib.base.files", "lenet_lib.analysis.results",
               "lenet_lib.analysis.tidy", "lenet_lib.analysis.stats", "lenet_lib.analysis.plots",
-              "lenet_lib.analysis.sweeps", "lenet_lib.analysis.time_ratios", "lenet_lib.analysis.sequential",
+              "lenet_lib.analysis.sweeps", "lenet_lib.analysis.time_ratios", "lenet_lib.summary.sequential",
               "lenet_lib.summary.verdicts", "lenet_lib.summary.staged", "lenet_lib.running.decide",
               "lenet_lib.summary.scorecard", "lenet_lib.summary.report", "lenet_lib.running.cli",
               "lenet_lib.numpy_ref", "lenet_lib.base.kernel_path", "lenet_lib.running.runner"]

@@ -1,4 +1,4 @@
-"""The group-sequential design (analysis/sequential.py): boundaries against published values, and by
+"""The group-sequential design (summary/sequential.py): boundaries against published values, and by
 simulation: wrong verdicts stay at 5 % over all looks, where stopping at the first p < 0.05 does not."""
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from lenet_lib.analysis import sequential as seq
+from lenet_lib.summary import sequential as seq
 
 LOOKS = seq.PLANNED_LOOKS           # 3, 6, 12, 24 seeds
 STUDIES = 4000
@@ -22,6 +22,17 @@ def test_boundaries_match_published_obrien_fleming_spending_values():
     assert seq.boundaries((24,), ALPHA) == pytest.approx([sps.norm.isf(ALPHA)])      # one look: the plain test
     levels = seq.nominal_levels(LOOKS)
     assert np.all(np.diff(levels) > 0) and levels[0] < 1e-6 and 0.04 < levels[-1] < ALPHA
+
+
+def test_pocock_like_boundaries_are_nearly_flat_at_pococks_constant():
+    # Lan-DeMets Pocock-like spending, 4 equally spaced looks, one-sided 0.025 (gsDesign's sfLDPocock):
+    # 2.368, 2.368, 2.358, 2.350, close to Pocock's constant boundary 2.361 (Jennison & Turnbull table 2.1)
+    assert seq.boundaries((2, 4, 6, 8), 0.025, "pocock") == pytest.approx([2.368, 2.368, 2.358, 2.350], abs=3e-3)
+    assert seq.pocock_spending(1.0, ALPHA) == pytest.approx(ALPHA)
+    pocock, obf = seq.nominal_levels(LOOKS, ALPHA, "pocock"), seq.nominal_levels(LOOKS, ALPHA, "obf")
+    assert pocock[0] > 1e5 * obf[0] and pocock[-1] < obf[-1]      # more at the first look, less at the cap
+    with pytest.raises(ValueError, match="spending='linear' is not valid; expected one of obf, pocock"):
+        seq.level_at(3, LOOKS, ALPHA, "linear")
 
 
 def test_planned_looks_double_up_to_the_cap():
@@ -48,7 +59,7 @@ def one_sided_p(d):
     return sps.t.sf(t, n - 1), sps.t.cdf(t, n - 1)
 
 
-def run_studies(effect, sd=1.0, seed=0, looks=LOOKS, margin=None):
+def run_studies(effect, sd=1.0, seed=0, looks=LOOKS, margin=None, spending="obf"):
     """Simulated studies of per-seed differences; at each look the sequential verdict (stopping once
     decided) and, on the same data, a naive one that stops at the first p < 0.05.
     Returns (supported, contradicted, naive_supported, look index where supported or -1)."""
@@ -60,14 +71,14 @@ def run_studies(effect, sd=1.0, seed=0, looks=LOOKS, margin=None):
     for k, n in enumerate(looks):
         if margin is None:       # "better": supported if mean > 0
             p_claim, p_against = one_sided_p(d[:, :n])
-            outcomes = seq.greater_outcome(p_claim, p_against, n, looks)
+            outcomes = seq.greater_outcome(p_claim, p_against, n, looks, ALPHA, spending)
         else:                    # "the same": TOST against +-margin
             above, _ = one_sided_p(d[:, :n] + margin)          # mean > -margin
             _, below = one_sided_p(d[:, :n] - margin)          # mean < +margin
             out_hi, _ = one_sided_p(d[:, :n] - margin)         # mean > +margin
             _, out_lo = one_sided_p(d[:, :n] + margin)         # mean < -margin
             p_claim = np.maximum(above, below)
-            outcomes = seq.equivalence_outcome(p_claim, np.minimum(out_hi, out_lo), n, looks)
+            outcomes = seq.equivalence_outcome(p_claim, np.minimum(out_hi, out_lo), n, looks, ALPHA, spending)
         fresh = outcome == "inconclusive"
         outcome[fresh] = outcomes[fresh]
         decided_at[fresh & (outcome != "inconclusive")] = k
@@ -75,20 +86,22 @@ def run_studies(effect, sd=1.0, seed=0, looks=LOOKS, margin=None):
     return outcome == "supported", outcome == "contradicted", naive, decided_at
 
 
-def test_better_claim_under_the_null_keeps_both_error_rates_and_naive_peeking_does_not():
-    supported, contradicted, naive, _ = run_studies(effect=0.0)
+@pytest.mark.parametrize("spending", ["obf", "pocock"])
+def test_better_claim_under_the_null_keeps_both_error_rates_and_naive_peeking_does_not(spending):
+    supported, contradicted, naive, _ = run_studies(effect=0.0, spending=spending)
     assert supported.mean() <= ALPHA + MC, supported.mean()          # false "supported"
     assert contradicted.mean() <= ALPHA + MC, contradicted.mean()    # false "contradicted" (mean < 0)
     assert naive.mean() > ALPHA + MC, naive.mean()                   # four peeks at 0.05: ~14 %
     assert supported.mean() > ALPHA - MC                             # and it spends what it may
 
 
-def test_equality_claim_at_the_margin_keeps_its_error_rate_and_naive_peeking_does_not():
+@pytest.mark.parametrize("spending", ["obf", "pocock"])
+def test_equality_claim_at_the_margin_keeps_its_error_rate_and_naive_peeking_does_not(spending):
     margin = 2.0                       # in units of one seed's spread: the other side is far
-    supported, _, naive, _ = run_studies(effect=margin, margin=margin, seed=1)
+    supported, _, naive, _ = run_studies(effect=margin, margin=margin, seed=1, spending=spending)
     assert supported.mean() <= ALPHA + MC, supported.mean()
     assert naive.mean() > ALPHA + MC, naive.mean()
-    _, contradicted, _, _ = run_studies(effect=margin, margin=margin, seed=2)
+    _, contradicted, _, _ = run_studies(effect=margin, margin=margin, seed=2, spending=spending)
     assert contradicted.mean() <= ALPHA / 2 + MC, contradicted.mean()    # "outside" spends alpha / 2 a side
 
 
@@ -105,7 +118,23 @@ def test_power_rises_with_the_stages_and_nearly_matches_one_test_at_the_cap():
     assert seeds < 0.95 * n, seeds      # stopping early saves seeds on average
 
 
-def test_holm_over_pairs_keeps_the_familywise_rate_at_each_look():
+def test_pocock_like_decides_a_clear_effect_at_the_first_looks_at_some_power_lost_at_the_cap():
+    effect = 1.5                       # a clear effect: 1.5 seeds' spreads
+    obf, _, _, obf_at = run_studies(effect=effect, seed=5)
+    pocock, contradicted, _, pocock_at = run_studies(effect=effect, seed=5, spending="pocock")
+    # by the second look (6 seeds): about 0.69 against 0.03 (one seed's t at 3 seeds is weak either way)
+    assert np.mean(pocock & (pocock_at <= 1)) > 0.5 > 0.1 > np.mean(obf & (obf_at <= 1))
+    assert contradicted.mean() < 0.001
+    seeds = {name: np.where(at >= 0, np.array(LOOKS)[at], LOOKS[-1]).mean()
+             for name, at in (("obf", obf_at), ("pocock", pocock_at))}
+    assert seeds["pocock"] < seeds["obf"], seeds
+    small, _, _, _ = run_studies(effect=0.55, seed=3, spending="pocock")
+    large, _, _, _ = run_studies(effect=0.55, seed=3)
+    assert small.mean() < large.mean()        # the price: less power at the cap for a small effect
+
+
+@pytest.mark.parametrize("spending", ["obf", "pocock"])
+def test_holm_over_pairs_keeps_the_familywise_rate_at_each_look(spending):
     studies, m = STUDIES // 2, 3
     d = np.random.default_rng(4).normal(0.0, 1.0, (studies, m, LOOKS[-1]))     # three true nulls a study
     p = [one_sided_p(d[:, :, :n].reshape(studies * m, n))[0].reshape(studies, m) for n in LOOKS]
@@ -113,7 +142,7 @@ def test_holm_over_pairs_keeps_the_familywise_rate_at_each_look():
     for study in range(studies):
         rejected = np.zeros(m, dtype=bool)
         for k, n in enumerate(LOOKS):
-            rejected = seq.holm_reject(p[k][study], n, LOOKS, ALPHA, np.flatnonzero(rejected))
+            rejected = seq.holm_reject(p[k][study], n, LOOKS, ALPHA, np.flatnonzero(rejected), spending)
         any_false += rejected.any()
     naive = np.any([pk < ALPHA / m for pk in p], axis=(0, 2))         # Bonferroni at every look, no spending
     mc = 3 * math.sqrt(ALPHA * (1 - ALPHA) / studies)

@@ -1,8 +1,9 @@
 """`python -m lenet_lib report --profile decide --budget 60m`: each preset's primary reading gets its seeds in
-stages until its claims are decided, with each claim's error rate kept (analysis/sequential.py).
+stages until its claims are decided, with each claim's error rate kept (summary/sequential.py).
 
 The design lives in params/profiles.yaml (`decide:`): the looks (seeds per variant, e.g. 3, 6, 12, 24), the
-cap, and the profile whose scale the first stage takes (`base`, default: its runs are reused as they are).
+cap, the alpha-spending function (`spending`: pocock or obf, summary/sequential.py), and the profile whose
+scale the first stage takes (`base`, default: its runs are reused as they are).
 Stage k runs the new seeds of look k (seeds 3..5 at the second look) as runs of their own (at most the
 base's seed count a run), so every cached
 seed is reused and a stage's runs have ids of their own; timing rounds grow in proportion to the seeds (the
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lenet_lib.analysis import results
-from lenet_lib.analysis.sequential import check_looks
+from lenet_lib.summary.sequential import DEFAULT_SPENDING, SPENDING, check_looks
 from lenet_lib.analysis.tidy import TABLES, Tables
 from lenet_lib.base import progress
 from lenet_lib.running import runner
@@ -42,7 +43,7 @@ from lenet_lib.summary import staged
 from lenet_lib.summary.verdicts import CLAIMS
 
 DECIDE = "decide"
-DESIGN_KEYS = ("base", "looks", "cap")
+DESIGN_KEYS = ("base", "looks", "cap", "spending")
 GRACE = 0.25            # a running run is stopped only when the budget is exceeded by this fraction of it
 BUDGET_UNITS = {"s": 1, "m": 60, "h": 3600}
 
@@ -55,6 +56,7 @@ class BudgetSpent(Exception):
 class Design:
     looks: tuple            # seeds per variant at each look; the last is the cap
     base: str               # the profile whose preset runs are the first stage
+    spending: str = DEFAULT_SPENDING    # the alpha-spending function (summary/sequential.py's SPENDING)
 
 
 def parse_budget(text) -> float:
@@ -74,17 +76,21 @@ def parse_budget(text) -> float:
 
 
 def load_design(params_dir: Path) -> Design:
-    """params/profiles.yaml's `decide:` block, checked: base (a profile), looks (increasing, each >= 2), cap."""
+    """params/profiles.yaml's `decide:` block, checked: base (a profile), looks (increasing, each >= 2), cap,
+    spending (a SPENDING name)."""
     path = Path(params_dir) / PROFILES_FILE
     block = read_yaml(path).get(DECIDE) if path.exists() else None
     where = f"{path}: {DECIDE}"
     if not isinstance(block, dict):
         raise ConfigError(f"{where}: missing; --profile decide needs a mapping with keys {listing(DESIGN_KEYS)}, "
-                          f"e.g. {{base: default, looks: [3, 6, 12, 24], cap: 24}}")
+                          f"e.g. {{base: default, looks: [3, 6, 12, 24], cap: 24, spending: pocock}}")
     unknown = [k for k in block if k not in DESIGN_KEYS]
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {listing(unknown)}; valid keys: {listing(DESIGN_KEYS)}")
     base, looks, cap = block.get("base", "default"), block.get("looks"), block.get("cap")
+    spending = block.get("spending", DEFAULT_SPENDING)
+    if spending not in SPENDING:
+        raise ConfigError(f"{where}: spending={spending!r} is not valid; choose one of {listing(SPENDING)}")
     if base not in PROFILES:
         raise ConfigError(f"{where}: base={base!r} is not valid; choose one of {listing(PROFILES)}")
     if not isinstance(looks, list) or not all(isinstance(n, int) and not isinstance(n, bool) for n in looks):
@@ -98,7 +104,7 @@ def load_design(params_dir: Path) -> Design:
     if looks[-1] > cap:
         raise ConfigError(f"{where}: looks {listing(n for n in looks if n > cap)} lie past the cap {cap}; "
                           f"the cap is the last look")
-    return Design(looks if looks[-1] == cap else looks + (cap,), base)
+    return Design(looks if looks[-1] == cap else looks + (cap,), base, spending)
 
 
 def stage_seeds(looks, stage: int) -> list[int]:
@@ -317,7 +323,7 @@ def report(budget, preset: str | None = None, only=None, jobs: int | None = None
                         halted.add(id(claim))
                     elif staged.is_open(state) and (stage == 1 or state["staged"]):
                         states[id(claim)] = staged.judge_at_look(claim, state, read_tables(runnable), stage,
-                                                                 design.looks)
+                                                                 design.looks, design.spending)
             else:
                 stopped = f"reached the cap ({design.looks[-1]} seeds)"
         all_tasks = [t for ts in by_block.values() for t in ts]
@@ -325,7 +331,8 @@ def report(budget, preset: str | None = None, only=None, jobs: int | None = None
         for entry in entries:
             if entry["run_id"] in stopped_by:
                 entry.update(status="stopped", error="stopped: the time budget was spent")
-        record = {"looks": list(design.looks), "cap": design.looks[-1], "base": design.base, "budget_s": seconds,
+        record = {"looks": list(design.looks), "cap": design.looks[-1], "spending": design.spending,
+                  "base": design.base, "budget_s": seconds,
                   "grace": GRACE, "elapsed_s": round(time.monotonic() - start, 1), "stages_run": len(stages),
                   "stopped": stopped, "stages": stages, "claims": [states[id(c)] for c in chosen]}
         index = {"profile": DECIDE, "preset": preset, "verdicts": True, "created": results.now(),

@@ -1,5 +1,5 @@
 """The claims judged in stages (`--profile decide`): after each stage, each open claim at that look's
-group-sequential boundary (analysis/sequential.py), a claim once decided staying decided; and the design
+group-sequential boundary (summary/sequential.py), a claim once decided staying decided; and the design
 columns the claims table shows for such a report.
 
 A claim's state is plain data (it is written to outputs/index.json under "decide"): its verdict, the stage
@@ -13,7 +13,7 @@ import math
 
 import pandas as pd
 
-from lenet_lib.analysis import sequential
+from lenet_lib.summary import sequential
 from lenet_lib.summary.decision import CONTRADICTED, INCONCLUSIVE, SUPPORTED
 from lenet_lib.summary.verdicts import CLAIMS, NOT_JUDGED, Claim, judge_claim, pairing, sample_sizes
 
@@ -38,9 +38,10 @@ def is_open(state: dict) -> bool:
     return state["verdict"] == INCONCLUSIVE
 
 
-def judge_at_look(claim: Claim, state: dict, tables, stage: int, looks) -> dict:
+def judge_at_look(claim: Claim, state: dict, tables, stage: int, looks,
+                  spending: str = sequential.DEFAULT_SPENDING) -> dict:
     """state after judging `claim` on `tables` (the runs of stages 1..stage) at look `stage` (1-based) of
-    `looks`; a decided claim is returned unchanged. A single-look claim is judged at alpha once."""
+    `looks`, its boundaries from the alpha-spending function `spending`; a decided claim is returned unchanged. A single-look claim is judged at alpha once."""
     if not is_open(state):
         return state
     judgement = judge_claim(claim, tables, claim.protocol)
@@ -57,10 +58,10 @@ def judge_at_look(claim: Claim, state: dict, tables, stage: int, looks) -> dict:
         p_values = [parts[i].p_values() for i in index]
         got = sequential.look_outcomes([parts[i].kind for i in index], [p for p, _ in p_values],
                                        [q for _, q in p_values], [parts[i].family for i in index], n, looks, alpha,
-                                       [before[i] for i in index])
+                                       [before[i] for i in index], spending)
         for i, outcome in zip(index, got):
             outcomes[i] = outcome
-        levels.append(sequential.level_at(n, looks, alpha))
+        levels.append(sequential.level_at(n, looks, alpha, spending))
     verdict = (CONTRADICTED if CONTRADICTED in outcomes else
                SUPPORTED if all(o == SUPPORTED for o in outcomes) else INCONCLUSIVE)
     state = {**state, "parts": outcomes, "pairing": pairing(parts), "size": sample_sizes(parts),
@@ -70,10 +71,10 @@ def judge_at_look(claim: Claim, state: dict, tables, stage: int, looks) -> dict:
     return state
 
 
-def design_text(state: dict, looks, stages_run: int) -> dict:
+def design_text(state: dict, looks, stages_run: int, spending: str = sequential.DEFAULT_SPENDING) -> dict:
     """The three design columns of one claim's row."""
     cap = looks[-1]
-    plan = "O'Brien-Fleming-like alpha spending (Lan-DeMets), looks " + ", ".join(map(str, looks)) + " seeds"
+    plan = f"{sequential.SPENDING_NAMES[spending]} alpha spending (Lan-DeMets), looks " + ", ".join(map(str, looks)) + " seeds"
     if not state["staged"]:
         decided = (f"stage 1 ({state['size']})" if not is_open(state) else "open (single look)")
         return {"decided at": decided, "boundary": _level(state["level"]),
@@ -85,6 +86,16 @@ def design_text(state: dict, looks, stages_run: int) -> dict:
              else f"open after stage {stages_run} of {len(looks)} (stopped before the cap of {cap} seeds)")
     would = f"; {state['to_decide']}" if state["to_decide"] else ""
     return {"decided at": where + would, "boundary": _level(state["level"]), "design": plan}
+
+
+def design_spending(design: dict) -> str:
+    """The spending function a staged report used; reports written before it was a choice used "obf"."""
+    return design.get("spending", "obf")
+
+
+def spending_name(design: dict) -> str:
+    """The spending function a staged report used, in words: "Pocock-like"."""
+    return sequential.SPENDING_NAMES[design_spending(design)]
 
 
 def _level(level) -> str:
@@ -111,6 +122,6 @@ def with_design(claims: pd.DataFrame, design: dict | None) -> pd.DataFrame:
             continue
         if row["verdict"] != NOT_JUDGED:
             out.at[i, "verdict"] = state["verdict"]
-        for c, text in design_text(state, design["looks"], design["stages_run"]).items():
+        for c, text in design_text(state, design["looks"], design["stages_run"], design_spending(design)).items():
             extra[c].append(text)
     return out.assign(**extra)
