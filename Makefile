@@ -42,7 +42,7 @@ browser:  ## install a headless Chromium for the report's browser test (Debian's
 # --dist loadscope keeps each notebook's cells (nbval) and each test module on one process, in order.
 test: $(STAMP) browser  ## unit tests, runner tests, and nbval on the notebooks' stored outputs
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n auto --dist loadscope tests notebooks --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
-		--ignore=notebooks/summary.ipynb -p no:cacheprovider
+		--ignore=notebooks/summary.ipynb -p no:cacheprovider --durations=15
 
 lab: $(STAMP)  ## JupyterLab on notebooks/ with this venv's kernel
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)

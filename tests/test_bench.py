@@ -10,9 +10,8 @@ def test_single_model_table_and_time_split(mnist_small):
     assert list(table["path"]) == list(bench.PATHS)
     assert (table["images_per_s"] > 0).all() and (table["epochs_timed"] == 1).all()
     assert table["ratio_vs_reports"].iloc[0] == 1.0
-    by_path = table.set_index("path")["images_per_s"]
-    # Reading the data alone is faster than reading it and training on it.
-    assert by_path[bench.DATA_ONLY] > by_path[bench.REPORTS]
+    # which path is faster is a timing, `make bench`'s to say: on a loaded machine one epoch of 1,280 images
+    # once read the data alone slower than reading and training on it
 
 
 def test_time_split_says_where_the_epoch_goes():

@@ -270,23 +270,25 @@ def test_threads_are_part_of_a_runs_identity(tmp_path):
 
 # 6 and 7 as a user meets them: R1's preset in the quick profile, once per thread count, from the CLI
 def test_a_quick_preset_run_is_scaled_recorded_and_keyed_by_threads(tmp_path):
+    """One real run at 2 threads (recorded in its manifest, its id the one planned for 2 threads); the plan
+    for 1 thread gives another id, so a new thread count is a new run (float sums differ)."""
     dirs = {"params": REPO / "params", "notebooks": REPO / "notebooks", "outputs": tmp_path / "out"}
-    runs = {}
-    for threads in (1, 2):
-        code, out, err = finish(start(dirs, "--profile", "quick", "--preset", "R1", "--only", "bn_dropout_grid",
-                                      "--threads", str(threads), "--no-report"))
-        assert code == 0 and "1 ok (0 cached)" in out, (out, err[-2000:])     # a new thread count: a new run
-        index = json.loads((dirs["outputs"] / "index.json").read_text())
-        [entry] = index["runs"]
-        runs[threads] = results.read_manifest(Path(entry["run_dir"]))
-    assert runs[1]["run_id"] != runs[2]["run_id"]
-    for threads, manifest in runs.items():
-        p = manifest["parameters"]
-        assert manifest["threads"] == threads and (manifest["profile"], manifest["preset"]) == ("quick", "R1")
-        # the quick profile scales R1's seeds, data and epochs; R1's protocol (optimizer, rate, decay) stays
-        assert (p["seeds"], p["epochs"], p["train_size"], p["val_size"]) == ([0, 1], 1, 2000, 0)
-        assert (p["optimizer"], p["lr"], p["momentum"], p["weight_decay"], p["batch_size"]) == (
-            "momentum", 0.05, 0.9, 0.0005, 128)
+    code, out, err = finish(start(dirs, "--profile", "quick", "--preset", "R1", "--only", "bn_dropout_grid",
+                                  "--threads", "2", "--no-report"))
+    assert code == 0 and "1 ok (0 cached)" in out, (out, err[-2000:])
+    [entry] = json.loads((dirs["outputs"] / "index.json").read_text())["runs"]
+    manifest = results.read_manifest(Path(entry["run_dir"]))
+    chosen = select(load_params(dirs["params"], dirs["notebooks"]), ["bn_dropout_grid"], "quick", "R1")
+    profiles = load_profiles(dirs["params"])
+    planned = {threads: [t.run_id for t in plan(chosen, dirs["outputs"], "quick", profiles, threads=threads)]
+               for threads in (1, 2)}
+    assert planned[2] == [manifest["run_id"]] and planned[1] != planned[2]
+    p = manifest["parameters"]
+    assert manifest["threads"] == 2 and (manifest["profile"], manifest["preset"]) == ("quick", "R1")
+    # the quick profile scales R1's seeds, data and epochs; R1's protocol (optimizer, rate, decay) stays
+    assert (p["seeds"], p["epochs"], p["train_size"], p["val_size"]) == ([0, 1], 1, 2000, 0)
+    assert (p["optimizer"], p["lr"], p["momentum"], p["weight_decay"], p["batch_size"]) == (
+        "momentum", 0.05, 0.9, 0.0005, 128)
 
 
 def test_the_kernel_path_is_part_of_a_runs_identity(tmp_path, monkeypatch):

@@ -1,5 +1,6 @@
 """The fused ReLU + max-pool (C kernels, or the PyTorch fallback) gives torch.relu + F.max_pool2d's numbers
 bit for bit, and training with it gives the same numbers as training without it."""
+import os
 import platform
 import shutil
 
@@ -148,6 +149,12 @@ def test_training_is_the_same_fused_or_not(kernels, mnist_small, monkeypatch):
 @pytest.mark.skipif(not CAN_BUILD, reason="needs x86-64 and a C compiler")
 def test_kernels_build_once_and_are_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    # CC is the user's knob: a wrapper that compiles without optimisation (a later -O0 wins) builds the same
+    # sources in seconds instead of a minute; what this test checks is the cache, not the code
+    fast_cc = tmp_path / "cc-O0"
+    fast_cc.write_text(f'#!/bin/sh\nexec {shutil.which(os.environ.get("CC", "cc"))} "$@" -O0\n')
+    fast_cc.chmod(0o755)
+    monkeypatch.setenv("CC", str(fast_cc))
     first = c_kernels._build()
     assert first.parent == tmp_path / "lenet_lib" and first.exists()
     mtime = first.stat().st_mtime_ns
