@@ -141,34 +141,37 @@ def judged_blocks(params, only, base: str, preset: str | None, claims) -> list:
             if nb.blocks[label].get("primary") and (nb.name, nb.blocks[label]["preset"]) in judged]
 
 
-def estimate_seconds(tasks, earlier, jobs: int) -> float:
-    """A stage's wall seconds: each run's training images at the seconds per image of `earlier` (finished
-    runs, their manifests' seconds) of its own preset, else of its notebook, else of all, `jobs` at a time."""
-    rates = {}
+def seconds_per_image(earlier) -> dict:
+    """Seconds per training image of `earlier` (finished runs, their manifests' seconds), keyed by
+    (notebook, preset), by notebook and by None (all runs): estimate_seconds' rates, read once a stage."""
+    pooled = {}
     for task in earlier:
         seconds = (results.read_manifest(task.run_dir) or {}).get("seconds")
         if seconds and task.work:
             for key in ((task.notebook, task.preset), task.notebook, None):
-                rates.setdefault(key, []).append((seconds, task.work))
+                pooled.setdefault(key, []).append((seconds, task.work))
+    return {key: sum(s for s, _ in xs) / sum(w for _, w in xs) for key, xs in pooled.items()}
+
+
+def estimate_seconds(tasks, rates: dict, jobs: int) -> float:
+    """A stage's wall seconds: each run's training images at its own preset's rate (seconds_per_image), else
+    its notebook's, else all runs', `jobs` at a time (never less than its longest run)."""
     if not rates:
         return 0.0
-    rate = {key: sum(s for s, _ in xs) / sum(w for _, w in xs) for key, xs in rates.items()}
-    each = [t.work * rate.get((t.notebook, t.preset), rate.get(t.notebook, rate[None])) for t in tasks]
+    each = [t.work * rates.get((t.notebook, t.preset), rates.get(t.notebook, rates[None])) for t in tasks]
     return max(max(each, default=0.0), sum(each) / max(jobs, 1))
 
 
-def fit_budget(planned: dict, earlier, jobs: int, left: float, skipped, force: bool) -> tuple[dict, dict]:
-    """The blocks of a stage that fit `left` seconds, cheapest first (planned: {(notebook, preset): tasks});
-    returns (the blocks kept, {key: estimated seconds} of those left out). A preset left out stops at its
-    last look: its claims' error rates hold, since a design may always stop a claim early."""
-    def todo(tasks):
-        return [t for t in tasks if t.run_id not in skipped and (force or not runner.is_done(t))]
-    cost = {key: estimate_seconds(todo(tasks), earlier, 1) for key, tasks in planned.items()}
-    kept, over = {}, {}
-    for key in sorted(planned, key=lambda k: cost[k]):
-        trial = [t for ts in [*kept.values(), planned[key]] for t in todo(ts)]
-        if estimate_seconds(trial, earlier, jobs) <= left:
-            kept[key] = planned[key]
+def fit_budget(pending: dict, rates: dict, jobs: int, left: float) -> tuple[list, dict]:
+    """The blocks of a stage that fit `left` seconds, cheapest first (pending: {(notebook, preset): its runs
+    still to execute}); returns (the keys kept, {key: estimated seconds} of those left out). A preset left out
+    stops at its last look: its claims' error rates hold, since a design may always stop a claim early."""
+    cost = {key: estimate_seconds(tasks, rates, 1) for key, tasks in pending.items()}
+    kept, over = [], {}
+    for key in sorted(pending, key=lambda k: cost[k]):
+        trial = [t for k in [*kept, key] for t in pending[k]]
+        if estimate_seconds(trial, rates, jobs) <= left:
+            kept.append(key)
         else:
             over[key] = cost[key]
     return kept, over
@@ -273,25 +276,28 @@ def report(budget, preset: str | None = None, only=None, jobs: int | None = None
                     planned[(nb.name, nb.blocks[label]["preset"])] = [
                         t for change in changes for t in runner.plan([(nb, label)], outputs, design.base, profiles,
                                                                       threads, change)]
-                left = seconds - (time.monotonic() - start)
+                left, rates = seconds - (time.monotonic() - start), seconds_per_image(every)
+                pending = {key: [t for t in ts if t.run_id not in skipped and (force or not runner.is_done(t))]
+                           for key, ts in planned.items()}
                 if stage > 1:       # the presets whose stage fits what is left, cheapest first
-                    planned, over = fit_budget(planned, every, jobs, left, skipped, force)
-                    for key, guess in over.items():
-                        for claim in wanted:
-                            if (claim.notebook, claim.protocol) == key:
-                                states[id(claim)]["note"] = (
-                                    f"budget: its stage {stage} ({design.looks[stage - 1]} seeds) would take about "
-                                    f"{guess / 60:.0f} min, {max(left, 0) / 60:.0f} min left")
-                                halted.add(id(claim))
+                    kept, over = fit_budget(pending, rates, jobs, left)
+                    planned = {key: planned[key] for key in kept}
+                    for claim in wanted:
+                        guess = over.get((claim.notebook, claim.protocol))
+                        if guess is not None:
+                            states[id(claim)]["note"] = (
+                                f"budget: its stage {stage} ({design.looks[stage - 1]} seeds) would take about "
+                                f"{guess / 60:.0f} min, {max(left, 0) / 60:.0f} min left")
+                            halted.add(id(claim))
                     if not planned:
                         stopped = (f"budget: stage {stage} ({design.looks[stage - 1]} seeds) of the cheapest open "
                                    f"preset would take about {min(over.values()) / 60:.0f} min, "
                                    f"{max(left, 0) / 60:.0f} min left")
                         break
                 tasks = [t for ts in planned.values() for t in ts if t.run_id not in skipped]
-                cached = {t.run_id for t in tasks if not force and runner.is_done(t)}
-                todo = runner.longest_first([t for t in tasks if t.run_id not in cached])
-                guess = estimate_seconds(todo, every, jobs)
+                todo = runner.longest_first([t for key in planned for t in pending[key]])
+                cached = {t.run_id for t in tasks} - {t.run_id for t in todo}
+                guess = estimate_seconds(todo, rates, jobs)
                 was_cached |= cached
                 for key, ts in planned.items():
                     by_block.setdefault(key, []).extend(ts)

@@ -25,7 +25,7 @@ Verdicts at a look, for one part of a claim (p-values from analysis/stats.py):
   alpha / 2 (one boundary per side).
 - several parts: Holm's step-down with each step's level recomputed at alpha / (m - j) (a graphical
   sequentially rejective test, Maurer & Bretz 2013).
-look_outcomes applies these to a claim's parts as verdicts.decide does at a fixed n; with one look (the
+look_outcomes applies these to a claim's parts as decision.decide does at a fixed n; with one look (the
 cap) it gives decide's outcomes exactly. Pure functions of numbers: no torch, no data.
 """
 from __future__ import annotations
@@ -201,9 +201,9 @@ def holm_reject(p_values, n: int, looks=PLANNED_LOOKS, alpha: float = ALPHA, rej
 
 def look_outcomes(kinds, p_claim, p_against, families, n: int, looks=PLANNED_LOOKS, alpha: float = ALPHA,
                   decided=None, spending: str = DEFAULT_SPENDING) -> list[str]:
-    """The outcome of each part of one claim at the look with n seeds: verdicts.decide's rules with each
+    """The outcome of each part of one claim at the look with n seeds: decision.decide's rules with each
     look's levels in place of alpha. Per part: its kind ("greater", "less", "within"), its p-values as
-    verdicts.Part.p_values gives them (for "within": the TOST p and outside_margin's doubled p) and its
+    decision.Part.p_values gives them (for "within": the TOST p and outside_margin's doubled p) and its
     family ("" : on its own; a family's parts are Holm-corrected together, "within" parts' TOST each at
     the full level, as an intersection-union test). `decided`: each part's outcome at earlier looks
     (a part once decided stays so, and its share of alpha passes to its family)."""
