@@ -10,7 +10,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import nbformat
@@ -78,12 +77,10 @@ def test_report_end_to_end_cache_force_resume_and_failure(tmp_path, capsys):
     assert "SUMMARY: 3 runs, 6 rows, profile quick" in html
     assert "read_runs" not in html                             # code cells are hidden in the report
 
-    # 2. Unchanged: everything cached, nothing rewritten, fast.
+    # 2. Unchanged: everything cached, nothing rewritten (how fast is make bench's business, not a test's).
     files = [*(r / "manifest.json" for r in runs), out / "report.html", out / "index.json"]
     mtimes = {f: f.stat().st_mtime_ns for f in files}
-    clock = time.perf_counter()
     assert main(quick) == 0
-    assert time.perf_counter() - clock < 15
     assert "report: 3 runs: 2 ok (2 cached), 1 diverged; unchanged" in _out(capsys)
     assert {f: f.stat().st_mtime_ns for f in files} == mtimes
 
