@@ -69,7 +69,7 @@ def claim_parts(tables, *, smoke: bool = False, skipped: dict | None = None,
                   "pairing": verdicts.pairing(judgement.parts), "to decide": judgement.to_decide,
                   "note": judgement.note}
         if design:
-            common.update(staged.design_text(state, design["looks"], design["stages_run"], staged.design_spending(design)) if state else
+            common.update(staged.design_text(state, design) if state else
                           dict.fromkeys(staged.DESIGN_COLUMNS, ""))
         groups: dict[str, list[decision.Part]] = {}
         for part in judgement.parts:

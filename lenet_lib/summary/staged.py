@@ -41,7 +41,8 @@ def is_open(state: dict) -> bool:
 def judge_at_look(claim: Claim, state: dict, tables, stage: int, looks,
                   spending: str = sequential.DEFAULT_SPENDING) -> dict:
     """state after judging `claim` on `tables` (the runs of stages 1..stage) at look `stage` (1-based) of
-    `looks`, its boundaries from the alpha-spending function `spending`; a decided claim is returned unchanged. A single-look claim is judged at alpha once."""
+    `looks`, its boundaries from the alpha-spending function `spending`; a decided claim is returned
+    unchanged. A single-look claim is judged at alpha once."""
     if not is_open(state):
         return state
     judgement = judge_claim(claim, tables, claim.protocol)
@@ -71,10 +72,11 @@ def judge_at_look(claim: Claim, state: dict, tables, stage: int, looks,
     return state
 
 
-def design_text(state: dict, looks, stages_run: int, spending: str = sequential.DEFAULT_SPENDING) -> dict:
-    """The three design columns of one claim's row."""
+def design_text(state: dict, design: dict) -> dict:
+    """The three design columns of one claim's row, from the staged report's record (index["decide"])."""
+    looks, stages_run = design["looks"], design["stages_run"]
     cap = looks[-1]
-    plan = f"{sequential.SPENDING_NAMES[spending]} alpha spending (Lan-DeMets), looks " + ", ".join(map(str, looks)) + " seeds"
+    plan = f"{spending_name(design)} alpha spending (Lan-DeMets), looks {', '.join(map(str, looks))} seeds"
     if not state["staged"]:
         decided = (f"stage 1 ({state['size']})" if not is_open(state) else "open (single look)")
         return {"decided at": decided, "boundary": _level(state["level"]),
@@ -122,6 +124,6 @@ def with_design(claims: pd.DataFrame, design: dict | None) -> pd.DataFrame:
             continue
         if row["verdict"] != NOT_JUDGED:
             out.at[i, "verdict"] = state["verdict"]
-        for c, text in design_text(state, design["looks"], design["stages_run"], design_spending(design)).items():
+        for c, text in design_text(state, design).items():
             extra[c].append(text)
     return out.assign(**extra)
