@@ -71,7 +71,7 @@ DESIGN = "quick: {verdicts: false}\ndefault: {}\nfull: {}\n"
     ("{looks: 3, cap: 6}", "looks=3 is not valid"),
     ("{looks: [3, 6], cap: 6, base: huge}", "base='huge' is not valid; choose one of quick, default, full"),
     ("{looks: [3, 6], cap: 6, stages: 4}", "unknown key"),
-    ("{looks: [3, 6], cap: 6, spending: linear}", "spending='linear' is not valid; choose one of obf, pocock"),
+    ("{looks: [3, 6], cap: 6, spending: linear}", "spending='linear' is not valid; expected one of obf, pocock"),
 ])
 def test_bad_design_is_refused(tmp_path, block, message):
     (tmp_path / "profiles.yaml").write_text(DESIGN + f"decide: {block}\n")
@@ -98,6 +98,31 @@ def test_stages_add_new_seeds_and_rounds_in_proportion():
     runs = [c({"seeds": [0, 1], "timing_rounds": 10}) for c in decide.staged_changes((2, 5), 2, 2)]
     assert runs == [{"seeds": [2, 3], "timing_rounds": 10}, {"seeds": [4], "timing_rounds": 5}]
     assert decide.stage_seeds((3, 6, 12, 24), 4) == list(range(12, 24))
+
+
+def test_a_stage_gives_every_job_a_run_and_times_apart_where_the_notebook_can():
+    base = {"seeds": [0, 1, 2], "timing_rounds": 30, "epoch_timing_rounds": 8}
+    runs = [c(base) for c in decide.staged_changes((3, 6, 12, 24), 2, 3, jobs=2)]
+    assert [r["seeds"] for r in runs] == [[3, 4], [5]] and [r["timing_rounds"] for r in runs] == [20, 10]
+    # a notebook that times apart: seed runs skip every timing; one timing-only run times look 2's new share
+    seeds = [c(base) for c in decide.staged_changes((3, 6, 12, 24), 3, 3, jobs=2, timed_apart=True)]
+    assert seeds == [{"seeds": [6, 7, 8], "timing_rounds": 0, "epoch_timing_rounds": 0},
+                     {"seeds": [9, 10, 11], "timing_rounds": 0, "epoch_timing_rounds": 0}]
+    [timing] = [c(base) for c in decide.staged_changes((3, 6, 12, 24), 3, 3, jobs=2, kind=decide.TIMING,
+                                                       timed_apart=True)]
+    assert timing == {"seeds": list(range(6, 12)), "train": False, "timing_rounds": 60, "epoch_timing_rounds": 0}
+
+
+def test_each_part_is_judged_at_its_own_look():
+    """Seed parts at look 1 and a time part at look 3: each gets its own look's level (Holm within them)."""
+    looks, p = (2, 4, 8), [0.001, 0.02]
+    at_own = sequential.look_outcomes(["greater"] * 2, p, [0.9, 0.9], ["", ""], [2, 8], looks)
+    assert at_own == ["supported" if p[0] < sequential.level_at(2, looks) else "inconclusive",
+                      "supported" if p[1] < sequential.level_at(8, looks) else "inconclusive"]
+    assert at_own[1] == "supported" and sequential.look_outcomes(
+        ["greater"] * 2, p, [0.9, 0.9], ["", ""], 2, looks)[1] == "inconclusive"
+    with pytest.raises(ValueError, match="one per part"):
+        sequential.look_outcomes(["greater"] * 2, p, [0.9, 0.9], ["", ""], [2], looks)
 
 
 # ---------------------------------------------------------------- judging at a look (synthetic stages)
@@ -142,7 +167,7 @@ def test_the_design_columns_replace_the_fixed_n_verdict():
     table = pd.DataFrame([{"report": "P", "claim": claim.text, "verdict": verdicts.judge_claim(claim, tables, "P").verdict}])
     shown = staged.with_design(table, {"looks": list(LOOKS), "stages_run": 3, "claims": [states[-1]]})
     assert shown.loc[0, "verdict"] == "supported"
-    assert shown.loc[0, "decided at"].startswith("stage 2 of 3: n = 4 seeds")
+    assert shown.loc[0, "decided at"].startswith("stage 2 of 3: 4 seeds")
     assert "one-sided p < " in shown.loc[0, "boundary"] and "O'Brien-Fleming" in shown.loc[0, "design"]
     pocock = staged.with_design(table, {"looks": list(LOOKS), "stages_run": 3, "claims": [states[-1]],
                                         "spending": "pocock"})
@@ -233,12 +258,12 @@ def test_stages_reuse_runs_and_a_decided_preset_stops(project, capsys):
     # P (a clear effect) is decided at look 2 and gets no third stage; Q (none) runs to the cap, open
     assert by_key["P.1"]["verdict"] == "supported" and (by_key["P.1"]["stage"], by_key["P.1"]["n"]) == (2, 4)
     assert by_key["Q.1"]["verdict"] == "inconclusive" and record["stages_run"] == 3
-    assert [s["runs"] for s in record["stages"]] == [2, 2, 2]
+    assert [s["runs"] for s in record["stages"]] == [2, 4, 2]      # two jobs: a stage's seeds in two runs
     assert record["stages"][0]["executed"] == 1          # P's first stage is the default report's run
     assert default_run[0] in run_dirs(project["outputs"], "seeded")
-    assert seeds_of(project["outputs"]) == [[0, 1], [0, 1], [2, 3], [2, 3], [4, 5], [6, 7]]
+    assert seeds_of(project["outputs"]) == [[0, 1], [0, 1], [2], [2], [3], [3], [4, 5], [6, 7]]
     err = capsys.readouterr().err
-    assert "stage 2/3 (4 seeds); open: P.1, Q.1" in err and "P.1 supported (stage 2, n = 4" in err
+    assert "stage 2/3 (4 seeds); open: P.1, Q.1" in err and "P.1 supported (stage 2; 4 seeds)" in err
     # again: every seed is cached, nothing runs, the same decisions
     assert run_decide(project, "10m") == 0
     again = json.loads((project["outputs"] / "index.json").read_text())["decide"]
@@ -286,4 +311,63 @@ def test_a_preset_whose_stage_does_not_fit_stops_while_the_others_go_on(project,
     assert by_key["Q.1"]["verdict"] == "inconclusive" and by_key["Q.1"]["size"] == "2 seeds"
     assert by_key["Q.1"]["note"].startswith("budget: its stage 2 (4 seeds) would take about 10 min, "), by_key["Q.1"]["note"]
     assert record["stages_run"] == 2 and record["stopped"] == "no claim left open to stage 3"
-    assert seeds_of(project["outputs"]) == [[0, 1], [0, 1], [2, 3]]
+    assert seeds_of(project["outputs"]) == [[0, 1], [0, 1], [2], [3]]
+
+
+# ---------------------------------------------------------------- time claims: timing-only runs of their own
+TIMED_BODY = dedent('''\
+    import numpy as np
+    import pandas as pd
+    from lenet_lib.analysis import tidy
+    from lenet_lib.analysis.results import save_results, save_table
+    rows = []
+    for seed in seeds if train else []:
+        for arm in ("a", "b"):
+            rows.append(dict(model_id=f"{arm}{seed}", seed=seed, arm=arm, dataset="mnist", epoch=1, train_loss=0.5,
+                             train_acc=0.5, val_loss=0.5, val_acc=0.5, epoch_seconds=0.01, status="ok",
+                             test_loss=0.5, test_acc=0.9 + np.random.default_rng(seed).normal(0, 0.01)))
+    save_results(pd.DataFrame(rows) if rows else tidy.no_history(), output_dir, notebook="timed", run_id=run_id)
+    rng = np.random.default_rng(seeds[0] + 100)
+    if timing_rounds:
+        save_table(pd.DataFrame([dict(label=arm, implementation="torch", round=r,
+                                      seconds=0.01 * (ratio if arm == "a" else 1.0) * noise)
+                                 for r in range(timing_rounds) for arm, noise in zip("ab", rng.lognormal(0, 0.05, 2))]),
+                   output_dir, "timing", notebook="timed", run_id=run_id)
+''')
+
+
+def a_slower_than_b(rows, tables):
+    return verdicts._timed(tables, [("a / b", {"label": "a"}, {"label": "b"})], "greater", 0.0, "", "steps")
+
+
+def test_time_claims_get_timing_only_runs_while_seeds_stop(tmp_path, capsys):
+    """An open accuracy claim whose next seeds do not fit the budget stops at look 1; the time claim on the same
+    preset goes on with timing-only runs (train False, no models), its rounds growing look by look."""
+    from lenet_lib.running.runner import report
+    dirs = make_project(tmp_path)
+    (dirs["params"] / "tiny.yaml").unlink()
+    (dirs["params"] / "timed.yaml").write_text("notebook: timed\nprofiles: {quick: {}, default: {}, full: {}}\n"
+                                               "presets:\n  T: {parameters: {ratio: 1.01}}\n")
+    (dirs["params"] / "profiles.yaml").write_text(PROFILES)
+    write_notebook(dirs["notebooks"] / "timed.ipynb", "seeds = [0]\ntrain = True\ntiming_rounds = 4\nratio = 1.0\n"
+                   + INJECTED_DEFAULTS, TIMED_BODY)
+    claims = [Claim("T", "a beats b", "T", "timed", "mnist", a_beats_b, "arms a and b"),
+              Claim("T", "a is slower than b", "T", "timed", "mnist", a_slower_than_b, "the timing table")]
+    assert report(profile="default", preset="T", outputs=dirs["outputs"], params_dir=dirs["params"],
+                  notebooks_dir=dirs["notebooks"], make_report=False, jobs=1, threads=1) == 0
+    [first] = run_dirs(dirs["outputs"], "timed")
+    manifest = json.loads((first / "manifest.json").read_text())
+    (first / "manifest.json").write_text(json.dumps({**manifest, "seconds": 600.0}))   # seeds far past the budget
+    assert decide.report("3m", outputs=dirs["outputs"], params_dir=dirs["params"], notebooks_dir=dirs["notebooks"],
+                         make_report=False, jobs=2, threads=1, claims=claims) == 0
+    record = json.loads((dirs["outputs"] / "index.json").read_text())["decide"]
+    accuracy, timed = record["claims"]
+    assert accuracy["verdict"] == "inconclusive" and accuracy["note"].startswith("budget: its stage 2 (4 seeds)")
+    parameters = [json.loads((d / "manifest.json").read_text())["parameters"] for d in run_dirs(dirs["outputs"], "timed")]
+    later = [p for p in parameters if p["seeds"] != [0, 1]]
+    assert later and all(p["train"] is False for p in later)          # no model trained after stage 1
+    # the base's 4 rounds per 2 seeds (the notebook's default): 4 more at look 2, 8 at look 3
+    assert sorted(p["timing_rounds"] for p in later) == [4, 8] and record["stages_run"] == 3
+    assert [s["timing_only_runs"] for s in record["stages"]] == [0, 1, 1]
+    assert timed["verdict"] == "inconclusive" and timed["size"] == "16 rounds"    # a 1 % effect, 16 rounds
+    assert accuracy["size"] == "2 seeds"

@@ -268,24 +268,27 @@ def test_threads_are_part_of_a_runs_identity(tmp_path):
     assert not {t.run_id for t in one} & {t.run_id for t in two}
 
 
-# 6 and 7 as a user meets them: R1's preset in the quick profile, once per thread count, from the CLI
+# 6 and 7 as a user meets them: a preset in the quick profile from the CLI, once per thread count
 def test_a_quick_preset_run_is_scaled_recorded_and_keyed_by_threads(tmp_path):
     """One real run at 2 threads (recorded in its manifest, its id the one planned for 2 threads); the plan
-    for 1 thread gives another id, so a new thread count is a new run (float sums differ)."""
-    dirs = {"params": REPO / "params", "notebooks": REPO / "notebooks", "outputs": tmp_path / "out"}
-    code, out, err = finish(start(dirs, "--profile", "quick", "--preset", "R1", "--only", "bn_dropout_grid",
-                                  "--threads", "2", "--no-report"))
+    for 1 thread gives another id, so a new thread count is a new run (float sums differ). The run is the
+    fixture's tiny preset (a kernel's seconds); R1's quick scaling is read from its plan."""
+    dirs = make_project(tmp_path)
+    code, out, err = finish(start(dirs, "--profile", "quick", "--preset", "P1", "--threads", "2", "--no-report"))
     assert code == 0 and "1 ok (0 cached)" in out, (out, err[-2000:])
     [entry] = json.loads((dirs["outputs"] / "index.json").read_text())["runs"]
     manifest = results.read_manifest(Path(entry["run_dir"]))
-    chosen = select(load_params(dirs["params"], dirs["notebooks"]), ["bn_dropout_grid"], "quick", "R1")
+    chosen = select(load_params(dirs["params"], dirs["notebooks"]), None, "quick", "P1")
     profiles = load_profiles(dirs["params"])
     planned = {threads: [t.run_id for t in plan(chosen, dirs["outputs"], "quick", profiles, threads=threads)]
                for threads in (1, 2)}
     assert planned[2] == [manifest["run_id"]] and planned[1] != planned[2]
-    p = manifest["parameters"]
-    assert manifest["threads"] == 2 and (manifest["profile"], manifest["preset"]) == ("quick", "R1")
+    assert manifest["threads"] == 2 and (manifest["profile"], manifest["preset"]) == ("quick", "P1")
     # the quick profile scales R1's seeds, data and epochs; R1's protocol (optimizer, rate, decay) stays
+    repo = {"params": REPO / "params", "notebooks": REPO / "notebooks"}
+    r1 = select(load_params(repo["params"], repo["notebooks"]), ["bn_dropout_grid"], "quick", "R1")
+    [task] = plan(r1, tmp_path / "unused", "quick", load_profiles(repo["params"]), threads=2)
+    p = task.parameters
     assert (p["seeds"], p["epochs"], p["train_size"], p["val_size"]) == ([0, 1], 1, 2000, 0)
     assert (p["optimizer"], p["lr"], p["momentum"], p["weight_decay"], p["batch_size"]) == (
         "momentum", 0.05, 0.9, 0.0005, 128)
@@ -343,6 +346,22 @@ def test_quick_profile_scales_a_preset():
 def test_bad_values_are_refused_before_any_kernel(tmp_path, name, value, valid):
     dirs = real_project(tmp_path, extra=f", {name}: {json.dumps(value)}")
     with pytest.raises(ConfigError, match=rf"{name}={value!r} is not valid; choose one of .*{valid}"):
+        load_params(dirs["params"], dirs["notebooks"])
+
+
+def test_timing_only_and_untimed_runs_are_checked_before_any_kernel(tmp_path):
+    """train: false times without training (decide's timing stages); with no rounds it would do nothing. Only a
+    notebook with a `train` parameter may skip its timing (batch_size's answers read it)."""
+    dirs = real_project(tmp_path, extra=", train: false")
+    grid = dirs["params"] / "bn_dropout_grid.yaml"
+    grid.write_text(grid.read_text().replace("timing_rounds: 1", "timing_rounds: 0"))
+    with pytest.raises(ConfigError, match="train=False with timing_rounds=0 leaves the run nothing to do"):
+        load_params(dirs["params"], dirs["notebooks"])
+    grid.write_text(grid.read_text().replace("timing_rounds: 0", "timing_rounds: 3"))
+    assert load_params(dirs["params"], dirs["notebooks"])
+    (dirs["params"] / "batch_size.yaml").write_text(
+        "notebook: batch_size\nprofiles: {quick: {}, default: {parameters: {timing_rounds: 0}}, full: {}}\n")
+    with pytest.raises(ConfigError, match="timing_rounds=0 is not valid for batch_size.ipynb"):
         load_params(dirs["params"], dirs["notebooks"])
 
 

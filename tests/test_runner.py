@@ -346,6 +346,7 @@ def test_parameter_images_of_a_run():
     assert parameter_images({"dataset": "fashion_mnist", "seeds": [0], "epochs": 2, "train_size": None,
                              "val_size": 5000}) == 2 * 55_000
     assert parameter_images({"seed": 0, "epochs": 2, "train_size": 2000, "val_size": 1000}) == 4000
+    assert parameter_images({**r1, "train": False, "timing_rounds": 30}) == 0       # a timing-only run
 
 
 def test_runs_start_longest_first_ties_in_plan_order(tmp_path):

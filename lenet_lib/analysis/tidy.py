@@ -9,8 +9,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from lenet_lib.analysis.results import IDENTITY, MEASURES
+
 VARIANT_ORDER = ["plain", "BN", "dropout", "BN+dropout"]
 TABLES = ("timing", "forward_times", "layers", "step_times", "epoch_timing")   # tables runs write beside results.parquet
+
+
+def no_history() -> pd.DataFrame:
+    """The tidy results of a run that trained no model (a timing-only run, `train = False`): no rows."""
+    types = {"notebook": str, "run_id": str, "model_id": str, "seed": "int64", "epoch": "int64", "status": str}
+    return pd.DataFrame({c: pd.Series(dtype=types.get(c, float)) for c in (*IDENTITY, *MEASURES, "status")})
 
 
 @dataclass

@@ -78,6 +78,8 @@ def parameter_images(parameters: dict) -> float:
     """A run's training images from its parameters (the notebook's defaults included) alone: seeds x epochs
     x training-set size (seeds x iterations x batch size where a run trains by iterations). The models per seed (variants, optimizers, batch sizes) are the notebook's own, so
     ReportBar scales this by what the notebook's started runs planned."""
+    if parameters.get("train") is False:       # a timing-only run trains nothing
+        return 0.0
     seeds = parameters.get("seeds", [parameters.get("seed", 0)])
     dataset = parameters.get("dataset", "mnist")
     full = TRAIN_IMAGES.get(dataset, TRAIN_IMAGES["mnist"]) - (parameters.get("val_size") or 0)

@@ -72,7 +72,8 @@ def _parameter_checks() -> dict:
         "mlp_optimizer": choice(OPTIMIZERS), "mlp_lr": _optional(lr),
         "mlp_adagrad_init": lambda n, v: check_range(n, v, 0.0), "step_batch_sizes": _each(check_positive_int),
         "claimed_best": check_positive_int, "tsne_points": check_positive_int, "top_mistakes": check_positive_int,
-        "timing_rounds": check_positive_int, "timing_calls": check_positive_int,
+        "timing_rounds": check_nonneg_int, "timing_calls": check_positive_int,     # 0 rounds: not timed
+        "train": check_bool,
         "timing_repeats": check_positive_int, "threads": check_positive_int,
         "epoch_timing_rounds": check_nonneg_int, "epoch_timing_eval": check_bool,     # 0 rounds: not measured
         "epoch_timing_fraction": lambda n, v: check_range(n, v, 0.0, 1.0, lo_open=True),
@@ -131,6 +132,9 @@ def _check_together(parameters: dict) -> None:
     if iterations and iterations % epochs:
         raise ValueError(f"iterations={iterations} is not valid with epochs={epochs}: the iterations are recorded "
                          f"in `epochs` equal blocks; expected a multiple of {epochs}")
+    if parameters.get("train") is False and parameters.get("timing_rounds") == 0:
+        raise ValueError("train=False with timing_rounds=0 leaves the run nothing to do; give timing_rounds >= 1 "
+                         "(a timing-only run) or train=True")
     printed = parameters.get("optimizer_rules") == "r2_printed" or parameters.get("hyperparameters") == "r2_printed"
     for name in ("optimizer", "optimizers"):
         values = parameters.get(name)

@@ -63,6 +63,9 @@ def _check_names(where: str, parameters: dict, defaults: dict, nb_path: Path) ->
                               f"{did_you_mean(name, defaults)}; valid names: "
                               f"{listing(sorted(set(defaults) - set(INJECTED)))}")
         _check_type(where, name, value, defaults[name])
+        if name == "timing_rounds" and value == 0 and "train" not in defaults:
+            raise ConfigError(f"{where}: timing_rounds=0 is not valid for {nb_path.name}: its answers need the "
+                              f"timing; expected timing_rounds >= 1 (notebooks with a `train` parameter may skip it)")
 
 
 def expand(matrix: dict) -> list[dict]:

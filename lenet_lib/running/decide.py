@@ -4,18 +4,21 @@ stages until its claims are decided, with each claim's error rate kept (summary/
 The design lives in params/profiles.yaml (`decide:`): the looks (seeds per variant, e.g. 3, 6, 12, 24), the
 cap, the alpha-spending function (`spending`: pocock or obf, summary/sequential.py), and the profile whose
 scale the first stage takes (`base`, default: its runs are reused as they are).
-Stage k runs the new seeds of look k (seeds 3..5 at the second look) as runs of their own (at most the
-base's seed count a run), so every cached
-seed is reused and a stage's runs have ids of their own; timing rounds grow in proportion to the seeds (the
-base's rounds per first-look seed), so a time claim's information fraction is its seed look's. After each
-stage every open claim is judged at that look's boundary (summary/staged.py); a claim once decided stays
-decided, and a preset stops getting seeds when none of its claims is open. Only the primary readings'
-blocks that some claim judges run (a claim judges nothing else); a block without seeds to add (numpy_vs_torch)
-runs once and its claim gets one look at the 5 % level.
+Stage k runs the new seeds of look k (seeds 3..5 at the second look) as runs of their own, split so every
+job has one (at most the base's seed count a run): every cached seed is reused and a stage's runs have ids of
+their own. Time claims get timing rounds in stages the same way: look k has the base's rounds per first-look
+seed times look k's seeds, so a time part's information fraction is its look's, as for seeds. Where the
+notebook can time without training (a `train` parameter: R1's and R4's), the rounds come from a timing-only
+run of their own (`train: false`) and the seed runs skip the timing, so a time claim's next look costs a
+minute, not a stage of training; elsewhere a seed run's rounds grow with its seeds. After each stage every open
+claim is judged, its seed parts at their seed look and its time parts at their timing look (summary/staged.py);
+a claim once decided stays decided, and a preset stops getting seeds (rounds) when none of its claims needs
+them. Only the primary readings' blocks that some claim judges run (a claim judges nothing else); a block
+without seeds to add (numpy_vs_torch) runs once and its claim gets one look at the 5 % level.
 
-The budget: a preset's next stage starts only if it fits what is left (fit_budget: its runs' training images
-at its own earlier seconds per image, the jobs splitting them), cheapest preset first; a preset that does not fit
-stops at its last look while the others go on; a run that is running when the budget is spent is
+The budget: a preset's next stage of seeds (or of rounds) starts only if it fits what is left (fit_budget: its
+runs' training images at its own earlier seconds per image, timing rounds at earlier timing runs' seconds per
+round, the jobs splitting them), cheapest first; what does not fit stops at its last look while the rest go on; a run that is running when the budget is spent is
 let finish, and is stopped only once the budget is exceeded by GRACE (a quarter of it), so an estimate that
 was a little short costs no work. The report is then written from what finished: a stage cut short is not
 judged (its look never happened), and its claims stay as the last complete look left them.
@@ -32,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lenet_lib.analysis import results
-from lenet_lib.summary.sequential import DEFAULT_SPENDING, SPENDING, check_looks
+from lenet_lib.summary.sequential import DEFAULT_SPENDING, check_looks, check_spending
 from lenet_lib.analysis.tidy import TABLES, Tables
 from lenet_lib.base import progress
 from lenet_lib.running import runner
@@ -44,6 +47,7 @@ from lenet_lib.summary.verdicts import CLAIMS
 
 DECIDE = "decide"
 DESIGN_KEYS = ("base", "looks", "cap", "spending")
+SEEDS, TIMING = "seeds", "timing"     # a staged block's runs after stage 1: seeds trained, or rounds timed
 GRACE = 0.25            # a running run is stopped only when the budget is exceeded by this fraction of it
 BUDGET_UNITS = {"s": 1, "m": 60, "h": 3600}
 
@@ -88,9 +92,10 @@ def load_design(params_dir: Path) -> Design:
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {listing(unknown)}; valid keys: {listing(DESIGN_KEYS)}")
     base, looks, cap = block.get("base", "default"), block.get("looks"), block.get("cap")
-    spending = block.get("spending", DEFAULT_SPENDING)
-    if spending not in SPENDING:
-        raise ConfigError(f"{where}: spending={spending!r} is not valid; choose one of {listing(SPENDING)}")
+    try:
+        spending = check_spending(block.get("spending", DEFAULT_SPENDING))
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
     if base not in PROFILES:
         raise ConfigError(f"{where}: base={base!r} is not valid; choose one of {listing(PROFILES)}")
     if not isinstance(looks, list) or not all(isinstance(n, int) and not isinstance(n, bool) for n in looks):
@@ -112,21 +117,45 @@ def stage_seeds(looks, stage: int) -> list[int]:
     return list(range(looks[stage - 2] if stage > 1 else 0, looks[stage - 1]))
 
 
-def staged_changes(looks, stage: int, base_seeds: int) -> list:
-    """runner.plan's `change`s, one per run of a staged block at this stage: its new seeds in runs of at most
-    base_seeds each (so the jobs share a stage and a cut-short stage loses little), each with timing rounds
-    in proportion (the base run's rounds per seed, rounded up); stage 1 at the base's seeds is the base run."""
+def staged_changes(looks, stage: int, base_seeds: int, jobs: int = 1, kind: str = SEEDS,
+                   timed_apart: bool = False, defaults=None) -> list:
+    """runner.plan's `change`s, one per run of a staged block at this stage (stage 1 at the base's seeds is the
+    base run). SEEDS: the new seeds in `jobs` runs (at most base_seeds each), so every job has one and a
+    cut-short stage loses little; with timed_apart they skip the timing, else each times rounds in proportion
+    to its seeds (the base run's rounds per seed, rounded up). TIMING: one run that trains nothing and times
+    the new seeds' share of rounds (its seeds name it and seed its timed models). defaults: the notebook's
+    parameters, for the rounds a run leaves at their default."""
     seeds = stage_seeds(looks, stage)
-    return [_change(seeds[i:i + base_seeds], base_seeds) for i in range(0, len(seeds), base_seeds)]
+    if kind == TIMING:
+        return [_change(seeds, base_seeds, defaults or {}, train=False)]
+    size = min(base_seeds, math.ceil(len(seeds) / max(jobs, 1)))
+    return [_change(seeds[i:i + size], base_seeds, defaults or {}, timed=not timed_apart)
+            for i in range(0, len(seeds), size)]
 
 
-def _change(seeds: list[int], base_seeds: int):
+def _change(seeds: list[int], base_seeds: int, defaults: dict, train: bool = True, timed: bool = True):
     def change(parameters: dict) -> dict:
         out = {**parameters, "seeds": seeds}
-        if "timing_rounds" in parameters and len(seeds) != base_seeds:
-            out["timing_rounds"] = math.ceil(parameters["timing_rounds"] * len(seeds) / base_seeds)
+        if not train:
+            out["train"] = False
+        rounds = parameters.get("timing_rounds", defaults.get("timing_rounds"))
+        if rounds is not None and (not train or not timed or len(seeds) != base_seeds):    # stated: the ETA reads it
+            out["timing_rounds"] = math.ceil(rounds * len(seeds) / base_seeds) if timed else 0
+        if parameters.get("epoch_timing_rounds", defaults.get("epoch_timing_rounds")) and (not timed or not train):
+            out["epoch_timing_rounds"] = 0      # whole epochs are the scorecard's, not a claim's
         return out
     return change
+
+
+def timed_apart(nb) -> bool:
+    """Whether a notebook can time without training (a `train` parameter): its time claims then get timing-only
+    runs after stage 1, and its seed runs skip the timing."""
+    return "train" in nb.defaults and "timing_rounds" in nb.defaults
+
+
+def kind_of(scale: str, apart: bool) -> str:
+    """The runs a claim's part needs more of: a time part ("ratio") timing runs where its notebook times apart."""
+    return TIMING if apart and scale == "ratio" else SEEDS
 
 
 def is_staged(nb, label: str) -> bool:
@@ -141,24 +170,34 @@ def judged_blocks(params, only, base: str, preset: str | None, claims) -> list:
             if nb.blocks[label].get("primary") and (nb.name, nb.blocks[label]["preset"]) in judged]
 
 
+def timing_only_rounds(task) -> int:
+    """The rounds a timing-only run (`train: false`) times; 0 for a run that trains."""
+    return task.parameters.get("timing_rounds", 0) if task.parameters.get("train") is False else 0
+
+
 def seconds_per_image(earlier) -> dict:
     """Seconds per training image of `earlier` (finished runs, their manifests' seconds), keyed by
-    (notebook, preset), by notebook and by None (all runs): estimate_seconds' rates, read once a stage."""
+    (notebook, preset), by notebook and by None (all runs), and seconds per round of timing-only runs, keyed by
+    (TIMING, notebook, preset): estimate_seconds' rates, read once a stage."""
     pooled = {}
     for task in earlier:
         seconds = (results.read_manifest(task.run_dir) or {}).get("seconds")
-        if seconds and task.work:
-            for key in ((task.notebook, task.preset), task.notebook, None):
-                pooled.setdefault(key, []).append((seconds, task.work))
+        rounds = timing_only_rounds(task)
+        keys = ([((TIMING, task.notebook, task.preset), rounds)] if rounds else
+                [(key, task.work) for key in ((task.notebook, task.preset), task.notebook, None)] if task.work else [])
+        for key, amount in keys if seconds else []:
+            pooled.setdefault(key, []).append((seconds, amount))
     return {key: sum(s for s, _ in xs) / sum(w for _, w in xs) for key, xs in pooled.items()}
 
 
 def estimate_seconds(tasks, rates: dict, jobs: int) -> float:
     """A stage's wall seconds: each run's training images at its own preset's rate (seconds_per_image), else
-    its notebook's, else all runs', `jobs` at a time (never less than its longest run)."""
+    its notebook's, else all runs'; a timing-only run's rounds at its preset's earlier timing runs' rate (none
+    yet: counted free, it is a minute); `jobs` at a time (never less than its longest run)."""
     if not rates:
         return 0.0
-    each = [t.work * rates.get((t.notebook, t.preset), rates.get(t.notebook, rates[None])) for t in tasks]
+    each = [timing_only_rounds(t) * rates.get((TIMING, t.notebook, t.preset), 0.0) if timing_only_rounds(t) else
+            t.work * rates.get((t.notebook, t.preset), rates.get(t.notebook, rates.get(None, 0.0))) for t in tasks]
     return max(max(each, default=0.0), sum(each) / max(jobs, 1))
 
 
@@ -248,6 +287,8 @@ def report(budget, preset: str | None = None, only=None, jobs: int | None = None
     jobs = jobs or (runner.default_jobs() if executor == "local" else 2)
     threads = runner.kernel_threads(executor, jobs, threads)
     staged_at = {(nb.name, nb.blocks[label]["preset"]): is_staged(nb, label) for nb, label in blocks}
+    apart = {(nb.name, nb.blocks[label]["preset"]): timed_apart(nb) for nb, label in blocks}
+    block_of = {(nb.name, nb.blocks[label]["preset"]): (nb, label) for nb, label in blocks}
     states = {id(c): staged.new_state(c, claims, staged_at[(c.notebook, c.protocol)])
               for c in claims if (c.notebook, c.protocol) in staged_at}
     chosen = [c for c in claims if id(c) in states]
@@ -258,37 +299,50 @@ def report(budget, preset: str | None = None, only=None, jobs: int | None = None
     skipped = runner.data_problems(runner.plan(blocks, outputs, design.base, profiles, threads))
     runner.writable_outputs(outputs)
 
+    def needs(claim) -> set:
+        """The (block, kind) runs an open claim still needs, less the kinds the budget stopped for it."""
+        key = (claim.notebook, claim.protocol)
+        return {(key, kind_of(scale, apart[key])) for scale in staged.open_scales(states[id(claim)])} - stopped_for[
+            id(claim)]
+
     with runner.outputs_lock(outputs, out):
         start, deadline = time.monotonic(), time.monotonic() + seconds * (1 + GRACE)
-        every, stages, lost, stopped, stopped_by, halted, was_cached = [], [], {}, "", set(), set(), set()
-        by_block = {}       # (notebook, preset) -> its tasks of every stage so far, skipped ones included
+        every, stages, lost, stopped, stopped_by, was_cached = [], [], {}, "", set(), set()
+        stopped_for = {id(c): set() for c in chosen}   # (block, kind)s the budget or a lost run stopped a claim's
+        budget_notes = {}   # a claim's why, kept past its later looks (of the kind the budget left it)
+        done_looks = {key: {SEEDS: 0, TIMING: 0} for key in block_of}   # each block's last look of each kind
+        by_block = {}       # (block, kind) -> its tasks of every stage so far, skipped ones included
         with runner.make_executor(executor, jobs, scheduler, outputs / ".logs") as ex:
             for stage in range(1, len(design.looks) + 1):
-                wanted = [c for c in chosen if id(c) not in halted]
-                todo_blocks = [(nb, label) for nb, label in blocks if _wanted(nb, label, stage, wanted, states)]
-                if not todo_blocks:
+                if stage == 1:
+                    todo_keys = {(key, SEEDS) for key in block_of}
+                else:
+                    todo_keys = {need for c in chosen if staged_at[(c.notebook, c.protocol)] for need in needs(c)}
+                if not todo_keys:
                     stopped = f"no claim left open to stage {stage}"
                     break
                 planned = {}
-                for nb, label in todo_blocks:
-                    changes = (staged_changes(design.looks, stage, base_seeds[(nb.name, label)])
-                               if is_staged(nb, label) else [None])
-                    planned[(nb.name, nb.blocks[label]["preset"])] = [
-                        t for change in changes for t in runner.plan([(nb, label)], outputs, design.base, profiles,
-                                                                      threads, change)]
+                for key, kind in sorted(todo_keys):
+                    nb, label = block_of[key]
+                    changes = ([None] if stage == 1 else
+                               staged_changes(design.looks, stage, base_seeds[(nb.name, label)], jobs, kind,
+                                              apart[key], nb.defaults))
+                    planned[(key, kind)] = [t for change in changes for t in runner.plan(
+                        [(nb, label)], outputs, design.base, profiles, threads, change)]
                 left, rates = seconds - (time.monotonic() - start), seconds_per_image(every)
                 pending = {key: [t for t in ts if t.run_id not in skipped and (force or not runner.is_done(t))]
                            for key, ts in planned.items()}
-                if stage > 1:       # the presets whose stage fits what is left, cheapest first
+                if stage > 1:       # the blocks' seeds (rounds) that fit what is left, cheapest first
                     kept, over = fit_budget(pending, rates, jobs, left)
                     planned = {key: planned[key] for key in kept}
-                    for claim in wanted:
-                        guess = over.get((claim.notebook, claim.protocol))
-                        if guess is not None:
-                            states[id(claim)]["note"] = (
-                                f"budget: its stage {stage} ({design.looks[stage - 1]} seeds) would take about "
-                                f"{guess / 60:.0f} min, {max(left, 0) / 60:.0f} min left")
-                            halted.add(id(claim))
+                    for claim in chosen:
+                        for need in needs(claim) & set(over):
+                            what = f"{design.looks[stage - 1]} seeds" if need[1] == SEEDS else "its timing rounds"
+                            budget_notes[id(claim)] = (
+                                f"budget: its stage {stage} ({what}) would take about {over[need] / 60:.0f} min, "
+                                f"{max(left, 0) / 60:.0f} min left")
+                            states[id(claim)]["note"] = budget_notes[id(claim)]
+                            stopped_for[id(claim)].add(need)
                     if not planned:
                         stopped = (f"budget: stage {stage} ({design.looks[stage - 1]} seeds) of the cheapest open "
                                    f"preset would take about {min(over.values()) / 60:.0f} min, "
@@ -313,23 +367,34 @@ def report(budget, preset: str | None = None, only=None, jobs: int | None = None
                 every += tasks
                 stages.append({"stage": stage, "n": design.looks[stage - 1], "runs": len(tasks),
                                "executed": len(todo), "seconds": round(time.monotonic() - began, 1),
-                               "estimated_seconds": round(guess, 1), "open_before": open_keys})
+                               "estimated_seconds": round(guess, 1), "open_before": open_keys,
+                               "timing_only_runs": sum(1 for t in tasks if timing_only_rounds(t))})
                 if stopped_by:
                     break
-                for claim in wanted:
-                    if id(claim) in halted:     # its preset's stage did not fit the budget: no look here
+                for (key, kind), ts in planned.items():     # a look with a lost run never happened
+                    if all(runner.is_done(t) for t in ts if t.run_id not in skipped):
+                        done_looks[key][kind] = stage
+                        if stage == 1 or not apart[key]:    # these seed runs timed their rounds too
+                            done_looks[key][TIMING] = stage
+                for claim in chosen:
+                    key = (claim.notebook, claim.protocol)
+                    state = states[id(claim)]
+                    if not any(k == key for k, _ in planned) or not staged.is_open(state):
                         continue
-                    state, block = states[id(claim)], by_block.get((claim.notebook, claim.protocol), [])
+                    block = [t for kind in (SEEDS, TIMING) for t in by_block.get((key, kind), [])]
                     runnable = [t for t in block if t.run_id not in skipped]
                     if not runnable:
                         state["note"] = "; ".join(sorted({skipped[t.run_id] for t in block})) or "no runs"
-                        halted.add(id(claim))
-                    elif not all(runner.is_done(t) for t in runnable):  # a look with a lost run never happened
+                        stopped_for[id(claim)] |= {(key, SEEDS), (key, TIMING)}
+                    elif not all(runner.is_done(t) for t in runnable):
                         state["note"] = f"a run of stage {stage} did not finish; no later look judges it"
-                        halted.add(id(claim))
-                    elif staged.is_open(state) and (stage == 1 or state["staged"]):
-                        states[id(claim)] = staged.judge_at_look(claim, state, read_tables(runnable), stage,
-                                                                 design.looks, design.spending)
+                        stopped_for[id(claim)] |= {(key, SEEDS), (key, TIMING)}
+                    elif stage == 1 or state["staged"]:
+                        states[id(claim)] = staged.judge_at_look(
+                            claim, state, read_tables(runnable), stage, design.looks, design.spending,
+                            seed_look=done_looks[key][SEEDS], timing_look=done_looks[key][TIMING])
+                        if staged.is_open(states[id(claim)]) and id(claim) in budget_notes:
+                            states[id(claim)]["note"] = budget_notes[id(claim)]
             else:
                 stopped = f"reached the cap ({design.looks[-1]} seeds)"
         all_tasks = [t for ts in by_block.values() for t in ts]
@@ -358,21 +423,11 @@ def report(budget, preset: str | None = None, only=None, jobs: int | None = None
     return code
 
 
-def _wanted(nb, label, stage: int, claims, states) -> bool:
-    """Whether a block runs at this stage: at stage 1 every block; later, a staged block with an open claim."""
-    if stage == 1:
-        return True
-    if not is_staged(nb, label):
-        return False
-    preset = nb.blocks[label]["preset"]
-    return any(c.notebook == nb.name and c.protocol == preset and staged.is_open(states[id(c)]) for c in claims)
-
-
 def decisions(record: dict) -> str:
     """What the design decided, one line a claim, and why it stopped."""
     lines = [f"decide: {record['stages_run']} stage(s) in {record['elapsed_s'] / 60:.1f} min; {record['stopped']}"]
     for state in record["claims"]:
-        where = (f"stage {state['stage']}, n = {state['n']}" if state["stage"] and state["staged"] else
+        where = (f"stage {state['stage']}" if state["stage"] and state["staged"] else
                  "one look" if not state["staged"] else "open")
         lines.append(f"  {state['key']} {state['verdict']} ({where}; {state['size'] or 'no runs'}): {state['claim']}")
     return "\n".join(lines)

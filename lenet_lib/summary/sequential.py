@@ -181,60 +181,76 @@ def equivalence_outcome(p_tost, p_outside, n: int, looks=PLANNED_LOOKS, alpha: f
                              level_at(n, looks, alpha / 2, spending))
 
 
-def holm_reject(p_values, n: int, looks=PLANNED_LOOKS, alpha: float = ALPHA, rejected=(),
+def holm_reject(p_values, n, looks=PLANNED_LOOKS, alpha: float = ALPHA, rejected=(),
                 spending: str = DEFAULT_SPENDING) -> np.ndarray:
     """Holm's step-down at the look with n seeds: the j-th smallest open p-value against the level at
     alpha / (open hypotheses - j). `rejected`: indices rejected at earlier looks (they stay rejected, and
-    their share of alpha passes to the others). NaN p-values are never rejected."""
+    their share of alpha passes to the others). NaN p-values are never rejected. n may give each hypothesis
+    its own look (per_part): each is then tested at its own look's level, as the graphical approach allows."""
     p = np.asarray(p_values, dtype=float)
+    ns = per_part(n, len(p))
     out = np.zeros(len(p), dtype=bool)
     out[list(rejected)] = True
     open_ = [i for i in np.argsort(p) if not out[i] and not math.isnan(p[i])]
     m = len(p) - int(out.sum())
     for j, i in enumerate(open_):
-        if p[i] < level_at(n, looks, alpha / (m - j), spending):
+        if p[i] < level_at(ns[i], looks, alpha / (m - j), spending):
             out[i] = True
         else:
             break
     return out
 
 
-def look_outcomes(kinds, p_claim, p_against, families, n: int, looks=PLANNED_LOOKS, alpha: float = ALPHA,
+def per_part(n, parts: int) -> list[int]:
+    """n as one look per part: a seed count shared by all, or a list with one count per part (a claim whose
+    time parts have had more timing looks than its seed parts have had seed looks)."""
+    ns = [n] * parts if isinstance(n, (int, np.integer)) else list(n)
+    if len(ns) != parts:
+        raise ValueError(f"n={n!r} gives {len(ns)} look(s) for {parts} part(s); expected one per part")
+    return ns
+
+
+def look_outcomes(kinds, p_claim, p_against, families, n, looks=PLANNED_LOOKS, alpha: float = ALPHA,
                   decided=None, spending: str = DEFAULT_SPENDING) -> list[str]:
     """The outcome of each part of one claim at the look with n seeds: decision.decide's rules with each
     look's levels in place of alpha. Per part: its kind ("greater", "less", "within"), its p-values as
     decision.Part.p_values gives them (for "within": the TOST p and outside_margin's doubled p) and its
     family ("" : on its own; a family's parts are Holm-corrected together, "within" parts' TOST each at
     the full level, as an intersection-union test). `decided`: each part's outcome at earlier looks
-    (a part once decided stays so, and its share of alpha passes to its family)."""
+    (a part once decided stays so, and its share of alpha passes to its family). n: the look's seed count,
+    or one per part (per_part): a part is tested at its own look, one whose data did not grow since its last
+    look at the same level again (so a repeat changes its outcome only through alpha passed on in Holm)."""
     m = len(kinds)
     decided = list(decided or [INCONCLUSIVE] * m)
     if not m == len(p_claim) == len(p_against) == len(families) == len(decided):
         raise ValueError("kinds, p_claim, p_against, families and decided need one entry per part")
     out = list(decided)
+    ns = per_part(n, m)
     for family in dict.fromkeys(families):
         members = [i for i in range(m) if families[i] == family]
         for group in ([members] if family else [[i] for i in members]):
             tost = [i for i in group if kinds[i] == "within"]
             for i in tost:                          # each pair's TOST at the full level
-                if out[i] == INCONCLUSIVE and p_claim[i] < level_at(n, looks, alpha, spending):
+                if out[i] == INCONCLUSIVE and p_claim[i] < level_at(ns[i], looks, alpha, spending):
                     out[i] = SUPPORTED
             ordered = [i for i in group if kinds[i] != "within"]
-            _step_down(out, decided, ordered, [p_claim[i] for i in ordered], SUPPORTED, n, looks, alpha, spending)
+            _step_down(out, decided, ordered, [p_claim[i] for i in ordered], SUPPORTED, ns, looks, alpha,
+                       spending)
             if tost and ordered:
                 raise ValueError("a family mixes 'within' parts with others; give them families of their own")
             # "outside the margin": half the doubled p is one side's, tested at alpha / 2 a side
             halved = [p_against[i] / 2 if kinds[i] == "within" else p_against[i] for i in group]
-            _step_down(out, decided, group, halved, CONTRADICTED, n, looks, alpha / 2 if tost else alpha,
+            _step_down(out, decided, group, halved, CONTRADICTED, ns, looks, alpha / 2 if tost else alpha,
                        spending)
     return out
 
 
-def _step_down(out, decided, parts, p, verdict, n, looks, alpha, spending) -> None:
-    """Holm at this look over `parts` (those given `verdict` at earlier looks count as rejected)."""
+def _step_down(out, decided, parts, p, verdict, ns, looks, alpha, spending) -> None:
+    """Holm at this look over `parts` (those given `verdict` at earlier looks count as rejected); ns: each
+    part of the claim's look."""
     if not parts:
         return
     earlier = [j for j, i in enumerate(parts) if decided[i] == verdict]
-    for j, rejected in enumerate(holm_reject(p, n, looks, alpha, earlier, spending)):
+    for j, rejected in enumerate(holm_reject(p, [ns[i] for i in parts], looks, alpha, earlier, spending)):
         if rejected and out[parts[j]] == INCONCLUSIVE:
             out[parts[j]] = verdict

@@ -4,8 +4,10 @@ columns the claims table shows for such a report.
 
 A claim's state is plain data (it is written to outputs/index.json under "decide"): its verdict, the stage
 and look (seeds per variant) that decided it, the nominal level used there, and each part's outcome so far.
-Time parts are judged at the same look as seed parts: a staged run's timing rounds grow in proportion to its
-seeds (running/decide.py), so a look's information fraction is the same for rounds as for seeds.
+Time parts have looks of their own: a timing look k has the base's rounds per first-look seed times look k's
+seed count (running/decide.py's timing-only runs), so its information fraction is look k's, as for seeds. A
+claim's seed parts and time parts are each tested at their own look (sequential.look_outcomes), which lets
+timing, cheap, reach later looks than training does.
 """
 from __future__ import annotations
 
@@ -30,8 +32,18 @@ def claim_key(claim: Claim, claims=CLAIMS) -> str:
 def new_state(claim: Claim, claims=CLAIMS, staged: bool = True) -> dict:
     return {"key": claim_key(claim, claims), "report": claim.report, "claim": claim.text,
             "protocol": claim.protocol, "notebook": claim.notebook, "staged": staged, "verdict": INCONCLUSIVE,
-            "stage": None, "n": None, "size": "", "level": None, "parts": None, "pairing": "", "to_decide": "",
-            "note": ""}
+            "stage": None, "n": None, "size": "", "level": None, "parts": None, "scales": None, "pairing": "",
+            "to_decide": "", "note": ""}
+
+
+def open_scales(state: dict) -> set:
+    """What an open claim still needs: "points" (seeds) and/or "ratio" (timing rounds); both before its
+    first judgement, none once decided."""
+    if not is_open(state):
+        return set()
+    if not state.get("parts") or not state.get("scales"):
+        return {"points", "ratio"}
+    return {scale for scale, outcome in zip(state["scales"], state["parts"]) if outcome == INCONCLUSIVE}
 
 
 def is_open(state: dict) -> bool:
@@ -39,10 +51,12 @@ def is_open(state: dict) -> bool:
 
 
 def judge_at_look(claim: Claim, state: dict, tables, stage: int, looks,
-                  spending: str = sequential.DEFAULT_SPENDING) -> dict:
-    """state after judging `claim` on `tables` (the runs of stages 1..stage) at look `stage` (1-based) of
-    `looks`, its boundaries from the alpha-spending function `spending`; a decided claim is returned
-    unchanged. A single-look claim is judged at alpha once."""
+                  spending: str = sequential.DEFAULT_SPENDING, seed_look: int | None = None,
+                  timing_look: int | None = None) -> dict:
+    """state after judging `claim` on `tables` (the runs of stages 1..stage) after stage `stage` of `looks`,
+    its boundaries from the alpha-spending function `spending`: its seed parts at look `seed_look`, its time
+    parts at look `timing_look` (1-based; both default to `stage`). A decided claim is returned unchanged. A
+    single-look claim is judged at alpha once."""
     if not is_open(state):
         return state
     judgement = judge_claim(claim, tables, claim.protocol)
@@ -50,7 +64,9 @@ def judge_at_look(claim: Claim, state: dict, tables, stage: int, looks,
         return {**state, "note": judgement.note}
     parts = judgement.parts
     looks = tuple(looks) if state["staged"] else (2,)       # one look: its level is alpha itself
-    n = looks[stage - 1] if state["staged"] else 2
+    at = {"points": seed_look or stage, "ratio": timing_look or stage}
+    part_n = [looks[at.get(p.scale, stage) - 1] if state["staged"] else 2 for p in parts]
+    n = looks[at["points"] - 1] if state["staged"] else 2
     before = state["parts"] if state["parts"] and len(state["parts"]) == len(parts) else [INCONCLUSIVE] * len(parts)
     outcomes = list(before)
     levels = []
@@ -58,14 +74,15 @@ def judge_at_look(claim: Claim, state: dict, tables, stage: int, looks,
         index = [i for i, p in enumerate(parts) if p.alpha == alpha]
         p_values = [parts[i].p_values() for i in index]
         got = sequential.look_outcomes([parts[i].kind for i in index], [p for p, _ in p_values],
-                                       [q for _, q in p_values], [parts[i].family for i in index], n, looks, alpha,
-                                       [before[i] for i in index], spending)
+                                       [q for _, q in p_values], [parts[i].family for i in index],
+                                       [part_n[i] for i in index], looks, alpha, [before[i] for i in index],
+                                       spending)
         for i, outcome in zip(index, got):
             outcomes[i] = outcome
-        levels.append(sequential.level_at(n, looks, alpha, spending))
+        levels += [sequential.level_at(part_n[i], looks, alpha, spending) for i in index]
     verdict = (CONTRADICTED if CONTRADICTED in outcomes else
                SUPPORTED if all(o == SUPPORTED for o in outcomes) else INCONCLUSIVE)
-    state = {**state, "parts": outcomes, "pairing": pairing(parts), "size": sample_sizes(parts),
+    state = {**state, "parts": outcomes, "scales": [p.scale for p in parts], "pairing": pairing(parts), "size": sample_sizes(parts),
              "level": min(levels), "to_decide": judgement.to_decide, "note": ""}
     if verdict != INCONCLUSIVE:
         state.update(verdict=verdict, stage=stage, n=n if state["staged"] else None)
@@ -82,8 +99,8 @@ def design_text(state: dict, design: dict) -> dict:
         return {"decided at": decided, "boundary": _level(state["level"]),
                 "design": f"{SINGLE}: {state['notebook']} has no seeds to add; judged at the 5 % level"}
     if not is_open(state):
-        return {"decided at": f"stage {state['stage']} of {len(looks)}: n = {state['n']} seeds"
-                              f" ({state['size']})", "boundary": _level(state["level"]), "design": plan}
+        return {"decided at": f"stage {state['stage']} of {len(looks)}: {state['size']}",
+                "boundary": _level(state["level"]), "design": plan}
     where = (f"open at the cap ({cap} seeds per variant)" if stages_run >= len(looks)
              else f"open after stage {stages_run} of {len(looks)} (stopped before the cap of {cap} seeds)")
     would = f"; {state['to_decide']}" if state["to_decide"] else ""
