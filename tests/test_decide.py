@@ -93,6 +93,9 @@ def test_design_cap_becomes_the_last_look(tmp_path):
 def test_stages_add_new_seeds_and_rounds_in_proportion():
     [change] = decide.staged_changes((3, 6, 12, 24), 1, base_seeds=3)
     assert change({"seeds": [0, 1, 2], "timing_rounds": 30}) == {"seeds": [0, 1, 2], "timing_rounds": 30}
+    # a base with fewer seeds than look 1 (R2 part I's 2): its run as it is, and the rest as a run of its own
+    runs = [c({"seeds": [0, 1], "timing_rounds": 10}) for c in decide.staged_changes((3, 6, 12, 24), 1, 2)]
+    assert runs == [{"seeds": [0, 1], "timing_rounds": 10}, {"seeds": [2], "timing_rounds": 5}]
     runs = [c({"seeds": [0, 1, 2], "timing_rounds": 30}) for c in decide.staged_changes((3, 6, 12, 24), 3, 3)]
     assert runs == [{"seeds": [6, 7, 8], "timing_rounds": 30}, {"seeds": [9, 10, 11], "timing_rounds": 30}]
     runs = [c({"seeds": [0, 1], "timing_rounds": 10}) for c in decide.staged_changes((2, 5), 2, 2)]
@@ -342,13 +345,14 @@ def a_slower_than_b(rows, tables):
 
 def test_time_claims_get_timing_only_runs_while_seeds_stop(tmp_path, capsys):
     """An open accuracy claim whose next seeds do not fit the budget stops at look 1; the time claim on the same
-    preset goes on with timing-only runs (train False, no models), its rounds growing look by look."""
+    preset goes on with timing-only runs (train False, no models), its rounds growing look by look. Look 1 has
+    3 seeds, one more than the default report's 2: stage 1 adds it as a run of its own."""
     from lenet_lib.running.runner import report
     dirs = make_project(tmp_path)
     (dirs["params"] / "tiny.yaml").unlink()
     (dirs["params"] / "timed.yaml").write_text("notebook: timed\nprofiles: {quick: {}, default: {}, full: {}}\n"
                                                "presets:\n  T: {parameters: {ratio: 1.01}}\n")
-    (dirs["params"] / "profiles.yaml").write_text(PROFILES)
+    (dirs["params"] / "profiles.yaml").write_text(PROFILES.replace("looks: [2, 4, 8], cap: 8", "looks: [3, 6, 12], cap: 12"))
     write_notebook(dirs["notebooks"] / "timed.ipynb", "seeds = [0]\ntrain = True\ntiming_rounds = 4\nratio = 1.0\n"
                    + INJECTED_DEFAULTS, TIMED_BODY)
     claims = [Claim("T", "a beats b", "T", "timed", "mnist", a_beats_b, "arms a and b"),
@@ -362,12 +366,13 @@ def test_time_claims_get_timing_only_runs_while_seeds_stop(tmp_path, capsys):
                          make_report=False, jobs=2, threads=1, claims=claims) == 0
     record = json.loads((dirs["outputs"] / "index.json").read_text())["decide"]
     accuracy, timed = record["claims"]
-    assert accuracy["verdict"] == "inconclusive" and accuracy["note"].startswith("budget: its stage 2 (4 seeds)")
+    assert accuracy["verdict"] == "inconclusive" and accuracy["note"].startswith("budget: its stage 2 (6 seeds)")
     parameters = [json.loads((d / "manifest.json").read_text())["parameters"] for d in run_dirs(dirs["outputs"], "timed")]
-    later = [p for p in parameters if p["seeds"] != [0, 1]]
-    assert later and all(p["train"] is False for p in later)          # no model trained after stage 1
-    # the base's 4 rounds per 2 seeds (the notebook's default): 4 more at look 2, 8 at look 3
-    assert sorted(p["timing_rounds"] for p in later) == [4, 8] and record["stages_run"] == 3
+    assert sorted(p["seeds"] for p in parameters if p.get("train", True)) == [[0, 1], [2]]   # look 1's seeds
+    assert record["stages"][0]["executed"] == 1                     # the default report's run reused
+    later = [p for p in parameters if not p.get("train", True)]      # no model trained after stage 1
+    # the base's 4 rounds per 2 seeds (the notebook's default): 2 with seed 2, 6 more at look 2, 12 at look 3
+    assert sorted(p["timing_rounds"] for p in later) == [6, 12] and record["stages_run"] == 3
     assert [s["timing_only_runs"] for s in record["stages"]] == [0, 1, 1]
-    assert timed["verdict"] == "inconclusive" and timed["size"] == "16 rounds"    # a 1 % effect, 16 rounds
-    assert accuracy["size"] == "2 seeds"
+    assert timed["verdict"] == "inconclusive" and timed["size"] == "24 rounds"    # a 1 % effect, 24 rounds
+    assert accuracy["size"] == "3 seeds"

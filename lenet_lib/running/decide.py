@@ -324,9 +324,14 @@ def report(budget, preset: str | None = None, only=None, jobs: int | None = None
                 planned = {}
                 for key, kind in sorted(todo_keys):
                     nb, label = block_of[key]
-                    changes = ([None] if stage == 1 else
-                               staged_changes(design.looks, stage, base_seeds[(nb.name, label)], jobs, kind,
-                                              apart[key], nb.defaults))
+                    if not staged_at[key]:
+                        changes = [None]
+                    elif stage == 1:    # the base's runs as they are (cached by a default report), and the
+                        #               seeds look 1 has beyond them (R2 part I: its seed 2) as runs of their own
+                        changes = staged_changes(design.looks, 1, base_seeds[(nb.name, label)], defaults=nb.defaults)
+                    else:
+                        changes = staged_changes(design.looks, stage, base_seeds[(nb.name, label)], jobs, kind,
+                                                 apart[key], nb.defaults)
                     planned[(key, kind)] = [t for change in changes for t in runner.plan(
                         [(nb, label)], outputs, design.base, profiles, threads, change)]
                 left, rates = seconds - (time.monotonic() - start), seconds_per_image(every)

@@ -21,6 +21,7 @@ from lenet_lib.summary.verdicts import CLAIMS, NOT_JUDGED, Claim, judge_claim, p
 
 DESIGN_COLUMNS = ["decided at", "boundary", "design"]
 SINGLE = "single look"      # a claim whose notebook has no seeds to add (its runs ran once)
+UNRECORDED_SPENDING = "obf"  # staged reports written before `spending` was a choice used O'Brien-Fleming-like
 
 
 def claim_key(claim: Claim, claims=CLAIMS) -> str:
@@ -108,8 +109,8 @@ def design_text(state: dict, design: dict) -> dict:
 
 
 def design_spending(design: dict) -> str:
-    """The spending function a staged report used; reports written before it was a choice used "obf"."""
-    return design.get("spending", "obf")
+    """The spending function a staged report used (UNRECORDED_SPENDING where its record names none)."""
+    return design.get("spending", UNRECORDED_SPENDING)
 
 
 def spending_name(design: dict) -> str:
