@@ -50,8 +50,8 @@ def entries(dirs) -> dict:
 
 # 1 and 3: a missing or truncated results.parquet is found by its checksum, re-run and named
 @pytest.mark.slow
-@pytest.mark.parametrize("damage", ["deleted", "truncated"])
-def test_a_damaged_run_is_re_run_and_named(tmp_path, damage):
+def test_a_damaged_run_is_re_run_and_named(tmp_path):
+    """Deleted, then truncated: each found by the manifest's checksum, re-run and named (one project, one run)."""
     dirs = one_run_project(tmp_path)
     code, out, err = cli(dirs, *ONLY_TINY)
     assert code == 0 and "1 ok (0 cached)" in out, (out, err)
@@ -62,17 +62,17 @@ def test_a_damaged_run_is_re_run_and_named(tmp_path, damage):
                       "sha256": results.sha256(run / "results.parquet")}
     assert {"executed.ipynb", "run.log"} <= set(manifest["files"])
     parquet = run / "results.parquet"
-    if damage == "deleted":
-        parquet.unlink()
-    else:
-        parquet.write_bytes(parquet.read_bytes()[:100])
-    code, out, err = cli(dirs, *ONLY_TINY)
-    assert code == 0, (out, err)
-    why = "results.parquet missing" if damage == "deleted" else "results.parquet has 100 bytes"
-    assert f"1 ok (0 cached), 1 re-run as damaged: tiny/{run.name} ({why}" in out and "wrote" in out
-    assert entries(dirs)[run.name]["rerun"].startswith(why) and entries(dirs)[run.name]["status"] == "ok"
-    assert len(results.read_table(parquet)) == 2 and results.damage(run) is None
-    assert "SUMMARY: 1 runs, 2 rows" in (dirs["outputs"] / "summary.ipynb").read_text()
+    for damage, why in [("deleted", "results.parquet missing"), ("truncated", "results.parquet has 100 bytes")]:
+        if damage == "deleted":
+            parquet.unlink()
+        else:
+            parquet.write_bytes(parquet.read_bytes()[:100])
+        code, out, err = cli(dirs, *ONLY_TINY)
+        assert code == 0, (out, err)
+        assert f"1 ok (0 cached), 1 re-run as damaged: tiny/{run.name} ({why}" in out and "wrote" in out
+        assert entries(dirs)[run.name]["rerun"].startswith(why) and entries(dirs)[run.name]["status"] == "ok"
+        assert len(results.read_table(parquet)) == 2 and results.damage(run) is None
+        assert "SUMMARY: 1 runs, 2 rows" in (dirs["outputs"] / "summary.ipynb").read_text()
 
 
 # 3: the summary names a damaged run, leaves it out and still writes the report; the stamp sees the damage
