@@ -18,10 +18,11 @@ without seeds to add (numpy_vs_torch) runs once and its claim gets one look at t
 
 The budget: a preset's next stage of seeds (or of rounds) starts only if it fits what is left (fit_budget: its
 runs' training images at its own earlier seconds per image, timing rounds at earlier timing runs' seconds per
-round, the jobs splitting them), cheapest first; what does not fit stops at its last look while the rest go on; a run that is running when the budget is spent is
-let finish, and is stopped only once the budget is exceeded by GRACE (a quarter of it), so an estimate that
-was a little short costs no work. The report is then written from what finished: a stage cut short is not
-judged (its look never happened), and its claims stay as the last complete look left them.
+round, the jobs splitting them), cheapest first; what does not fit stops at its last look while the rest go on;
+a run that is running when the budget is spent is let finish, and is stopped only once the budget is exceeded by
+GRACE (a quarter of it), so an estimate that was a little short costs no work. The report is then written from
+what finished: a stage cut short is not judged (its look never happened), and its claims stay as the last
+complete look left them.
 """
 from __future__ import annotations
 
@@ -196,8 +197,12 @@ def estimate_seconds(tasks, rates: dict, jobs: int) -> float:
     yet: counted free, it is a minute); `jobs` at a time (never less than its longest run)."""
     if not rates:
         return 0.0
-    each = [timing_only_rounds(t) * rates.get((TIMING, t.notebook, t.preset), 0.0) if timing_only_rounds(t) else
-            t.work * rates.get((t.notebook, t.preset), rates.get(t.notebook, rates.get(None, 0.0))) for t in tasks]
+    def seconds(task) -> float:
+        rounds = timing_only_rounds(task)
+        if rounds:
+            return rounds * rates.get((TIMING, task.notebook, task.preset), 0.0)
+        return task.work * rates.get((task.notebook, task.preset), rates.get(task.notebook, rates.get(None, 0.0)))
+    each = [seconds(t) for t in tasks]
     return max(max(each, default=0.0), sum(each) / max(jobs, 1))
 
 
