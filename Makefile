@@ -15,7 +15,7 @@ REPORT_ARGS := --profile $(PROFILE) $(if $(PRESET),--preset $(PRESET)) $(if $(ON
 	$(if $(EXECUTOR),--executor $(EXECUTOR)) \
 	$(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(if $(filter decide,$(PROFILE)),--budget $(BUDGET))
 
-.PHONY: report test browser lab bench notebooks expected list venv clean
+.PHONY: report test browser lab bench bench-tricks notebooks expected list venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,10 @@ lab: $(STAMP)  ## JupyterLab on notebooks/ with this venv's kernel
 bench: $(STAMP)  ## training speed: library path vs torchvision DataLoader (same run), ensembles
 	$(PY) -m lenet_lib.bench $(if $(QUICK),--quick)
 	@echo "make bench: the recorded figures, and what each change bought, are in docs/speed.md"
+
+# Weighs each training configuration by what the last report in outputs/ spent on it (`make report` first)
+bench-tricks: $(STAMP)  ## what each private-API trick of the fast path buys on the last report, in turns
+	$(PY) -m lenet_lib.bench.tricks --outputs outputs
 
 notebooks: $(STAMP)  ## regenerate the stored outputs that nbval compares (quick defaults)
 	$(PY) -m lenet_lib notebooks $(if $(ONLY),--only $(ONLY))

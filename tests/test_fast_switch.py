@@ -139,13 +139,49 @@ def test_rows_of_torchs_own_layers_fit_a_cpu_run():
 def test_the_self_checks_pass_and_leave_torchs_generator_alone():
     """Each private-API self-check (lenet_lib/fast/README.md) passes on the pinned torch and draws nothing
     from the global generator (dropout's masks after it would move: the fast path's numbers with them)."""
-    from lenet_lib.fast import c_kernels, fused, one_node, optim
+    from lenet_lib.fast import one_node, optim
     checks = [one_node._private_apis_agree, one_node._loss_apis_agree, optim._lean_agrees]
-    if c_kernels.load() is not None:
-        checks.append(fused._fast_noise_is_torchs)
     for check in checks:
         check.cache_clear()
         torch.manual_seed(7)
         before = torch.get_rng_state()
         assert check() is True, check.__name__
         assert torch.equal(torch.get_rng_state(), before), check.__name__
+
+
+def test_an_unknown_trick_is_refused_and_switches_come_back_on():
+    from lenet_lib.fast import switches
+    with pytest.raises(ValueError, match=r"unknown fast-path trick\(s\) \['fused'\]; valid: \['engine_free'"):
+        with switches.off("fused"):
+            pass
+    with pytest.raises(RuntimeError):
+        with switches.off("one_node", "lean_steps"):
+            assert not switches.ON["one_node"] and not switches.ON["lean_steps"] and switches.ON["engine_free"]
+            raise RuntimeError("a failing step")
+    assert all(switches.ON.values())
+
+
+def test_each_trick_switched_off_takes_its_public_path_with_the_same_numbers(digits):
+    """Each private-API trick off (fast/switches.py, what make bench-tricks times): its fallback runs (the
+    one node's layers one by one, autograd's backward, torch.optim's step) and trains the same numbers bit
+    for bit as with every trick on, as README.md's table says."""
+    from lenet_lib.fast import switches
+    spec = TrainSpec(epochs=1, seed=3, batch_size=64, **VARIANTS["R1 BN + dropout"])
+    on = train_module.train(spec, digits, device="cpu", progress=False)
+    model = build_model(spec.arch, **spec.model_kwargs())
+    optimizer = train_module.build_optimizer(spec, model, torch.device("cpu"))
+    net, optimizer = train_module.accelerated(model, optimizer, torch.device("cpu"))
+    x, y = digits.x_train[:64], digits.y_train[:64]
+    with switches.off(*switches.ON):
+        assert net._plan(x) is None and net.cross_entropy_backward(x, y) is None
+        for _ in range(2):
+            train_module.loss_and_backward(net, x, y)
+            optimizer.step()
+        assert optimizer._plan is None
+    with switches.off("engine_free"):
+        assert net._plan(x) is not None and net.cross_entropy_backward(x, y) is None
+    for trick in switches.ON:
+        with switches.off(trick):
+            off = train_module.train(spec, digits, device="cpu", progress=False)
+        for column in ("train_loss", "val_loss", "test_loss", "train_acc", "test_acc"):
+            assert off.history[column].tolist() == on.history[column].tolist(), (trick, column)

@@ -16,14 +16,12 @@ from pathlib import Path
 
 from lenet_lib.base.kernel_path import KernelsUnavailable, build, cache_dirs, why_not_here
 
-_P, _I64, _I, _F, _D, _U64 = (ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_double,
-                              ctypes.c_uint64)
+_P, _I64, _I, _F, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_double
 KERNELS = {   # name: argument types (csrc/*.c say what each does)
     "relu_maxpool2x2_forward": [_P] * 3 + [_I64] * 3,
     "relu_maxpool2x2_backward": [_P] * 3 + [_I64] * 3,
     "tail_forward": [_P] * 4 + [_F] + [_P] * 5 + [_D] * 2 + [_I64] * 4 + [_I],
     "tail_backward": [_P] * 4 + [_F] + [_P] * 5 + [_I64] * 4 + [_I],
-    "bernoulli_keep": [_P, _P, _I64, _U64],
     "dropout_apply": [_P, _P, _F, _P, _I64],
     "conv_weight_grad": [_P] * 4 + [_I64] * 6,
     "conv1_forward": [_P] * 4 + [_I64] * 6,

@@ -1,8 +1,8 @@
-"""Fused layers for training on CPU: a conv layer's whole tail as one layer, dropout's noise drawn faster,
-BatchNorm on its own in C.
+"""Fused layers for training on CPU: a conv layer's whole tail as one layer, dropout and BatchNorm on their
+own in C.
 
 ConvTail runs [BatchNorm] activation [BatchNorm] [dropout] 2x2 pool through csrc/conv_tail.c: one C call
-forward, one backward. Dropout draws its noise through csrc/dropout_rng.c. BatchNorm runs a BatchNorm2d
+forward, one backward. Dropout applies torch's own mask through csrc/dropout.c. BatchNorm runs a BatchNorm2d
 outside a tail through csrc/batch_norm.c. layers.fuse_relu_max_pool builds them from a model's own
 layers; docs/speed.md says what each buys. Each layer's training pass is a pair of
 functions (*_train_forward, *_train_backward): its autograd node calls them, and so does one_node, which
@@ -13,7 +13,6 @@ float32 NCHW with even sides), the layers run the model's own modules one after 
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 from torch import nn
@@ -52,7 +51,7 @@ def _bn_takes(bn: nn.BatchNorm2d, x: torch.Tensor) -> bool:
     return x.shape[1] == bn.num_features and bn.weight.dtype == x.dtype
 
 
-# -- dropout's noise ---------------------------------------------------------------------------------
+# -- dropout ---------------------------------------------------------------------------------------
 
 @functools.cache
 def _scale(p: float) -> float:
@@ -60,45 +59,14 @@ def _scale(p: float) -> float:
     return torch.ones(()).div_(1 - p).item()
 
 
-def _draw_keep(numel: int, q: float) -> torch.Tensor:
-    """uint8 1/0: torch.empty(numel).bernoulli_(q) drawn by the C kernel from torch's CPU generator."""
-    keep = empty(numel, dtype=torch.uint8)
-    state = torch.get_rng_state()
-    c_kernels.load().bernoulli_keep(state.data_ptr(), keep.data_ptr(), numel, math.ceil(q * 2.0 ** 53))
-    torch.set_rng_state(state)
-    return keep
-
-
-@functools.cache
-def _fast_noise_is_torchs() -> bool:
-    """Once per process: the C draws equal torch's bernoulli_ and leave its generator where torch does.
-    Sizes cross mt19937's 624-word refills at odd and even offsets; the caller's RNG state is restored."""
-    saved = torch.get_rng_state()
-    try:
-        torch.manual_seed(1234)
-        for numel, q in ((5, 0.5), (1000, 0.6), (313, 0.1), (2048, 0.9), (1, 0.5)):
-            before = torch.get_rng_state()
-            ours, after = _draw_keep(numel, q), torch.get_rng_state()
-            torch.set_rng_state(before)
-            theirs = torch.empty(numel).bernoulli_(q)
-            if not (torch.equal(ours.float(), theirs) and torch.equal(after, torch.get_rng_state())):
-                return False
-        return True
-    finally:
-        torch.set_rng_state(saved)
-
-
 def dropout_keep(numel: int, p: float) -> tuple[torch.Tensor, float]:
-    """Where nn.Dropout(p) keeps an element (uint8 1/0, flat) and the kept elements' scale: the numbers of
-    ATen's `torch.empty_like(x).bernoulli_(1 - p)`, from torch's default CPU generator, which ends where
-    ATen would leave it. The C kernel draws them when it is known to agree (else torch's bernoulli_)."""
-    if c_kernels.load() is not None and _fast_noise_is_torchs():
-        return _draw_keep(numel, 1 - p), _scale(p)
+    """Where nn.Dropout(p) keeps an element (uint8 1/0, flat) and the kept elements' scale: ATen's own
+    `torch.empty_like(x).bernoulli_(1 - p)` draw from torch's default CPU generator, so the same numbers."""
     return torch.empty(numel).bernoulli_(1 - p).to(torch.uint8), _scale(p)
 
 
 def dropout_apply(x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
-    """x * keep * scale by csrc/dropout_rng.c: dropout's forward, and (on the gradient) its backward."""
+    """x * keep * scale by csrc/dropout.c: dropout's forward, and (on the gradient) its backward."""
     x = x.contiguous()
     out = empty(*x.shape)
     c_kernels.load().dropout_apply(x.data_ptr(), keep.data_ptr(), scale, out.data_ptr(), x.numel())
@@ -117,7 +85,7 @@ class _Dropout(torch.autograd.Function):
 
 
 class Dropout(nn.Module):
-    """The model's nn.Dropout with its noise drawn by the C kernels: the same numbers (dropout_keep)."""
+    """The model's nn.Dropout applied by the C kernels, its noise torch's own draw: the same numbers (dropout_keep)."""
 
     def __init__(self, dropout: nn.Dropout):
         super().__init__()

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules import module as torch_module
 
+from lenet_lib.fast import switches
 from lenet_lib.fast.fused import (BatchNorm, ConvTail, Dropout, bn_train_backward, bn_train_forward, dropout_apply,
                                   dropout_keep, tail_train_backward, tail_train_forward)
 from lenet_lib.fast.conv import Conv2d, conv_path, conv_train_backward, conv_train_forward, conv_trains_fast
@@ -216,7 +217,8 @@ class OneNodeSequential(nn.Sequential):
         """How the loop trains on this input, or None where the layers must run one by one (eval mode and
         no gradients included)."""
         if (not (self.training and torch.is_grad_enabled()) or x.device.type != "cpu" or x.dtype != torch.float32
-                or not x.is_contiguous() or torch.is_autocast_enabled("cpu") or not _private_apis_agree()):
+                or not x.is_contiguous() or torch.is_autocast_enabled("cpu") or not switches.ON["one_node"]
+                or not _private_apis_agree()):
             return None
         key = (x.shape, tuple(map(id, self._modules.values())))
         plans = self.__dict__.setdefault("_plans", {})
@@ -265,8 +267,9 @@ class OneNodeSequential(nn.Sequential):
                 or y.dim() != 1 or y.shape[0] != x.shape[0] or y.device != x.device or torch.is_anomaly_enabled()):
             return None
         params = plan.parameters()
-        if not _loss_apis_agree() or not all(p.requires_grad and p.is_contiguous() and not p._backward_hooks
-                                             and not p._post_accumulate_grad_hooks for p in params):
+        if not switches.ON["engine_free"] or not _loss_apis_agree() or not all(
+                p.requires_grad and p.is_contiguous() and not p._backward_hooks and not p._post_accumulate_grad_hooks
+                for p in params):
             return None
         with torch.no_grad():
             logits, states = _forward(plan.steps, x)

@@ -9,6 +9,8 @@ import functools
 
 import torch
 
+from lenet_lib.fast import switches
+
 
 class _LeanStep:
     """A fused torch optimizer whose steps call its fused kernel directly.
@@ -38,7 +40,7 @@ class _LeanStep:
                 p.grad = None
 
     def step(self, closure=None):
-        lean = closure is None and not _has_hooks(self)
+        lean = closure is None and switches.ON["lean_steps"] and not _has_hooks(self)
         if lean and self._plan is not None and _run(self._plan):
             return None
         loss = super().step(closure)
