@@ -31,7 +31,7 @@ from lenet_lib.core.timing import time_in_turns
 from lenet_lib.core.train import accelerated, build_for, build_optimizer, one_model_step, set_determinism
 from lenet_lib.fast import switches
 from lenet_lib.fast.one_node import OneNodeSequential
-from lenet_lib.fast.optim import _LeanStep
+from lenet_lib.fast.optim import is_lean
 
 # the spec fields and data columns that set what one training step costs (not lr, seed, epochs, sizes)
 COST_FIELDS = ["arch", "activation", "fc_activation", "pool", "bn", "bn_position", "bn_layers", "dropout",
@@ -101,7 +101,7 @@ def _step_function(spec: TrainSpec, channels: int, size: int, calls: int, fast: 
             step(xb, yb, None)
             optimizer.step()
     one_node = isinstance(net, OneNodeSequential)
-    acts = {"lean_steps": isinstance(optimizer, _LeanStep), "one_node": one_node,
+    acts = {"lean_steps": is_lean(optimizer), "one_node": one_node,
             "engine_free": one_node and spec.loss == "cross_entropy"}
     return run, acts
 

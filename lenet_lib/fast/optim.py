@@ -174,3 +174,8 @@ def lean_steps(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     if lean is not None and optimizer.defaults.get("fused"):
         optimizer.__class__ = lean    # the same object and state; only step and zero_grad change
     return optimizer
+
+
+def is_lean(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether lean_steps made optimizer's steps lean (bench/tricks.py: whether switching them off changes it)."""
+    return isinstance(optimizer, _LeanStep)
