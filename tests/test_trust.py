@@ -48,10 +48,12 @@ def entries(dirs) -> dict:
     return {e["run_id"]: e for e in json.loads((dirs["outputs"] / "index.json").read_text())["runs"]}
 
 
-# 1 and 3: a missing or truncated results.parquet is found by its checksum, re-run and named
+# 1, 3 and 10: a missing or truncated results.parquet is found by its checksum, re-run and named; a run folder
+# replaced by a file is re-run, nothing left beside it; 5: then a failed summary keeps the previous report.html
 @pytest.mark.slow
-def test_a_damaged_run_is_re_run_and_named(tmp_path):
-    """Deleted, then truncated: each found by the manifest's checksum, re-run and named (one project, one run)."""
+def test_a_damaged_run_is_re_run_and_named_and_a_failed_summary_keeps_the_report(tmp_path):
+    """Deleted, truncated, the folder a file: each found, re-run (and the first two named); then a summary
+    that fails keeps the report.html before it. One project, one run: each case is a re-run of the last."""
     dirs = one_run_project(tmp_path)
     code, out, err = cli(dirs, *ONLY_TINY)
     assert code == 0 and "1 ok (0 cached)" in out, (out, err)
@@ -73,6 +75,20 @@ def test_a_damaged_run_is_re_run_and_named(tmp_path):
         assert entries(dirs)[run.name]["rerun"].startswith(why) and entries(dirs)[run.name]["status"] == "ok"
         assert len(results.read_table(parquet)) == 2 and results.damage(run) is None
         assert "SUMMARY: 1 runs, 2 rows" in (dirs["outputs"] / "summary.ipynb").read_text()
+    shutil.rmtree(run)
+    run.write_text("not a run")
+    code, out, err = cli(dirs, *ONLY_TINY)
+    assert code == 0 and "1 ok (0 cached)" in out, (out, err)
+    assert run.is_dir() and results.damage(run) is None
+    assert sorted(p.name for p in (dirs["outputs"] / "runs" / "tiny").iterdir() if p.name.startswith(".")) == []
+    before = (dirs["outputs"] / "report.html").read_text()
+    write_notebook(dirs["notebooks"] / "summary.ipynb", SUMMARY_PARAMETERS,
+                   SUMMARY_BODY + 'raise RuntimeError("summary broke")\n')
+    code, out, err = cli(dirs, *ONLY_TINY)
+    assert code == 1 and "the summary notebook failed: RuntimeError: summary broke" in out, (out, err)
+    assert "kept the previous report.html" in out
+    assert (dirs["outputs"] / "report.html").read_text() == before
+    assert not (dirs["outputs"] / ".report.stamp").exists()         # so the next report rebuilds it
 
 
 # 3: the summary names a damaged run, leaves it out and still writes the report; the stamp sees the damage
@@ -96,35 +112,6 @@ def test_the_summary_skips_a_damaged_run_and_the_stamp_covers_run_files(tmp_path
     html = (dirs["outputs"] / "report.html").read_text()
     assert "damaged" in html and run.name in html
     assert not runner.build_report(summary_nb, dirs["outputs"], "quick", None, force=False)
-
-
-# 5: a failed summary keeps the previous report.html
-@pytest.mark.slow
-def test_a_failed_summary_keeps_the_previous_report(tmp_path):
-    dirs = one_run_project(tmp_path)
-    assert cli(dirs, *ONLY_TINY)[0] == 0
-    before = (dirs["outputs"] / "report.html").read_text()
-    write_notebook(dirs["notebooks"] / "summary.ipynb", SUMMARY_PARAMETERS,
-                   SUMMARY_BODY + 'raise RuntimeError("summary broke")\n')
-    code, out, err = cli(dirs, *ONLY_TINY)
-    assert code == 1 and "the summary notebook failed: RuntimeError: summary broke" in out, (out, err)
-    assert "kept the previous report.html" in out
-    assert (dirs["outputs"] / "report.html").read_text() == before
-    assert not (dirs["outputs"] / ".report.stamp").exists()         # so the next report rebuilds it
-
-
-# 10: a run folder replaced by a file is re-run, and nothing is left beside it
-@pytest.mark.slow
-def test_a_run_folder_replaced_by_a_file_leaves_nothing_behind(tmp_path):
-    dirs = one_run_project(tmp_path)
-    assert cli(dirs, *ONLY_TINY)[0] == 0
-    [run] = run_dirs(dirs["outputs"], "tiny")
-    shutil.rmtree(run)
-    run.write_text("not a run")
-    code, out, err = cli(dirs, *ONLY_TINY)
-    assert code == 0 and "1 ok (0 cached)" in out, (out, err)
-    assert run.is_dir() and results.damage(run) is None
-    assert sorted(p.name for p in (dirs["outputs"] / "runs" / "tiny").iterdir() if p.name.startswith(".")) == []
 
 
 # 2: the kernel path is decided by building and loading the kernels, recorded, and checked against the rows
